@@ -1,0 +1,36 @@
+"""torch._foreach_* multi-tensor ops: a few dispatched ops per update, no compiled code of ours.
+
+The _foreach ops have no vmap batching rule, so inside torch.func transforms (the task-batched
+path) the same arithmetic runs as per-tensor ops.
+"""
+
+import torch
+from torch._C._functorch import peek_interpreter_stack
+
+
+def is_available(device: torch.device) -> bool:
+    return True
+
+
+def _in_transform() -> bool:
+    return peek_interpreter_stack() is not None
+
+
+def update(params, grads, lrs, gammas, alpha):
+    if _in_transform():
+        out = []
+        for i in range(len(params)):
+            step = grads[i] if lrs is None else lrs[i] * grads[i]
+            kept = params[i] if gammas is None else gammas[i] * params[i]
+            out.append(torch.add(kept, step, alpha=-alpha))
+        return out
+    steps = grads if lrs is None else torch._foreach_mul(grads, lrs)
+    kept = params if gammas is None else torch._foreach_mul(params, gammas)
+    return list(torch._foreach_add(kept, steps, alpha=-alpha))
+
+
+def update_(params, grads, lrs, gammas, alpha):
+    steps = grads if lrs is None else torch._foreach_mul(grads, lrs)
+    if gammas is not None:
+        torch._foreach_mul_(params, gammas)
+    torch._foreach_add_(params, steps, alpha=-alpha)
