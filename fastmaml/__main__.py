@@ -1,0 +1,5 @@
+import sys
+
+from fastmaml.cli import main
+
+sys.exit(main())
