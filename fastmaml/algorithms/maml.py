@@ -1,0 +1,22 @@
+"""MAML (Finn et al., 2017) and FOMAML: the base inner loop with one scalar rate.
+
+    phi = theta - alpha * grad L_support(theta)    (k steps)
+    theta <- theta - beta * grad_theta sum_tasks L_query(phi)
+Second order differentiates through the inner steps; first order (FOMAML) does not.
+"""
+
+from fastmaml.algorithms.base import MetaLearner
+
+
+class MAML(MetaLearner):
+    """`MAML(model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None, batching="auto")`.
+
+    `meta_loss(support_x, support_y, query_x, query_y, loss_fn)` gives the outer loss over a batch
+    of tasks; `adapt(x, y, loss_fn)` adapts one task; `maml(x, params)` runs the model."""
+
+
+class FOMAML(MAML):
+    """First-order MAML: MAML with first_order=True."""
+
+    def __init__(self, model, inner_lr=0.01, inner_steps=1, adapt_names=None, batching="auto"):
+        super().__init__(model, inner_lr, inner_steps, True, adapt_names, batching)

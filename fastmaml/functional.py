@@ -1,0 +1,176 @@
+"""The functional core: parameters travel as dict[str, Tensor], the model runs through
+torch.func.functional_call, buffers pass through and are never adapted.
+
+    params = fastmaml.params_of(model)                 # the meta-parameters, still tracked
+    phi = fastmaml.adapt(model, params, x_s, y_s, loss_fn, lr=0.01, steps=5)
+    loss = loss_fn(fastmaml.functional_forward(model, phi, x_q), y_q)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from fastmaml import ops
+
+Params = dict[str, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def params_of(model: nn.Module) -> Params:
+    """The model's parameters by name (the tensors themselves: gradients flow back to them)."""
+    return dict(model.named_parameters())
+
+
+def buffers_of(model: nn.Module) -> Params:
+    return dict(model.named_buffers())
+
+
+def functional_forward(model: nn.Module, params: Mapping[str, Tensor], *args, buffers=None, **kwargs):
+    """Run `model` with `params` in place of its parameters (missing names fall back to the
+    model's own) and `buffers` (default: the model's own, updated in place as usual)."""
+    tensors = dict(params)
+    if buffers is not None:
+        tensors.update(buffers)
+    return functional_call(model, tensors, args, kwargs)
+
+
+def select_names(all_names: Iterable[str], patterns: Iterable[str] | None, arg: str = "adapt_names") -> list[str]:
+    """The names matched by `patterns` (None: all). A pattern matches a name exactly, as a module
+    prefix ("head" matches "head.weight"), or as a glob ("*.bias"). A pattern matching nothing is
+    an error naming it."""
+    names = list(all_names)
+    if patterns is None:
+        return names
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    patterns = list(patterns)
+    if not patterns:
+        raise ValueError(f"{arg} must name at least one parameter, got an empty list")
+    chosen = set()
+    for pattern in patterns:
+        hits = [n for n in names if n == pattern or n.startswith(pattern + ".") or fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise ValueError(f"{arg}: {pattern!r} matches no parameter; the parameters are {names}")
+        chosen.update(hits)
+    return [n for n in names if n in chosen]
+
+
+def check_lr(lr, arg: str = "inner_lr") -> float:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f"{arg} must be a number, got {type(lr).__name__}")
+    if not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"{arg} must be a finite number >= 0, got {lr}")
+    return float(lr)
+
+
+def check_floating(params: Mapping[str, Tensor], arg: str = "model") -> None:
+    for name, p in params.items():
+        if not p.is_floating_point():
+            raise TypeError(f"{arg}: parameter {name!r} has dtype {p.dtype}; meta-learning needs floating-point parameters")
+
+
+def check_task(x: Tensor, y: Tensor, what: str = "support") -> None:
+    """One task's examples: x and y share their first (example) dimension, which is not empty."""
+    for arg, t in ((f"{what}_x", x), (f"{what}_y", y)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{arg} must be a Tensor, got {type(t).__name__}")
+        if t.dim() == 0:
+            raise ValueError(f"{arg} must have an example dimension, got a 0-d tensor")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{what}_x has {x.shape[0]} examples but {what}_y has {y.shape[0]}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{what} set is empty ({what}_x has shape {list(x.shape)})")
+
+
+def inner_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr, gamma=None) -> Params:
+    """p - lr * g for every name in `grads` (one fused op for all of them); other params pass
+    through unchanged. `lr` is a number or a dict name -> tensor broadcastable to the param
+    (Meta-SGD); `gamma`, a dict name -> forget factor, gives gamma * p - lr * g (L2F).
+    Differentiable in params, grads, lr and gamma."""
+    names = list(grads)
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise KeyError(f"inner_update: grads has {missing} which params lacks")
+    if isinstance(lr, Mapping):
+        lack = [n for n in names if n not in lr]
+        if lack:
+            raise KeyError(f"inner_update: lr has no rate for {lack}")
+        lr = [lr[n] for n in names]
+    gammas = None
+    if gamma is not None:
+        lack = [n for n in names if n not in gamma]
+        if lack:
+            raise KeyError(f"inner_update: gamma has no factor for {lack}")
+        gammas = [gamma[n] for n in names]
+    new = ops.update([params[n] for n in names], [grads[n] for n in names], lr, gammas, names=names)
+    out = dict(params)
+    out.update(zip(names, new))
+    return out
+
+
+def autograd_grads(loss_of: Callable[[Params, Params | None], Tensor], params: Params, names: list[str],
+                   first_order: bool, buffers: Params | None = None):
+    """The support loss `loss_of(params, buffers)` and its gradients w.r.t. params[names] by
+    torch.autograd.grad: the graph through the gradients is kept (second order) unless
+    first_order. Unused params get zero gradients."""
+    loss = loss_of(params, buffers)
+    wrt = [params[n] for n in names]
+    grads = torch.autograd.grad(loss, wrt, create_graph=not first_order, allow_unused=True)
+    return loss, {n: torch.zeros_like(w) if g is None else g for n, w, g in zip(names, wrt, grads)}
+
+
+def func_grads(loss_of: Callable[[Params, Params | None], Tensor], params: Params, names: list[str],
+               first_order: bool, buffers: Params | None = None):
+    """Same as autograd_grads by torch.func.grad, which composes with vmap (the task-batched
+    path). An outer autograd pass differentiates through it (second order); first order
+    differentiates a detached copy so the gradients are constants to the outer pass. Buffers
+    are an explicit input: BatchNorm updates them in place, which grad allows only on inputs."""
+    if first_order:
+        params = {n: p.detach() for n, p in params.items()}
+    rest = {n: p for n, p in params.items() if n not in names}
+
+    def loss_wrt(adapted, buffers):
+        loss = loss_of({**rest, **adapted}, buffers)
+        return loss, loss.detach()
+
+    grads, loss = torch.func.grad(loss_wrt, has_aux=True)({n: params[n] for n in names}, buffers)
+    return loss, grads
+
+
+def adapt(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    support_x: Tensor,
+    support_y: Tensor,
+    loss_fn: LossFn,
+    *,
+    lr=0.01,
+    steps: int = 1,
+    first_order: bool = False,
+    adapt_names: Iterable[str] | None = None,
+    buffers: Mapping[str, Tensor] | None = None,
+) -> Params:
+    """k inner steps of gradient descent on one task's support set:
+    phi <- phi - lr * grad L_support(phi), with torch.autograd.grad(create_graph=not first_order).
+    Returns the adapted params (a new dict; params not in `adapt_names` pass through)."""
+    params = dict(params)
+    check_task(support_x, support_y)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    if not isinstance(lr, Mapping):
+        check_lr(lr, "lr")
+    names = select_names(params, adapt_names)
+
+    def loss_of(p, buffers):
+        return loss_fn(functional_forward(model, p, support_x, buffers=buffers), support_y)
+
+    for _ in range(steps):
+        _, grads = autograd_grads(loss_of, params, names, first_order, buffers)
+        params = inner_update(params, grads, lr)
+    return params
