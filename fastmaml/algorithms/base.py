@@ -8,7 +8,8 @@ algorithm adds (learned rates, forget nets, ...). For one task it runs
 
 and `meta_loss` reduces L_task over a batch of tasks, task by task ("loop") or all tasks in one
 torch.func.vmap pass ("vmap"). Algorithms change the loop only through the hooks below
-(`inner_rates`, `inner_gammas`, `task_forward`, `is_first_order`, `task_loss`); the update itself
+(`inner_rates`, `inner_gammas`, `task_forward`, `support_loss`, `query_loss`, `is_first_order`,
+`task_loss`); the update itself
 always goes through fastmaml.ops (the fused-kernel dispatcher).
 """
 
@@ -75,9 +76,17 @@ class MetaLearner(nn.Module):
         """The model's output with `params`; `step` is the inner step (None for the query)."""
         return F.functional_forward(self.module, params, x, buffers=buffers)
 
+    def support_loss(self, params: Params, x: Tensor, y: Tensor, loss_fn: LossFn, buffers, step: int) -> Tensor:
+        """The inner (support) loss of `step` at `params`."""
+        return loss_fn(self.task_forward(params, x, buffers, step), y)
+
+    def query_loss(self, params: Params, x: Tensor, y: Tensor, loss_fn: LossFn, buffers, step: int | None = None) -> Tensor:
+        """The outer (query) loss at `params` (`step`: index of the iterate, None for the last)."""
+        return loss_fn(self.task_forward(params, x, buffers, step), y)
+
     def task_loss(self, trajectory: list[Params], query_x, query_y, loss_fn: LossFn, buffers) -> Tensor:
         """The task's outer loss from the parameter iterates [phi_0, ..., phi_K]."""
-        return loss_fn(self.task_forward(trajectory[-1], query_x, buffers, None), query_y)
+        return self.query_loss(trajectory[-1], query_x, query_y, loss_fn, buffers, None)
 
     # ---- the inner loop ------------------------------------------------------------------
     def params(self) -> Params:
@@ -93,7 +102,7 @@ class MetaLearner(nn.Module):
             order = self.is_first_order(step) if first_order is None else first_order
 
             def support_loss(p, buffers, step=step):
-                return loss_fn(self.task_forward(p, support_x, buffers, step), support_y)
+                return self.support_loss(p, support_x, support_y, loss_fn, buffers, step)
 
             _, grads = grads_fn(support_loss, params, self.adapt_names, order, buffers)
             params = F.inner_update(params, grads, self.inner_rates(step), self.inner_gammas(step, params, grads))
@@ -109,7 +118,7 @@ class MetaLearner(nn.Module):
                                    steps=steps, first_order=first_order)[-1]
 
     def forward(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
-        return F.functional_forward(self.module, self.params() if params is None else params, x)
+        return self.task_forward(self.params() if params is None else dict(params), x, None, None)
 
     # ---- the outer loss over a batch of tasks ----------------------------------------------
     def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,

@@ -1,0 +1,88 @@
+"""Reptile (Nichol et al., 2018): first order, no query set.
+
+    phi_t = k steps of SGD on task t from theta (first order, no graph through the steps)
+    theta <- theta + eps * mean_t (phi_t - theta)  =  theta - eps * (theta - mean_t phi_t)
+
+`step()` applies the outer update in place with the fused op `fastmaml.ops.update_` (the "sgd"
+form with g = theta - mean phi); `meta_grad()` instead adds g to each parameter's `.grad`, so
+any torch optimizer can apply it (`torch.optim.SGD(lr=eps)` gives exactly Reptile).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor
+
+from fastmaml import functional as F
+from fastmaml import ops
+from fastmaml._batchnorm import DecomposedBatchNorm, has_batch_norm
+from fastmaml.algorithms.base import MetaLearner, _check_batch
+
+
+class Reptile(MetaLearner):
+    """`Reptile(model, inner_lr=0.02, inner_steps=5, adapt_names=None, batching="auto")`.
+
+    Inputs carry a leading task dimension: support_x [tasks, k, ...], support_y [tasks, k, ...].
+    `meta_loss` (inherited) is the post-adaptation query loss, useful for evaluation; its gradient
+    is first-order MAML's, not Reptile's: train with `step` or `meta_grad`."""
+
+    def __init__(self, model, inner_lr=0.02, inner_steps=5, adapt_names=None, batching="auto"):
+        super().__init__(model, inner_lr, inner_steps, True, adapt_names, batching)
+
+    def adapted_params(self, support_x: Tensor, support_y: Tensor, loss_fn) -> tuple[dict[str, Tensor], Tensor]:
+        """The adapted params of every task, stacked: name -> [tasks, *shape] (no graph), and the
+        mean post-adaptation support loss."""
+        _check_batch(support_x, support_y, support_x, support_y)
+        mode = self._batching_for(support_x, support_y, support_x, support_y, loss_fn)
+        self.batching_used = mode
+        theta = {n: p.detach().requires_grad_() for n, p in self.params().items()}
+        with torch.enable_grad():
+            if mode == "loop":
+                phis, losses = [], []
+                for t in range(support_x.shape[0]):
+                    phi = self.inner_loop(theta, support_x[t], support_y[t], loss_fn)[-1]
+                    phis.append({n: phi[n].detach() for n in self.adapt_names})
+                    with torch.no_grad():
+                        losses.append(self.support_loss(phi, support_x[t], support_y[t], loss_fn, None, self.inner_steps))
+                stacked = {n: torch.stack([phi[n] for phi in phis]) for n in self.adapt_names}
+                return stacked, torch.stack(losses).mean()
+            buffers = {n: b.unsqueeze(0).expand(support_x.shape[0], *b.shape).clone()
+                       for n, b in self.module.named_buffers()}
+
+            def one_task(sx, sy, buffers):
+                phi = self.inner_loop(theta, sx, sy, loss_fn, buffers, grads_fn=F.func_grads)[-1]
+                loss = self.support_loss(phi, sx, sy, loss_fn, buffers, self.inner_steps)
+                return {n: phi[n].detach() for n in self.adapt_names}, loss.detach()
+
+            bn = DecomposedBatchNorm() if has_batch_norm(self.module) else contextlib.nullcontext()
+            with bn:
+                stacked, losses = torch.func.vmap(one_task, randomness="different")(support_x, support_y, buffers)
+            with torch.no_grad():
+                for name, b in self.module.named_buffers():
+                    b.copy_(buffers[name].mean(0) if b.is_floating_point() else buffers[name][0])
+            return stacked, losses.mean()
+
+    def _direction(self, support_x, support_y, loss_fn):
+        phis, loss = self.adapted_params(support_x, support_y, loss_fn)
+        params = self.params()
+        thetas = [params[n] for n in self.adapt_names]
+        return thetas, [t.detach() - phis[n].mean(0) for n, t in zip(self.adapt_names, thetas)], loss
+
+    def meta_grad(self, support_x: Tensor, support_y: Tensor, loss_fn) -> Tensor:
+        """Add theta - mean_t phi_t to each adapted parameter's `.grad` (accumulating like
+        backward); an optimizer step with lr eps then is the Reptile update. Returns the mean
+        post-adaptation support loss."""
+        thetas, directions, loss = self._direction(support_x, support_y, loss_fn)
+        for p, d in zip(thetas, directions):
+            p.grad = d.clone() if p.grad is None else p.grad.add_(d)
+        return loss
+
+    def step(self, support_x: Tensor, support_y: Tensor, loss_fn, outer_lr: float = 0.1) -> Tensor:
+        """One Reptile meta-step in place: theta <- theta - outer_lr * (theta - mean_t phi_t)
+        through `fastmaml.ops.update_`. Returns the mean post-adaptation support loss."""
+        outer_lr = F.check_lr(outer_lr, "outer_lr")
+        thetas, directions, loss = self._direction(support_x, support_y, loss_fn)
+        ops.update_(thetas, directions, outer_lr, names=self.adapt_names)
+        return loss

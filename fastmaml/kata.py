@@ -1,0 +1,79 @@
+"""The two functions of the MAML coding kata, on the fastmaml functional core.
+
+    fast = fastmaml.maml_inner_update(model, support_x, support_y, loss_fn, inner_lr)
+    loss = fastmaml.maml_outer_update(model, fast, query_x, query_y, loss_fn)
+    assert next(model.parameters()).grad is not None
+
+`fast` is a copy of `model` (same class, same modules, own buffers) whose parameters are replaced
+by the adapted tensors phi = theta - inner_lr * grad L_support(theta): plain (non-leaf) tensor
+attributes still connected to `model`'s parameters, so the query loss differentiates back to
+them (second order unless first_order=True).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from fastmaml import functional as F
+
+_FAST_MARK = "_fastmaml_original_params"
+
+
+def maml_inner_update(model: nn.Module, support_x: Tensor, support_y: Tensor, loss_fn, inner_lr: float,
+                      *, steps: int = 1, first_order: bool = False) -> nn.Module:
+    """A new model instance whose weights are `steps` (default 1) SGD steps from `model`'s on the
+    support set, through the fused update; differentiable w.r.t. `model`'s parameters."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    inner_lr = F.check_lr(inner_lr, "inner_lr")
+    params = F.params_of(model)
+    if not params:
+        raise ValueError("model has no parameters to adapt")
+    F.check_floating(params)
+    with torch.enable_grad():
+        phi = F.adapt(model, params, support_x, support_y, loss_fn, lr=inner_lr, steps=steps,
+                      first_order=first_order)
+    # Share (not copy) the parameters while copying the modules, then swap them for phi.
+    memo = {id(p): p for p in model.parameters()}
+    fast = copy.deepcopy(model, memo)
+    for name, tensor in phi.items():
+        owner, _, leaf = name.rpartition(".")
+        module = fast.get_submodule(owner)
+        del module._parameters[leaf]
+        setattr(module, leaf, tensor)
+    object.__setattr__(fast, _FAST_MARK, params)
+    return fast
+
+
+def maml_outer_update(original_model: nn.Module, fast_model: nn.Module, query_x: Tensor, query_y: Tensor,
+                      loss_fn) -> Tensor:
+    """The meta-loss loss_fn(fast_model(query_x), query_y); its gradient w.r.t. the parameters of
+    `original_model` is added to their `.grad` (accumulating like backward). Returns the loss
+    (detached)."""
+    for arg, m in (("original_model", original_model), ("fast_model", fast_model)):
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"{arg} must be an nn.Module, got {type(m).__name__}")
+    F.check_task(query_x, query_y, "query")
+    wrt = [p for p in original_model.parameters() if p.requires_grad]
+    if not wrt:
+        raise ValueError("original_model has no parameter that requires grad")
+    with torch.enable_grad():
+        loss = loss_fn(fast_model(query_x), query_y)
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError(f"loss_fn must return a scalar tensor, got {loss!r}")
+        if not loss.requires_grad:
+            raise ValueError("fast_model is not connected to original_model's graph "
+                             "(make it with maml_inner_update(original_model, ...))")
+        grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+    if all(g is None for g in grads):
+        raise ValueError("the meta-loss does not depend on original_model's parameters; "
+                         "was fast_model made from a different model?")
+    for p, g in zip(wrt, grads):
+        if g is not None:
+            p.grad = g if p.grad is None else p.grad + g
+    return loss.detach()
