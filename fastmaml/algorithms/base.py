@@ -130,26 +130,31 @@ class MetaLearner(nn.Module):
         _check_batch(support_x, support_y, query_x, query_y)
         mode = self._batching_for(support_x, support_y, query_x, query_y, loss_fn)
         self.batching_used = mode
-        losses = (self._vmap_losses if mode == "vmap" else self._loop_losses)(
-            support_x, support_y, query_x, query_y, loss_fn)
-        return losses.mean() if reduction == "mean" else losses.sum()
+        # Under no_grad (evaluation) the inner loop still needs gradients, but no graph through them.
+        outer_grad = torch.is_grad_enabled()
+        with torch.enable_grad():
+            losses = (self._vmap_losses if mode == "vmap" else self._loop_losses)(
+                support_x, support_y, query_x, query_y, loss_fn, None if outer_grad else True)
+        loss = losses.mean() if reduction == "mean" else losses.sum()
+        return loss if outer_grad else loss.detach()
 
-    def _loop_losses(self, sx, sy, qx, qy, loss_fn) -> Tensor:
+    def _loop_losses(self, sx, sy, qx, qy, loss_fn, first_order=None) -> Tensor:
         params = self.params()
         losses = []
         for t in range(sx.shape[0]):
-            trajectory = self.inner_loop(params, sx[t], sy[t], loss_fn)
+            trajectory = self.inner_loop(params, sx[t], sy[t], loss_fn, first_order=first_order)
             losses.append(self.task_loss(trajectory, qx[t], qy[t], loss_fn, None))
         return torch.stack(losses)
 
-    def _vmap_losses(self, sx, sy, qx, qy, loss_fn) -> Tensor:
+    def _vmap_losses(self, sx, sy, qx, qy, loss_fn, first_order=None) -> Tensor:
         params = self.params()
         # Each task gets its own copy of the buffers (BatchNorm running statistics update in
         # place); afterwards the module keeps the mean over tasks of the updated statistics.
         buffers = {n: b.unsqueeze(0).expand(sx.shape[0], *b.shape).clone() for n, b in self.module.named_buffers()}
 
         def one_task(sx, sy, qx, qy, buffers):
-            trajectory = self.inner_loop(params, sx, sy, loss_fn, buffers, grads_fn=F.func_grads)
+            trajectory = self.inner_loop(params, sx, sy, loss_fn, buffers, first_order=first_order,
+                                         grads_fn=F.func_grads)
             return self.task_loss(trajectory, qx, qy, loss_fn, buffers)
 
         # NOTE: [vmap batch norm] in fastmaml/_batchnorm.py.
