@@ -1,0 +1,77 @@
+"""CAVIA (Zintgraf et al., 2019): fast context adaptation via meta-learning.
+
+    c_0 = 0;   c_{k+1} = c_k - alpha grad_c L_support(theta, c_k)       (only c is adapted)
+    theta <- theta - beta grad_theta sum_tasks L_query(theta, c_K)
+The context vector c (`num_context` numbers, zero at the start of every task) is concatenated
+to the model's input (default) or to the input of a named submodule; the network theta is shared
+across tasks and meta-learned (through the context's inner steps, second order by default).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fastmaml import functional as F
+from fastmaml.algorithms._util import check_int
+from fastmaml.algorithms.base import MetaLearner
+
+CONTEXT = "cavia.context"
+
+
+def _concat(x: Tensor, context: Tensor) -> Tensor:
+    """Append the context to each example's features: the last axis of [N, F] (or [..., F]) inputs,
+    the channel axis of [N, C, ...] image inputs (constant over space)."""
+    if x.dim() <= 2:
+        return torch.cat([x, context.expand(*x.shape[:-1], context.shape[-1])], -1)
+    shape = (x.shape[0], context.shape[-1]) + tuple(x.shape[2:])
+    return torch.cat([x, context.reshape(1, -1, *([1] * (x.dim() - 2))).expand(shape)], 1)
+
+
+class CAVIA(MetaLearner):
+    """`CAVIA(model, num_context=4, inner_lr=1.0, inner_steps=1, first_order=False,
+    context_at=None, batching="auto")`.
+
+    `model` must accept its input with `num_context` extra features (`context_at=None`: on its
+    input; `context_at="name"`: on the input of submodule `name`, e.g. an nn.Linear whose
+    in_features counts them). The context is the params-dict entry "cavia.context"."""
+
+    def __init__(self, model, num_context=4, inner_lr=1.0, inner_steps=1, first_order=False, context_at=None,
+                 batching="auto"):
+        super().__init__(model, inner_lr, inner_steps, first_order, None, batching)
+        self.num_context = check_int(num_context, "num_context", 1)
+        if CONTEXT in self.adapt_names:
+            raise ValueError(f"model already has a parameter named {CONTEXT!r}")
+        self.adapt_names = [CONTEXT]
+        self.context_at = context_at
+        self._context: Tensor | None = None
+        if context_at is not None:
+            try:
+                target = model.get_submodule(context_at)
+            except AttributeError:
+                raise ValueError(f"context_at: model has no submodule {context_at!r}") from None
+            target.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        context = self._context
+        if context is None:  # the model called directly: a zero context
+            p = next(iter(F.params_of(self.module).values()))
+            context = torch.zeros(self.num_context, dtype=p.dtype, device=p.device)
+        return (_concat(args[0], context),) + tuple(args[1:])
+
+    def params(self):
+        params = F.params_of(self.module)
+        p = next(iter(params.values()))
+        params[CONTEXT] = torch.zeros(self.num_context, dtype=p.dtype, device=p.device, requires_grad=True)
+        return params
+
+    def task_forward(self, params, x, buffers, step):
+        params = dict(params)
+        context = params.pop(CONTEXT)
+        if self.context_at is None:
+            return F.functional_forward(self.module, params, _concat(x, context), buffers=buffers)
+        self._context = context
+        try:
+            return F.functional_forward(self.module, params, x, buffers=buffers)
+        finally:
+            self._context = None
