@@ -1,0 +1,38 @@
+// The schemas of the fastmaml operators; implementations live per device in cpu/ and cuda/, and
+// their fake, autograd and vmap rules in fastmaml/ops/_autograd.py.
+// Forms and maths: NOTE: [update forms] in include/fastmaml/update.h.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastmaml, m) {
+  // out[i] = gammas[i] * params[i] - alpha * lrs[i] * grads[i]; fresh contiguous outputs.
+  m.def("fused_update(Tensor[] params, Tensor[] grads, Tensor[]? lrs, Tensor[]? gammas, float alpha)"
+        " -> Tensor[]");
+  // The same update written into params (not differentiable).
+  m.def("fused_update_(Tensor(a!)[] params, Tensor[] grads, Tensor[]? lrs, Tensor[]? gammas,"
+        " float alpha) -> ()");
+  // One pass computing the gradients selected by output_mask = (params, grads, lrs, gammas); lists
+  // not selected come back empty. Gradients for lrs and gammas have params' shapes: the caller
+  // reduces them to the shapes of lrs and gammas.
+  m.def("fused_update_backward(Tensor[] grad_outputs, Tensor[] params, Tensor[] grads, Tensor[]? lrs,"
+        " Tensor[]? gammas, float alpha, bool[4] output_mask)"
+        " -> (Tensor[], Tensor[], Tensor[], Tensor[])");
+}
+
+// `import fastmaml._C` loads this library, which registers the operators above. The module itself
+// only says whether the CUDA kernels were compiled in (setup.py builds the CPU-only variant when
+// it cannot build them).
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  PyObject* module = PyModule_Create(&module_def);
+#ifdef FASTMAML_WITH_CUDA
+  const long with_cuda = 1;
+#else
+  const long with_cuda = 0;
+#endif
+  if (module != nullptr && PyModule_AddIntConstant(module, "WITH_CUDA", with_cuda) != 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
+}

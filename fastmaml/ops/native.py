@@ -1,0 +1,45 @@
+"""The compiled kernels (`fastmaml._C`, built from csrc/): one dispatched op per update, whatever
+the number of tensors, on CPU (at::vec + at::parallel_for) and CUDA (multi-tensor apply).
+
+Without the extension this backend is unavailable, and `import_error` says why (`fastmaml info`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastmaml.ops import _autograd
+
+try:
+    from fastmaml import _C
+except ImportError as error:  # not built (FASTMAML_NO_EXT=1), or built against another torch
+    _C = None
+    import_error: str | None = f"{type(error).__name__}: {error}"
+else:
+    import_error = None
+    _autograd.register("fastmaml", fused_backward=True)
+
+
+def cuda_kernels_built() -> bool:
+    """Whether the extension was compiled with its CUDA kernels."""
+    return _C is not None and bool(_C.WITH_CUDA)
+
+
+def is_available(device: torch.device) -> bool:
+    """Whether the compiled update runs on `device` (runs a two-element update)."""
+    if _C is None or (device.type == "cuda" and not cuda_kernels_built()):
+        return False
+    try:
+        p = torch.ones(2, device=device)
+        out = torch.ops.fastmaml.fused_update([p], [p], None, None, 0.5)[0]
+        return bool((out == 0.5).all())
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def update(params, grads, lrs, gammas, alpha):
+    return list(torch.ops.fastmaml.fused_update(params, grads, lrs, gammas, alpha))
+
+
+def update_(params, grads, lrs, gammas, alpha):
+    torch.ops.fastmaml.fused_update_(params, grads, lrs, gammas, alpha)
