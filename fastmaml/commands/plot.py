@@ -1,0 +1,45 @@
+"""`fastmaml plot RUN_DIR`: the figures of a run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fastmaml.cli import CommandError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plot", help="draw a run's figures",
+        description="Draw the figures of a run folder as PNG files in it: learning_curves.png (train loss "
+                    "and periodic evaluation with 95%% CI, from metrics.jsonl), inner_steps.png (test metric "
+                    "against inner steps, from `fastmaml eval`'s eval.json) and, for sine runs, "
+                    "sine_adaptation.png (the MAML paper's Figure 2, from checkpoint.pt).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `fastmaml train`")
+    p.add_argument("--out-dir", help="where to write the figures (default RUN_DIR)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from fastmaml.train import plots
+    from fastmaml.train.checkpoint import CheckpointError
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise CommandError(f"run folder {str(run_dir)!r} does not exist")
+    out_dir = Path(args.out_dir) if args.out_dir else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = [plots.learning_curves(run_dir, out_dir / "learning_curves.png"),
+            plots.steps_curve(run_dir, out_dir / "inner_steps.png")]
+    if (run_dir / "checkpoint.pt").is_file():
+        try:
+            made.append(plots.sine_adaptation(run_dir, out_dir / "sine_adaptation.png"))
+        except CheckpointError as err:
+            raise CommandError(str(err)) from None
+    made = [m for m in made if m is not None]
+    if not made:
+        raise CommandError(f"{run_dir} has nothing to plot (no metrics.jsonl, eval.json or sine checkpoint)")
+    for m in made:
+        print(f"wrote {m}")
+    return 0

@@ -1,0 +1,96 @@
+"""Checkpoints: written atomically (temporary file + os.replace), read with
+torch.load(weights_only=True), and carrying every random state a run draws from (torch CPU and
+CUDA, numpy, python's random, each task sampler) so a resumed run continues bit-identically."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastmaml.tasks.omniglot import atomic_save
+
+FORMAT = "fastmaml-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(Exception):
+    """The checkpoint is missing, unreadable or not a fastmaml checkpoint."""
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    atomic_save({"format": FORMAT, "version": VERSION, **state}, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint; a run directory means its checkpoint.pt."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {type(err).__name__}: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a fastmaml checkpoint")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{str(path)!r} has checkpoint version {state.get('version')}, this fastmaml reads {VERSION}")
+    return state
+
+
+def rng_state() -> dict:
+    """The global random states, in types torch.load(weights_only=True) accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": list(_to_lists(random.getstate())),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    random.setstate(_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(x):
+    return [_to_lists(v) for v in x] if isinstance(x, tuple) else x
+
+
+def _to_tuples(x):
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def sampler_state(sampler) -> dict | None:
+    """The state of a task sampler: its state_dict(), else its `generator`'s state."""
+    if sampler is None:
+        return None
+    if hasattr(sampler, "state_dict"):
+        return sampler.state_dict()
+    if isinstance(getattr(sampler, "generator", None), torch.Generator):
+        return {"generator": sampler.generator.get_state()}
+    return None
+
+
+def load_sampler_state(sampler, state: dict | None) -> None:
+    if sampler is None or state is None:
+        return
+    if hasattr(sampler, "load_state_dict"):
+        sampler.load_state_dict(state)
+    else:
+        sampler.generator.set_state(state["generator"])

@@ -1,0 +1,323 @@
+"""MetaTrainer: the outer loop around any MetaLearner.
+
+    trainer = MetaTrainer(learner, train_tasks, F.cross_entropy, metric="accuracy", meta_batch=32,
+                          iterations=60000, eval_tasks=test_tasks, eval_every=1000, run_dir="runs/x")
+    trainer.fit()                  # or trainer.fit(resume=True) to continue runs/x/checkpoint.pt
+
+One iteration draws `meta_batch` tasks from `train_tasks` (anything with `.sample(n)` returning an
+object with `.tensors()` -> support_x, support_y, query_x, query_y, e.g. SineTasks or
+FewShotSampler), computes the meta-gradient and steps the meta-optimizer. The meta-gradient is
+`learner.meta_loss(...).backward()`, or, for algorithms with their own outer update (Reptile),
+`learner.meta_grad(support_x, support_y, loss_fn)`, which fills `.grad` itself.
+
+NOTE: [bit-identical resume] Everything an iteration draws from is saved in the checkpoint: the
+parameters, the optimizer state, the global RNGs (torch, numpy, python) and each sampler's
+generator. Evaluation runs on its own fixed tasks (the eval sampler is rewound to the same state
+before every evaluation) and restores the global RNGs and the model's buffers afterwards, so it
+never perturbs training. With `batching="auto"` the mode chosen by timing is saved and pinned on
+resume, since vmap and the task loop agree only to rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from fastmaml.train.checkpoint import (
+    load_checkpoint, load_sampler_state, rng_state, sampler_state, save_checkpoint, set_rng_state,
+)
+from fastmaml.train.metrics import MetricsLogger, mean_ci95
+
+METRICS = ("accuracy", "mse")
+
+
+class TrainingDiverged(RuntimeError):
+    """The meta-loss (or its gradient) became NaN or inf; the message names the iteration."""
+
+
+def query_metric(metric: str, output: Tensor, target: Tensor) -> float:
+    if metric == "accuracy":
+        return float((output.argmax(-1) == target).float().mean())
+    return float(torch.nn.functional.mse_loss(output, target))
+
+
+@contextlib.contextmanager
+def _deferred_sigint():
+    """Hold Ctrl-C until the block ends (the optimizer step must not be cut in half)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda sig, frame: caught.append(sig))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
+
+
+def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_tasks: int = 600,
+             steps: int | list[int] | None = None, batch: int = 50) -> dict:
+    """Adapt to `num_tasks` tasks from `tasks` and score the query sets: {"metric", "mean", "ci95",
+    "loss", "tasks", "inner_steps"} (95% interval over tasks). `steps` may be a list, giving also
+    "curve": one {"inner_steps", "mean", "ci95", "loss"} per entry (the iterates of one inner loop).
+    Adaptation is first order (no graph is kept); the learner's buffers are restored afterwards."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    default = learner.inner_steps
+    step_list = [default] if steps is None else ([steps] if isinstance(steps, int) else sorted(set(steps)))
+    if not step_list or min(step_list) < 0:
+        raise ValueError(f"steps must be >= 0, got {steps!r}")
+    last = max(step_list)
+    scores = {s: [] for s in step_list}
+    losses = {s: [] for s in step_list}
+    saved = {n: b.clone() for n, b in learner.named_buffers()}
+    device = next(learner.parameters()).device
+    try:
+        done = 0
+        while done < num_tasks:
+            n = min(batch, num_tasks - done)
+            sx, sy, qx, qy = (t.to(device) for t in tasks.sample(n).tensors())
+            for t in range(n):
+                theta = {k: p.detach().requires_grad_() for k, p in learner.params().items()}
+                with torch.enable_grad():
+                    trajectory = learner.inner_loop(theta, sx[t], sy[t], loss_fn, steps=last, first_order=True)
+                with torch.no_grad():
+                    for s in step_list:
+                        phi = {k: v.detach() for k, v in trajectory[s].items()}
+                        out = learner(qx[t], phi)
+                        scores[s].append(query_metric(metric, out, qy[t]))
+                        losses[s].append(float(loss_fn(out, qy[t])))
+            done += n
+    finally:
+        with torch.no_grad():
+            for name, b in learner.named_buffers():
+                b.copy_(saved[name])
+    curve = []
+    for s in step_list:
+        mean, ci = mean_ci95(scores[s])
+        curve.append({"inner_steps": s, "mean": mean, "ci95": ci, "loss": math.fsum(losses[s]) / len(losses[s])})
+    main = next((c for c in curve if c["inner_steps"] == (steps if isinstance(steps, int) else default)), curve[-1])
+    result = {"metric": metric, "mean": main["mean"], "ci95": main["ci95"], "loss": main["loss"],
+              "tasks": num_tasks, "inner_steps": main["inner_steps"]}
+    if isinstance(steps, (list, tuple)):
+        result["curve"] = curve
+    return result
+
+
+class MetaTrainer:
+    """See the module docstring. Keyword arguments:
+
+    optimizer: a torch optimizer over learner.parameters() (default Adam(lr=meta_lr));
+    meta_batch: tasks per meta-step; iterations: meta-steps in all;
+    eval_tasks / eval_every / eval_num_tasks / eval_steps: periodic evaluation (also at the end)
+      on `eval_num_tasks` fixed tasks, adapting `eval_steps` inner steps (default: the learner's);
+    run_dir: where checkpoint.pt, metrics.jsonl, train.csv, eval.csv and config.json go (None: nowhere);
+    checkpoint_every: iterations between checkpoints (default eval_every; always at the end);
+    log_every: iterations averaged into one "train" record; config: saved with each checkpoint;
+    progress: show a tqdm bar; tensorboard: also log to run_dir/tensorboard (needs tensorboard);
+    grad_clip: clip the meta-gradient's global norm; device: where the tasks are moved.
+    """
+
+    def __init__(self, learner: nn.Module, train_tasks, loss_fn: Callable, *, metric: str = "accuracy",
+                 optimizer: torch.optim.Optimizer | None = None, meta_lr: float = 1e-3, meta_batch: int = 32,
+                 iterations: int = 1000, eval_tasks=None, eval_every: int = 500, eval_num_tasks: int = 600,
+                 eval_steps: int | None = None, eval_batch: int = 50, run_dir: str | os.PathLike | None = None,
+                 checkpoint_every: int | None = None, log_every: int = 10, config: dict | None = None,
+                 progress: bool = True, tensorboard: bool = False, grad_clip: float | None = None,
+                 device: str | torch.device | None = None):
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        for name, value, low in (("meta_batch", meta_batch, 1), ("iterations", iterations, 0),
+                                 ("eval_every", eval_every, 1), ("eval_num_tasks", eval_num_tasks, 1),
+                                 ("log_every", log_every, 1), ("eval_batch", eval_batch, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        self.learner, self.train_tasks, self.loss_fn, self.metric = learner, train_tasks, loss_fn, metric
+        self.optimizer = optimizer or torch.optim.Adam(learner.parameters(), lr=meta_lr)
+        self.meta_batch, self.iterations = meta_batch, iterations
+        self.eval_tasks, self.eval_every, self.eval_num_tasks = eval_tasks, eval_every, eval_num_tasks
+        self.eval_steps, self.eval_batch = eval_steps, eval_batch
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.checkpoint_every = checkpoint_every or eval_every
+        self.log_every, self.config = log_every, dict(config or {})
+        self.progress, self.tensorboard, self.grad_clip = progress, tensorboard, grad_clip
+        self.device = torch.device(device) if device is not None else next(learner.parameters()).device
+        self.iteration = 0
+        self.last_eval: dict | None = None
+        self.last_checkpoint: tuple[Path, int] | None = None
+        self._eval_start = sampler_state(eval_tasks)
+        self.logger: MetricsLogger | None = None
+
+    # ---- state ---------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "checkpoint.pt"
+
+    def state_dict(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "learner": self.learner.state_dict(),
+            "learner_class": type(self.learner).__name__,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(),
+            "samplers": {"train": sampler_state(self.train_tasks), "eval": self._eval_start},
+            "batching": getattr(self.learner, "batching_used", None),
+            "config": json.dumps(self.config),
+            "last_eval": json.dumps(self.last_eval),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.learner.load_state_dict(state["learner"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        load_sampler_state(self.train_tasks, state["samplers"]["train"])
+        if state["samplers"].get("eval") is not None and self.eval_tasks is not None:
+            self._eval_start = state["samplers"]["eval"]
+        if getattr(self.learner, "batching", None) == "auto" and state.get("batching") in ("vmap", "loop"):
+            self.learner.batching = state["batching"]  # NOTE: [bit-identical resume]
+        self.iteration = int(state["iteration"])
+        self.last_eval = json.loads(state.get("last_eval") or "null")
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("save() needs a path when the trainer has no run_dir")
+        save_checkpoint(self.state_dict(), path)
+        self.last_checkpoint = (path, self.iteration)
+        return path
+
+    def resume(self, path: str | os.PathLike | None = None) -> int:
+        """Load a checkpoint (default run_dir/checkpoint.pt); returns its iteration."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        self.last_checkpoint = (Path(path), self.iteration)
+        return self.iteration
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, tasks=None, num_tasks: int | None = None, steps=None) -> dict:
+        """Evaluate on `tasks` (default: the eval sampler rewound to its fixed start), leaving the
+        global RNGs as they were."""
+        if tasks is None:
+            if self.eval_tasks is None:
+                raise ValueError("no eval_tasks to evaluate on")
+            load_sampler_state(self.eval_tasks, self._eval_start)
+            tasks = self.eval_tasks
+        saved = rng_state()
+        try:
+            return evaluate(self.learner, tasks, self.loss_fn, self.metric, num_tasks or self.eval_num_tasks,
+                            self.eval_steps if steps is None else steps, self.eval_batch)
+        finally:
+            set_rng_state(saved)
+
+    # ---- training ------------------------------------------------------------------------------
+    def _meta_step(self) -> float:
+        batch = self.train_tasks.sample(self.meta_batch)
+        sx, sy, qx, qy = (t.to(self.device) for t in batch.tensors())
+        self.optimizer.zero_grad(set_to_none=True)
+        meta_grad = getattr(self.learner, "meta_grad", None)
+        if callable(meta_grad):  # an algorithm with its own outer update (Reptile)
+            loss = meta_grad(sx, sy, self.loss_fn)
+            value = float(loss.detach())
+            self._check_finite(value, "meta-loss")
+        else:
+            loss = self.learner.meta_loss(sx, sy, qx, qy, self.loss_fn)
+            value = float(loss.detach())
+            self._check_finite(value, "meta-loss")
+            loss.backward()
+        grads = [p.grad for p in self.learner.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads) if hasattr(torch.nn.utils, "get_total_norm") \
+                else torch.norm(torch.stack([g.norm() for g in grads]))
+            self._check_finite(float(norm), "meta-gradient norm")
+            if self.grad_clip is not None:
+                torch.nn.utils.clip_grads_with_norm_(list(self.learner.parameters()), self.grad_clip, norm)
+        return value
+
+    def _check_finite(self, value: float, what: str) -> None:
+        if math.isfinite(value):
+            return
+        where = (f"the last good checkpoint is {self.last_checkpoint[0]} (iteration {self.last_checkpoint[1]})"
+                 if self.last_checkpoint else "no checkpoint was written")
+        if self.logger is not None:
+            self.logger.log({"kind": "diverged", "iteration": self.iteration + 1, "what": what, "value": str(value)})
+        raise TrainingDiverged(f"{what} is {value} at iteration {self.iteration + 1}; training stopped "
+                               f"and nothing was saved for it; {where}")
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train up to `iterations` meta-steps; with resume=True continue from run_dir/checkpoint.pt
+        when it exists. Returns {"iteration", "last_eval", "checkpoint", "wall_s"}."""
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
+            self.resume()
+        self.logger = MetricsLogger(self.run_dir, self.tensorboard)
+        if self.run_dir is not None:
+            self.logger.truncate_after(self.iteration)
+            (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
+        self.learner.train()
+        start = time.perf_counter()
+        window, window_start, window_t = [], self.iteration, time.perf_counter()
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.iterations, initial=self.iteration, desc="meta-train", unit="it",
+                       dynamic_ncols=True, mininterval=1.0 if os.isatty(2) else 30.0)
+        try:
+            while self.iteration < self.iterations:
+                snapshot = (rng_state(), sampler_state(self.train_tasks))
+                begun = self.iteration
+                try:
+                    value = self._meta_step()
+                    with _deferred_sigint():
+                        self.optimizer.step()
+                        self.iteration += 1
+                except KeyboardInterrupt:
+                    if self.iteration == begun:  # cut inside the iteration: rewind to its start
+                        set_rng_state(snapshot[0])
+                        load_sampler_state(self.train_tasks, snapshot[1])
+                    raise
+                window.append(value)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{value:.4g}", refresh=False)
+                done = self.iteration == self.iterations
+                if len(window) >= self.log_every or done:
+                    now = time.perf_counter()
+                    self.logger.log({"kind": "train", "iteration": self.iteration, "loss": sum(window) / len(window),
+                                     "elapsed_s": round(now - start, 3),
+                                     "iterations_per_s": round((self.iteration - window_start) / max(now - window_t, 1e-9), 3)})
+                    window, window_start, window_t = [], self.iteration, now
+                if self.eval_tasks is not None and (self.iteration % self.eval_every == 0 or done):
+                    result = self.evaluate()
+                    self.last_eval = {"iteration": self.iteration, **result}
+                    self.logger.log({"kind": "eval", "iteration": self.iteration, "split": "eval",
+                                     "elapsed_s": round(time.perf_counter() - start, 3), **result})
+                    if bar is not None:
+                        bar.write(f"iteration {self.iteration}: {self.metric} {result['mean']:.4f} "
+                                  f"+- {result['ci95']:.4f} over {result['tasks']} tasks")
+                if self.run_dir is not None and (self.iteration % self.checkpoint_every == 0 or done):
+                    self.save()
+        except KeyboardInterrupt:
+            if self.run_dir is not None:
+                path = self.save()
+                msg = f"interrupted: checkpoint of iteration {self.iteration} saved to {path}"
+                (bar.write if bar is not None else print)(msg)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            self.logger.close()
+        return {"iteration": self.iteration, "last_eval": self.last_eval,
+                "checkpoint": str(self.checkpoint_path) if self.checkpoint_path else None,
+                "wall_s": time.perf_counter() - start}

@@ -1,0 +1,99 @@
+"""`fastmaml train | eval | plot` through fastmaml.cli.main: tiny runs, and every bad argument
+ending in one clear line on stderr with exit status 2 (no traceback)."""
+
+import json
+
+import pytest
+
+from fastmaml.cli import main
+from fastmaml.train import registry
+
+
+def fails(capsys, argv, pattern):
+    import re
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert re.search(pattern, err), err
+    return err
+
+
+SINE_TINY = ["--task", "sine", "--iterations", "4", "--meta-batch", "2", "--eval-every", "2", "--eval-tasks", "3",
+             "--batching", "loop", "--no-progress"]
+
+
+def test_sine_train_eval_plot(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SINE_TINY, "--run-dir", str(run)]) == 0
+    assert "iteration 4: mse" in capsys.readouterr().out
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["task"], cfg["algo"], cfg["inner_lr"], cfg["k_shot"], cfg["meta_batch"]) == ("sine", "maml", 0.01, 10, 2)
+    assert main(["eval", str(run / "checkpoint.pt"), "--tasks", "3", "--steps", "0,1,3"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert [c["inner_steps"] for c in result["curve"]] == [0, 1, 3] and result["metric"] == "mse"
+    assert main(["plot", str(run)]) == 0
+    for name in ("learning_curves.png", "inner_steps.png", "sine_adaptation.png"):
+        assert (run / name).stat().st_size > 1000
+    # resume extends the run; an existing run is not overwritten by accident
+    assert main(["train", "--resume", "--run-dir", str(run), "--iterations", "6", "--no-progress"]) == 0
+    assert "iteration 6" in capsys.readouterr().out
+    fails(capsys, ["train", *SINE_TINY, "--run-dir", str(run)], "already holds a run")
+
+
+def test_help_explains_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for text in ("1-40-40-1", "--inner-lr 0.4", "meta-batch 32", "Conv-4", "Japanese_(katakana)"):
+        assert text in out
+
+
+def test_bad_arguments(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FASTMAML_DATA", raising=False)
+    fails(capsys, ["train", "--algo", "nope", "--run-dir", str(tmp_path / "a")], r"unknown algorithm 'nope'; choose from maml")
+    fails(capsys, ["train", "--task", "mnist"], "unknown task 'mnist'")
+    fails(capsys, ["train", "--task", "omniglot", "--run-dir", str(tmp_path / "b")], "no Omniglot data folder")
+    fails(capsys, ["train", "--task", "omniglot", "--data-root", str(tmp_path / "missing"), "--run-dir",
+                   str(tmp_path / "c")], "does not exist")
+    fails(capsys, ["train", "--task", "omniglot", "--data-root", str(tmp_path), "--run-dir", str(tmp_path / "d")],
+          "images_background_small1 not found")
+    fails(capsys, ["train", "--task", "sine", "--meta-batch", "0"], "--meta-batch must be >= 1")
+    fails(capsys, ["eval", str(tmp_path / "none")], "no checkpoint")
+    fails(capsys, ["plot", str(tmp_path / "none")], "does not exist")
+    fails(capsys, ["eval", str(tmp_path), "--steps", "a,b"], "no checkpoint|--steps")
+
+
+def test_unavailable_algorithm_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(registry.ALGORITHMS, "cavia", registry.Algorithm("cavia", ("NoSuchClass",), "Zintgraf et al. 2019"))
+    fails(capsys, ["train", "--algo", "cavia", "--run-dir", str(tmp_path)],
+          r"algorithm 'cavia' \(Zintgraf et al. 2019\) is not available yet.*available now: maml, fomaml")
+
+
+def test_every_listed_algorithm_resolves_or_says_why():
+    for name in registry.ALGORITHMS:
+        if registry.is_available(name):
+            assert registry.algorithm_class(name).__name__ in registry.ALGORITHMS[name].classes
+        else:
+            with pytest.raises(registry.AlgorithmUnavailable, match="not available yet"):
+                registry.algorithm_class(name)
+
+
+def test_omniglot_episode_errors(tmp_path, capsys, omniglot_root):
+    base = ["train", "--task", "omniglot", "--data-root", str(omniglot_root), "--no-progress"]
+    fails(capsys, [*base, "--n-way", "600", "--run-dir", str(tmp_path / "a")],
+          r"600-way tasks need 600 classes but only 544 are available")
+    fails(capsys, [*base, "--k-shot", "10", "--q-query", "15", "--run-dir", str(tmp_path / "b")],
+          r"K\+Q = 10\+15 = 25 images per class needed but class \d+ has only 20")
+
+
+def test_omniglot_tiny_run(tmp_path, capsys, omniglot_root):
+    run = tmp_path / "run"
+    assert main(["train", "--task", "omniglot", "--data-root", str(omniglot_root), "--iterations", "2",
+                 "--meta-batch", "2", "--q-query", "1", "--eval-every", "2", "--eval-tasks", "2", "--first-order",
+                 "--batching", "loop", "--no-progress", "--run-dir", str(run)]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert main(["eval", str(run), "--tasks", "2", "--steps", "0,3"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["split"] == "test" and result["n_way"] == 5 and result["inner_steps"] == 3
