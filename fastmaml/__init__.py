@@ -2,6 +2,9 @@
 
 from fastmaml.algorithms import FOMAML, MAML, MetaLearner
 from fastmaml.algorithms import ANIL, BOIL, CAVIA, L2F, MAMLpp, MetaSGD, Reptile  # issue 4: the MAML family
+from fastmaml.algorithms.mtnet import MTNet
+from fastmaml.algorithms.warpgrad import WarpGrad
+from fastmaml.boml import Init
 from fastmaml.kata import maml_inner_update, maml_outer_update
 from fastmaml.functional import adapt, buffers_of, functional_forward, inner_update, params_of
 from fastmaml.ops import get_backend, set_backend, use_backend
@@ -10,7 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MAML", "FOMAML", "MetaLearner",
-    "ANIL", "BOIL", "MetaSGD", "Reptile", "MAMLpp", "CAVIA", "L2F",
+    "ANIL", "BOIL", "MetaSGD", "Reptile", "MAMLpp", "CAVIA", "L2F", "MTNet", "WarpGrad", "Init",
     "maml_inner_update", "maml_outer_update",
     "adapt", "inner_update", "functional_forward", "params_of", "buffers_of",
     "set_backend", "get_backend", "use_backend",

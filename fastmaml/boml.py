@@ -1,0 +1,132 @@
+"""The BOML-style face: `fastmaml.Init`, initialisation-based meta-learning driven by two
+objectives over a `state` dict, built on the algorithm classes.
+
+    init = fastmaml.Init(model, inner_objective, outer_objective, inner_learning_rate=0.01,
+                         inner_loop=5, use_second_order=True, learn_lr=False, use_t=False,
+                         use_warp=False, use_forget=False)
+    opt = torch.optim.Adam(init.parameters(), 1e-3)
+    for task in tasks:                      # one task per call; .grad accumulates over calls
+        loss = init.optimize(x_train, y_train, x_val, y_val)
+    opt.step(); opt.zero_grad()
+
+Each objective is called with a dict state: "data", "target" (the task's train or validation
+split), "model" (a callable running the model with the current weights: state["model"](x)) and
+"updated_weights" (those weights, name -> tensor), and returns a scalar loss, e.g.
+
+    def inner_objective(state):
+        return F.mse_loss(state["model"](state["data"]), state["target"])
+
+learn_lr -> MetaSGD (elementwise rates), use_t -> MTNet (T-layers), use_warp -> WarpGrad (warp
+layers, its trajectory objective), use_forget -> L2F (learned attenuation); none -> MAML. At most
+one of the four. use_second_order=False is first order (ignored by WarpGrad, first order by
+construction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from fastmaml import functional as F
+from fastmaml.algorithms import L2F, MAML, MetaSGD
+from fastmaml.algorithms.mtnet import MTNet
+from fastmaml.algorithms.warpgrad import WarpGrad
+
+_OBJECTIVE_CLASSES: dict[type, type] = {}
+
+
+def _with_objectives(cls: type) -> type:
+    """A subclass of `cls` whose support/query losses are the Init objectives of a state dict."""
+    if cls not in _OBJECTIVE_CLASSES:
+
+        class WithObjectives(cls):
+            def _state(self, params, x, y, buffers, step):
+                return {"data": x, "target": y, "updated_weights": params,
+                        "model": lambda inp: self.task_forward(params, inp, buffers, step)}
+
+            def support_loss(self, params, x, y, loss_fn, buffers, step):
+                return _scalar(self.inner_objective(self._state(params, x, y, buffers, step)), "inner_objective")
+
+            def query_loss(self, params, x, y, loss_fn, buffers, step=None):
+                return _scalar(self.outer_objective(self._state(params, x, y, buffers, step)), "outer_objective")
+
+        WithObjectives.__name__ = WithObjectives.__qualname__ = f"Init{cls.__name__}"
+        _OBJECTIVE_CLASSES[cls] = WithObjectives
+    return _OBJECTIVE_CLASSES[cls]
+
+
+def _scalar(loss, arg):
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise ValueError(f"{arg} must return a scalar tensor, got {type(loss).__name__}"
+                         + (f" of shape {list(loss.shape)}" if isinstance(loss, Tensor) else ""))
+    return loss.reshape(())
+
+
+def _unused_loss(output, target):  # the objectives compute the losses
+    raise AssertionError("unreachable")
+
+
+class Init(nn.Module):
+    """See the module docstring. `init.learner` is the algorithm object, `init.model` the
+    (wrapped) model; `init.parameters()` are the meta-parameters (model, plus rates, T-layers,
+    warp layers or forget nets)."""
+
+    def __init__(self, model: nn.Module, inner_objective: Callable, outer_objective: Callable,
+                 inner_learning_rate: float = 0.01, inner_loop: int = 5, use_second_order: bool = True,
+                 learn_lr: bool = False, use_t: bool = False, use_warp: bool = False, use_forget: bool = False):
+        super().__init__()
+        for arg, fn in (("inner_objective", inner_objective), ("outer_objective", outer_objective)):
+            if not callable(fn):
+                raise TypeError(f"{arg} must be a callable of the state dict, got {type(fn).__name__}")
+        flags = {"learn_lr": learn_lr, "use_t": use_t, "use_warp": use_warp, "use_forget": use_forget}
+        on = [k for k, v in flags.items() if v]
+        if len(on) > 1:
+            raise ValueError(f"Init: choose at most one of learn_lr/use_t/use_warp/use_forget, got {on}")
+        first_order = not use_second_order
+        kw = dict(inner_lr=inner_learning_rate, inner_steps=inner_loop, batching="loop")
+        if learn_lr:
+            learner = _with_objectives(MetaSGD)(model, first_order=first_order, **kw)
+        elif use_t:
+            learner = _with_objectives(MTNet)(model, first_order=first_order, **kw)
+        elif use_warp:
+            learner = _with_objectives(WarpGrad)(model, **kw)
+        elif use_forget:
+            learner = _with_objectives(L2F)(model, first_order=first_order, **kw)
+        else:
+            learner = _with_objectives(MAML)(model, first_order=first_order, **kw)
+        learner.inner_objective = inner_objective
+        learner.outer_objective = outer_objective
+        self.learner = learner
+
+    @property
+    def model(self) -> nn.Module:
+        return self.learner.module
+
+    def adapt(self, train_data: Tensor, train_target: Tensor) -> dict[str, Tensor]:
+        """The task's updated weights after the inner loop (differentiable)."""
+        F.check_task(train_data, train_target, "train")
+        with torch.enable_grad():
+            return self.learner.inner_loop(self.learner.params(), train_data, train_target, _unused_loss)[-1]
+
+    def forward(self, x: Tensor, updated_weights=None) -> Tensor:
+        return self.learner(x, updated_weights)
+
+    def optimize(self, train_data: Tensor, train_target: Tensor, validate_data: Tensor,
+                 validate_target: Tensor) -> Tensor:
+        """One task: the inner loop on (train_data, train_target), the outer objective on the
+        validation split; its gradient is added to the meta-parameters' `.grad`. Returns the
+        outer loss (detached)."""
+        F.check_task(train_data, train_target, "train")
+        F.check_task(validate_data, validate_target, "validate")
+        wrt = [p for p in self.parameters() if p.requires_grad]
+        with torch.enable_grad():
+            learner = self.learner
+            trajectory = learner.inner_loop(learner.params(), train_data, train_target, _unused_loss)
+            loss = learner.task_loss(trajectory, validate_data, validate_target, _unused_loss, None)
+            grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+        for p, g in zip(wrt, grads):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
+        return loss.detach()

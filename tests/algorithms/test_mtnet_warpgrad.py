@@ -1,0 +1,148 @@
+import pytest
+import torch
+import torch.nn.functional as Fn
+
+from fastmaml import MTNet, WarpGrad
+from tests.algorithms._algo_helpers import DT, assert_close_all, batch, grads_of, learns, sine_net, tiny
+
+
+def transformed(p, x, t1, t2=None):
+    """tiny model with a linear transform after layer 0 (and optionally after layer 2)."""
+    h = torch.tanh((x @ p[0].T + p[1]) @ t1.T)
+    out = h @ p[2].T + p[3]
+    return out if t2 is None else out @ t2.T
+
+
+def own(model):
+    return [t.detach().clone().requires_grad_() for t in (model[0].weight, model[0].bias, model[2].weight, model[2].bias)]
+
+
+def mtnet_reference(model, t, logits, sx, sy, qx, qy, lr, steps, first_order):
+    p = own(model)
+    t = [a.detach().clone().requires_grad_() for a in t]
+    z = [a.detach().clone().requires_grad_() for a in logits] if logits else []
+    masks = [(a > 0).to(DT) + torch.sigmoid(a) - torch.sigmoid(a).detach() for a in z]
+    rates = [lr * masks[0][:, None], lr * masks[0], lr * masks[1][:, None], lr * masks[1]] if z else [lr] * 4
+    total = 0
+    for i in range(sx.shape[0]):
+        phi = p
+        for _ in range(steps):
+            g = torch.autograd.grad(Fn.mse_loss(transformed(phi, sx[i], *t), sy[i]), phi, create_graph=not first_order)
+            phi = [w - r * gi for w, r, gi in zip(phi, rates, g)]
+        total = total + Fn.mse_loss(transformed(phi, qx[i], *t), qy[i])
+    loss = total / sx.shape[0]
+    return loss, torch.autograd.grad(loss, p + t + z)
+
+
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("batching", ["loop", "vmap"])
+def test_mtnet_meta_gradient_matches_unrolled_reference(mask, first_order, batching):
+    model = tiny()
+    learner = MTNet(model, inner_lr=0.3, inner_steps=2, first_order=first_order, mask=mask, batching=batching)
+    with torch.no_grad():
+        model[0].transform.add_(0.3 * torch.randn(3, 3, dtype=DT))
+        model[2].transform.fill_(1.3)
+        if mask:
+            learner.mask_logits["0"].copy_(torch.tensor([1.0, -0.5, 0.7], dtype=DT))
+    data = batch()
+    wrt = list(model.parameters())[:2] + list(model.parameters())[3:5] + [model[0].transform, model[2].transform]
+    wrt += [learner.mask_logits["0"], learner.mask_logits["2"]] if mask else []
+    loss, grads = grads_of(learner, *data, wrt=wrt)
+    logits = [learner.mask_logits["0"], learner.mask_logits["2"]] if mask else None
+    ref_loss, ref = mtnet_reference(model, [model[0].transform, model[2].transform], logits, *data,
+                                    lr=0.3, steps=2, first_order=first_order)
+    torch.testing.assert_close(loss, ref_loss)
+    assert_close_all(grads, ref, what="grads")
+
+
+def test_mtnet_adapts_only_layer_weights_and_masked_rows():
+    model = tiny()
+    learner = MTNet(model, mask=True)
+    assert learner.adapt_names == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert learner.transform_names == ["0.transform", "2.transform"]
+    with torch.no_grad():
+        learner.mask_logits["0"].copy_(torch.tensor([1.0, -1.0, 1.0], dtype=DT))
+    sx, sy, _, _ = (t[0] for t in batch(tasks=1))
+    phi = learner.adapt(sx, sy, Fn.mse_loss)
+    moved = (phi["0.weight"] - model[0].weight).abs().sum(1)
+    assert moved[1] == 0 and moved[0] > 0 and moved[2] > 0
+    assert phi["0.transform"] is model[0].transform
+
+
+def warp_reference(model, w, sx, sy, qx, qy, lr, steps):
+    """The WarpGrad trajectory objective by hand (see fastmaml/algorithms/warpgrad.py)."""
+    p = own(model)
+    w = w.detach().clone().requires_grad_()
+    total = 0
+    for i in range(sx.shape[0]):
+        traj = [[a.detach() for a in p]]
+        for _ in range(steps):  # the task trajectory: plain SGD, warp fixed, no graph
+            phi = [a.requires_grad_() for a in (b.clone() for b in traj[-1])]
+            g = torch.autograd.grad(Fn.mse_loss(transformed(phi, sx[i], w.detach()), sy[i]), phi)
+            traj.append([a.detach() - lr * gi for a, gi in zip(phi, g)])
+        # theta_0: FOMAML gradient of the final query loss
+        final = [a + (b - a.detach()) for a, b in zip(p, traj[-1])]
+        task = Fn.mse_loss(transformed(final, qx[i], w.detach()), qy[i])
+        terms = []
+        for k in range(steps):  # omega: one-step look-ahead from each fixed iterate
+            phi = [a.clone().requires_grad_() for a in traj[k]]
+            g = torch.autograd.grad(Fn.mse_loss(transformed(phi, sx[i], w), sy[i]), phi, create_graph=True)
+            terms.append(Fn.mse_loss(transformed([a - lr * gi for a, gi in zip(phi, g)], qx[i], w), qy[i]))
+        total = total + task + sum(terms) / steps - (sum(terms) / steps).detach()
+    loss = total / sx.shape[0]
+    return loss, torch.autograd.grad(loss, p + [w])
+
+
+@pytest.mark.parametrize("batching", ["loop", "vmap"])
+def test_warpgrad_trajectory_objective_matches_reference(batching):
+    model = tiny()
+    learner = WarpGrad(model, inner_lr=0.3, inner_steps=3, batching=batching)
+    assert learner.warp_names == ["0.warp"] and learner.first_order
+    with torch.no_grad():
+        model[0].warp.add_(0.3 * torch.randn(3, 3, dtype=DT))
+    data = batch()
+    loss, grads = grads_of(learner, *data)
+    ref_loss, ref = warp_reference(model, model[0].warp, *data, lr=0.3, steps=3)
+    torch.testing.assert_close(loss, ref_loss)
+    assert_close_all(grads, ref[:2] + ref[4:] + ref[2:4], what="grads")  # order: 0.weight, 0.bias, 0.warp, 2.*
+
+
+@pytest.mark.parametrize("batching", ["loop", "vmap"])
+def test_warpgrad_unrolled_is_maml_through_the_warp(batching):
+    model = tiny()
+    learner = WarpGrad(model, inner_lr=0.3, inner_steps=2, objective="unrolled", batching=batching)
+    with torch.no_grad():
+        model[0].warp.add_(0.3 * torch.randn(3, 3, dtype=DT))
+    data = batch()
+    loss, grads = grads_of(learner, *data)
+    ref_loss, ref = mtnet_reference(model, [model[0].warp], None, *data, lr=0.3, steps=2, first_order=False)
+    torch.testing.assert_close(loss, ref_loss)
+    assert_close_all(grads, ref[:2] + ref[4:] + ref[2:4], what="grads")
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="objective must be one of"):
+        WarpGrad(tiny(), objective="leap")
+    with pytest.raises(ValueError, match="warp_after: model has no submodule 'fc'"):
+        WarpGrad(tiny(), warp_after="fc")
+    with pytest.raises(ValueError, match="layers: '1' is a Tanh"):
+        MTNet(tiny(), layers=["1"])
+    model = tiny()
+    MTNet(model)
+    with pytest.raises(ValueError, match="wrapped twice"):
+        MTNet(model)
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_mtnet_learns_sine(mask):
+    learner = MTNet(sine_net(), inner_lr=0.01, inner_steps=5, mask=mask, batching="vmap")
+    pre, post = learns(learner, lr=3e-3)
+    assert post <= 0.5 * pre, (pre, post)
+
+
+@pytest.mark.slow
+def test_warpgrad_learns_sine():
+    learner = WarpGrad(sine_net(), inner_lr=0.01, inner_steps=5, batching="vmap")
+    pre, post = learns(learner, lr=1e-2)
+    assert post <= 0.5 * pre, (pre, post)
