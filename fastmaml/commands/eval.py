@@ -12,7 +12,7 @@ from fastmaml.cli import CommandError
 EPILOG = """\
 Rebuilds the experiment from the config saved in the checkpoint, adapts to --tasks tasks of the
 held-out split (Omniglot: alphabets never trained on; sine: a fresh task stream) with each number
-of inner steps in --steps, and reports the query accuracy (Omniglot) or MSE (sine) with its 95%%
+of inner steps in --steps, and reports the query accuracy (Omniglot) or MSE (sine) with its 95%
 confidence interval over tasks. The result goes to RUN_DIR/eval.json (or --out), which
 `fastmaml plot` draws as accuracy against inner steps.
 

@@ -12,7 +12,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "plot", help="draw a run's figures",
         description="Draw the figures of a run folder as PNG files in it: learning_curves.png (train loss "
-                    "and periodic evaluation with 95%% CI, from metrics.jsonl), inner_steps.png (test metric "
+                    "and periodic evaluation with 95% CI, from metrics.jsonl), inner_steps.png (test metric "
                     "against inner steps, from `fastmaml eval`'s eval.json) and, for sine runs, "
                     "sine_adaptation.png (the MAML paper's Figure 2, from checkpoint.pt).",
         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -22,7 +22,7 @@ defaults (Finn et al. 2017; a flag overrides its default):
   Omniglot split "small": meta-train on the alphabets of images_background_small1 (x4 rotations),
   evaluate on Japanese_(katakana), Sanskrit, Tagalog of images_background_small2 (never trained on).
   Split "standard": images_background (30 alphabets) vs images_evaluation (20 alphabets).
-  Evaluation: every --eval-every iterations and at the end, mean and 95%% CI over --eval-tasks
+  Evaluation: every --eval-every iterations and at the end, mean and 95% CI over --eval-tasks
   fixed tasks. Outputs in RUN_DIR: config.json, checkpoint.pt, metrics.jsonl, train.csv, eval.csv.
   Ctrl-C saves a checkpoint; `--resume` continues it bit-identically (on CPU).
 
@@ -30,6 +30,8 @@ examples:
   fastmaml train --task sine --algo maml --iterations 20000 --run-dir runs/sine-maml
   fastmaml train --task omniglot --n-way 5 --data-root ../shared/data/omniglot --first-order
   fastmaml train --resume --run-dir runs/sine-maml --iterations 30000
+  torchrun --nproc_per_node=2 -m fastmaml train --task sine --run-dir runs/sine-2p
+                    (tasks of each meta-batch split across ranks; see docs/distributed.md)
 """
 
 
@@ -108,6 +110,9 @@ def config_from_args(args) -> dict:
         value = getattr(args, key, None)
         if value is not None:
             cfg[key] = value
+    for key in ("data_root", "cache_dir"):  # absolute, so `fastmaml eval` works from anywhere
+        if cfg.get(key):
+            cfg[key] = str(Path(cfg[key]).expanduser().absolute())
     if task == "sine" and args.n_way is not None:
         raise CommandError("--n-way applies to --task omniglot only")
     for key in ("iterations", "meta_batch", "k_shot", "eval_every", "eval_tasks", "n_way"):
@@ -170,6 +175,15 @@ def run(args) -> int:
 
         if not tensorboard_available():
             raise CommandError("--tensorboard needs the tensorboard package: pip install tensorboard")
+    from fastmaml import distributed
+
+    try:  # under torchrun: join the job (gloo on CPU, NCCL on CUDA); else one process
+        ctx = distributed.init_from_env(cfg.get("device"))
+    except distributed.DistributedError as err:
+        raise CommandError(str(err)) from None
+    if cfg["meta_batch"] < ctx.world_size:
+        raise CommandError(f"--meta-batch {cfg['meta_batch']} is split across {ctx.world_size} ranks: "
+                           f"it must be >= {ctx.world_size}")
     try:
         exp = build(cfg)
     except (OmniglotError, SamplerError, AlgorithmUnavailable, ValueError, TypeError) as err:
@@ -180,15 +194,17 @@ def run(args) -> int:
         eval_every=cfg["eval_every"], eval_num_tasks=cfg["eval_tasks"], eval_steps=cfg["eval_inner_steps"],
         run_dir=run_dir, checkpoint_every=args.checkpoint_every, log_every=args.log_every, config=cfg,
         progress=not args.no_progress, tensorboard=args.tensorboard, grad_clip=cfg.get("grad_clip"),
-        device=cfg.get("device"))
+        device=cfg.get("device"), dist=ctx)
     start = time.perf_counter()
     try:
         summary = trainer.fit(resume=args.resume)
     except TrainingDiverged as err:
         raise CommandError(str(err)) from None
+    finally:
+        ctx.destroy()
     wall = time.perf_counter() - start
     last = summary["last_eval"]
-    if last is not None:
+    if last is not None and ctx.is_main:
         print(f"iteration {summary['iteration']}: {last['metric']} {last['mean']:.4f} +- {last['ci95']:.4f} "
               f"(95% CI, {last['tasks']} tasks, {last['inner_steps']} inner steps); {wall:.0f} s; "
               f"checkpoint {summary['checkpoint']}")
