@@ -50,6 +50,18 @@ REPTILE = {"sine": {"meta_optimizer": "sgd", "meta_lr": 0.1, "inner_lr": 0.02, "
                         "eval_inner_steps": 5}}
 
 
+# Algorithms whose papers (and classes) use other inner settings on sine than MAML's.
+SINE_ALGO = {
+    "cavia": {"inner_lr": 1.0},                                  # Zintgraf et al.: context lr 1.0
+    "mamlpp": {"inner_steps": 5, "eval_inner_steps": 5},         # Antoniou et al.: 5 steps, LSLR
+    "warpgrad": {"inner_steps": 5, "eval_inner_steps": 5},
+    "imaml": {"inner_steps": 10, "eval_inner_steps": 10},        # Rajeswaran et al.: 10+ steps, lam 1
+}
+# CAVIA's context: 4 numbers, concatenated to the sine MLP's input, or to the input of Conv-4's
+# linear head (the paper conditions Conv-4 by FiLM on a 100-number context; this is the simple form).
+CAVIA_CONTEXT = 4
+
+
 def defaults(task: str, n_way: int | None = None, algo: str = "maml") -> dict[str, Any]:
     """The defaults for a task (and N for Omniglot: 20-way has its own; others take 5-way's)."""
     if task not in TASKS:
@@ -63,6 +75,8 @@ def defaults(task: str, n_way: int | None = None, algo: str = "maml") -> dict[st
             cfg["n_way"] = n_way
     if algo == "reptile":
         cfg.update(REPTILE[task])
+    elif task == "sine" and algo in SINE_ALGO:
+        cfg.update(SINE_ALGO[algo])
     cfg["algo"] = algo
     return cfg
 
@@ -96,13 +110,18 @@ def build(config: dict, eval_split: str = "test", need_train: bool = True) -> Ex
     fit for the command line when the config cannot work."""
     cfg = dict(config)
     seed_everything(cfg["seed"])
+    context = CAVIA_CONTEXT if cfg["algo"] == "cavia" else 0
+    extra = {"num_context": CAVIA_CONTEXT} if context else {}
     if cfg["task"] == "sine":
-        model = mlp(1, 1, hidden=40, layers=2)
+        model = mlp(1 + context, 1, hidden=40, layers=2)
         train = SineTasks(cfg["k_shot"], cfg["q_query"], seed=cfg["seed"]) if need_train else None
         evals = SineTasks(cfg["k_shot"], cfg["q_query"], seed=cfg["seed"] + 1_000_003)
         loss_fn, metric = F.mse_loss, "mse"
     elif cfg["task"] == "omniglot":
         model = conv4(cfg["n_way"])
+        if context:
+            model.head = torch.nn.Linear(model.head.in_features + context, cfg["n_way"])
+            extra["context_at"] = "head"
         common = dict(root=cfg["data_root"], cache_dir=cfg["cache_dir"], download=cfg.get("download", False))
         train = None
         if need_train:
@@ -117,7 +136,7 @@ def build(config: dict, eval_split: str = "test", need_train: bool = True) -> Ex
         raise ValueError(f"unknown task {cfg['task']!r}; choose from {', '.join(TASKS)}")
     device = torch.device(cfg.get("device") or "cpu")
     learner = build_learner(cfg["algo"], model.to(device), inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"],
-                            first_order=cfg["first_order"], batching=cfg["batching"])
+                            first_order=cfg["first_order"], batching=cfg["batching"], **extra)
     if train is not None and hasattr(train, "images"):
         train.images = train.images.to(device)
     if hasattr(evals, "images"):

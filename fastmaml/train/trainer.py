@@ -8,7 +8,8 @@ One iteration draws `meta_batch` tasks from `train_tasks` (anything with `.sampl
 object with `.tensors()` -> support_x, support_y, query_x, query_y, e.g. SineTasks or
 FewShotSampler), computes the meta-gradient and steps the meta-optimizer. The meta-gradient is
 `learner.meta_loss(...).backward()`, or, for algorithms with their own outer update (Reptile),
-`learner.meta_grad(support_x, support_y, loss_fn)`, which fills `.grad` itself.
+`learner.meta_grad(support_x, support_y, loss_fn)`, which fills `.grad` itself. A learner with a
+training schedule gets `learner.set_iteration(iteration // epoch_length)` before each step (MAML++).
 
 NOTE: [bit-identical resume] Everything an iteration draws from is saved in the checkpoint: the
 parameters, the optimizer state, the global RNGs (torch, numpy, python) and each sampler's
@@ -93,6 +94,9 @@ def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_ta
                 theta = {k: p.detach().requires_grad_() for k, p in learner.params().items()}
                 with torch.enable_grad():
                     trajectory = learner.inner_loop(theta, sx[t], sy[t], loss_fn, steps=last, first_order=True)
+                    if len(trajectory) != last + 1:  # not one iterate per step (iMAML: [theta, phi])
+                        trajectory = {s: learner.inner_loop(theta, sx[t], sy[t], loss_fn, steps=s, first_order=True)[-1]
+                                      for s in step_list}
                 with torch.no_grad():
                     for s in step_list:
                         phi = {k: v.detach() for k, v in trajectory[s].items()}
@@ -127,7 +131,9 @@ class MetaTrainer:
     checkpoint_every: iterations between checkpoints (default eval_every; always at the end);
     log_every: iterations averaged into one "train" record; config: saved with each checkpoint;
     progress: show a tqdm bar; tensorboard: also log to run_dir/tensorboard (needs tensorboard);
-    grad_clip: clip the meta-gradient's global norm; device: where the tasks are moved.
+    grad_clip: clip the meta-gradient's global norm; device: where the tasks are moved;
+    epoch_length: iterations per "epoch" for learners with a schedule (`set_iteration(epoch)`:
+      MAML++ anneals its multi-step loss and derivative order over epochs of 500 iterations).
     """
 
     def __init__(self, learner: nn.Module, train_tasks, loss_fn: Callable, *, metric: str = "accuracy",
@@ -136,12 +142,13 @@ class MetaTrainer:
                  eval_steps: int | None = None, eval_batch: int = 50, run_dir: str | os.PathLike | None = None,
                  checkpoint_every: int | None = None, log_every: int = 10, config: dict | None = None,
                  progress: bool = True, tensorboard: bool = False, grad_clip: float | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, epoch_length: int = 500):
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         for name, value, low in (("meta_batch", meta_batch, 1), ("iterations", iterations, 0),
                                  ("eval_every", eval_every, 1), ("eval_num_tasks", eval_num_tasks, 1),
-                                 ("log_every", log_every, 1), ("eval_batch", eval_batch, 1)):
+                                 ("log_every", log_every, 1), ("eval_batch", eval_batch, 1),
+                                 ("epoch_length", epoch_length, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         self.learner, self.train_tasks, self.loss_fn, self.metric = learner, train_tasks, loss_fn, metric
@@ -154,6 +161,7 @@ class MetaTrainer:
         self.log_every, self.config = log_every, dict(config or {})
         self.progress, self.tensorboard, self.grad_clip = progress, tensorboard, grad_clip
         self.device = torch.device(device) if device is not None else next(learner.parameters()).device
+        self.epoch_length = epoch_length
         self.iteration = 0
         self.last_eval: dict | None = None
         self.last_checkpoint: tuple[Path, int] | None = None
@@ -223,6 +231,9 @@ class MetaTrainer:
 
     # ---- training ------------------------------------------------------------------------------
     def _meta_step(self) -> float:
+        set_iteration = getattr(self.learner, "set_iteration", None)
+        if callable(set_iteration):  # a schedule over training (MAML++)
+            set_iteration(self.iteration // self.epoch_length)
         batch = self.train_tasks.sample(self.meta_batch)
         sx, sy, qx, qy = (t.to(self.device) for t in batch.tensors())
         self.optimizer.zero_grad(set_to_none=True)

@@ -97,3 +97,27 @@ def test_omniglot_tiny_run(tmp_path, capsys, omniglot_root):
     assert main(["eval", str(run), "--tasks", "2", "--steps", "0,3"]) == 0
     result = json.loads((run / "eval.json").read_text())
     assert result["split"] == "test" and result["n_way"] == 5 and result["inner_steps"] == 3
+
+
+@pytest.mark.parametrize("algo", list(registry.ALGORITHMS))
+def test_every_available_algorithm_trains_and_evaluates_on_sine(tmp_path, capsys, algo):
+    if not registry.is_available(algo):
+        pytest.skip(f"{algo} is not in fastmaml.algorithms yet")
+    run = tmp_path / algo
+    assert main(["train", "--task", "sine", "--algo", algo, "--iterations", "2", "--meta-batch", "2",
+                 "--eval-every", "2", "--eval-tasks", "2", "--batching", "loop", "--no-progress",
+                 "--run-dir", str(run)]) == 0, capsys.readouterr().err
+    assert main(["eval", str(run), "--tasks", "2", "--steps", "0,2"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert all(c["mean"] == c["mean"] for c in result["curve"])  # no NaN
+
+
+@pytest.mark.parametrize("algo", ["cavia", "reptile", "mamlpp", "warpgrad", "mtnet", "anil", "imaml"])
+def test_structured_algorithms_run_on_omniglot(tmp_path, capsys, omniglot_root, algo):
+    if not registry.is_available(algo):
+        pytest.skip(f"{algo} is not in fastmaml.algorithms yet")
+    run = tmp_path / algo
+    assert main(["train", "--task", "omniglot", "--algo", algo, "--data-root", str(omniglot_root), "--iterations", "1",
+                 "--meta-batch", "1", "--q-query", "1", "--eval-every", "1", "--eval-tasks", "1", "--inner-steps", "1",
+                 "--eval-inner-steps", "1", "--batching", "loop", "--no-progress", "--run-dir", str(run)]) == 0, \
+        capsys.readouterr().err
