@@ -57,11 +57,12 @@ class FastSlots:
         def visit(mod: nn.Module, prefix: str) -> nn.Module:
             if clone:
                 new = mod.__new__(type(mod))
-                new.__dict__ = mod.__dict__.copy()
-                new.__dict__.pop(SLOTS_KEY, None)
-                new._parameters = mod._parameters.copy()
-                new._buffers = mod._buffers.copy()
-                new._modules = mod._modules.copy()
+                d = mod.__dict__.copy()  # set through __dict__: nn.Module.__setattr__ is slow
+                d.pop(SLOTS_KEY, None)
+                d["_parameters"] = mod._parameters.copy()
+                d["_buffers"] = mod._buffers.copy()
+                d["_modules"] = mod._modules.copy()
+                object.__setattr__(new, "__dict__", d)
             else:
                 new = mod
             for key, p in mod._parameters.items():
@@ -82,7 +83,7 @@ class FastSlots:
             for key, child in mod._modules.items():
                 if child is not None:
                     new._modules[key] = visit(child, f"{prefix}{key}.")
-            if hasattr(new, "_flat_weights_names"):
+            if "_flat_weights_names" in new.__dict__:
                 self._rnns.append(new)
             return new
 

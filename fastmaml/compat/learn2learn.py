@@ -110,10 +110,17 @@ class MAML(BaseLearner):
               allow_nograd: bool | None = None) -> "MAML":
         """A learner on a shallow clone of the module: its parameters are this learner's current
         ones (gradients flow back to them), its buffers are shared."""
-        return MAML(clone_module(self.module), lr=self.lr,
-                    first_order=self.first_order if first_order is None else first_order,
-                    allow_unused=self.allow_unused if allow_unused is None else allow_unused,
-                    allow_nograd=self.allow_nograd if allow_nograd is None else allow_nograd)
+        # MAML(clone_module(self.module), lr=self.lr, ...) without nn.Module.__init__'s cost
+        new = MAML.__new__(MAML)
+        d = self.__dict__.copy()
+        for key in ("_parameters", "_buffers", "_modules"):
+            d[key] = d[key].copy()
+        d["_modules"]["module"] = clone_module(self.module)
+        d.update(first_order=self.first_order if first_order is None else first_order,
+                 allow_unused=self.allow_unused if allow_unused is None else allow_unused,
+                 allow_nograd=self.allow_nograd if allow_nograd is None else allow_nograd)
+        object.__setattr__(new, "__dict__", d)
+        return new
 
 
 class MetaSGD(BaseLearner):
