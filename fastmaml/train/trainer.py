@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from fastmaml import distributed
 from fastmaml.train.checkpoint import (
     load_checkpoint, load_sampler_state, rng_state, sampler_state, save_checkpoint, set_rng_state,
 )
@@ -133,7 +134,10 @@ class MetaTrainer:
     progress: show a tqdm bar; tensorboard: also log to run_dir/tensorboard (needs tensorboard);
     grad_clip: clip the meta-gradient's global norm; device: where the tasks are moved;
     epoch_length: iterations per "epoch" for learners with a schedule (`set_iteration(epoch)`:
-      MAML++ anneals its multi-step loss and derivative order over epochs of 500 iterations).
+      MAML++ anneals its multi-step loss and derivative order over epochs of 500 iterations);
+    dist: a fastmaml.distributed.DistContext (default: distributed.current()): each rank meta-trains on
+      its slice of every meta-batch, the meta-gradients are all-reduced, rank 0 alone logs, evaluates
+      and writes checkpoints.
     """
 
     def __init__(self, learner: nn.Module, train_tasks, loss_fn: Callable, *, metric: str = "accuracy",
@@ -142,7 +146,7 @@ class MetaTrainer:
                  eval_steps: int | None = None, eval_batch: int = 50, run_dir: str | os.PathLike | None = None,
                  checkpoint_every: int | None = None, log_every: int = 10, config: dict | None = None,
                  progress: bool = True, tensorboard: bool = False, grad_clip: float | None = None,
-                 device: str | torch.device | None = None, epoch_length: int = 500):
+                 device: str | torch.device | None = None, epoch_length: int = 500, dist: distributed.DistContext | None = None):
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         for name, value, low in (("meta_batch", meta_batch, 1), ("iterations", iterations, 0),
@@ -161,6 +165,7 @@ class MetaTrainer:
         self.log_every, self.config = log_every, dict(config or {})
         self.progress, self.tensorboard, self.grad_clip = progress, tensorboard, grad_clip
         self.device = torch.device(device) if device is not None else next(learner.parameters()).device
+        self.dist = dist if dist is not None else distributed.current()
         self.epoch_length = epoch_length
         self.iteration = 0
         self.last_eval: dict | None = None
@@ -234,7 +239,7 @@ class MetaTrainer:
         set_iteration = getattr(self.learner, "set_iteration", None)
         if callable(set_iteration):  # a schedule over training (MAML++)
             set_iteration(self.iteration // self.epoch_length)
-        batch = self.train_tasks.sample(self.meta_batch)
+        batch = self.dist.shard(self.train_tasks.sample(self.meta_batch))  # NOTE: [distributed sharding]
         sx, sy, qx, qy = (t.to(self.device) for t in batch.tensors())
         self.optimizer.zero_grad(set_to_none=True)
         meta_grad = getattr(self.learner, "meta_grad", None)
@@ -247,6 +252,8 @@ class MetaTrainer:
             value = float(loss.detach())
             self._check_finite(value, "meta-loss")
             loss.backward()
+        value = self.dist.all_reduce_grads(self.learner.parameters(), batch.weight, loss=value,
+                                           buffers=self.learner.buffers())
         grads = [p.grad for p in self.learner.parameters() if p.grad is not None]
         if grads:
             norm = torch.nn.utils.get_total_norm(grads) if hasattr(torch.nn.utils, "get_total_norm") \
@@ -271,15 +278,18 @@ class MetaTrainer:
         when it exists. Returns {"iteration", "last_eval", "checkpoint", "wall_s"}."""
         if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
             self.resume()
-        self.logger = MetricsLogger(self.run_dir, self.tensorboard)
-        if self.run_dir is not None:
+        self.dist.broadcast_module(self.learner)
+        main = self.dist.is_main
+        run_dir = self.run_dir if main else None  # only rank 0 writes
+        self.logger = MetricsLogger(run_dir, self.tensorboard and main)
+        if run_dir is not None:
             self.logger.truncate_after(self.iteration)
             (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
         self.learner.train()
         start = time.perf_counter()
         window, window_start, window_t = [], self.iteration, time.perf_counter()
         bar = None
-        if self.progress:
+        if self.progress and main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.iterations, initial=self.iteration, desc="meta-train", unit="it",
@@ -309,7 +319,7 @@ class MetaTrainer:
                                      "elapsed_s": round(now - start, 3),
                                      "iterations_per_s": round((self.iteration - window_start) / max(now - window_t, 1e-9), 3)})
                     window, window_start, window_t = [], self.iteration, now
-                if self.eval_tasks is not None and (self.iteration % self.eval_every == 0 or done):
+                if self.eval_tasks is not None and main and (self.iteration % self.eval_every == 0 or done):
                     result = self.evaluate()
                     self.last_eval = {"iteration": self.iteration, **result}
                     self.logger.log({"kind": "eval", "iteration": self.iteration, "split": "eval",
@@ -317,10 +327,10 @@ class MetaTrainer:
                     if bar is not None:
                         bar.write(f"iteration {self.iteration}: {self.metric} {result['mean']:.4f} "
                                   f"+- {result['ci95']:.4f} over {result['tasks']} tasks")
-                if self.run_dir is not None and (self.iteration % self.checkpoint_every == 0 or done):
+                if run_dir is not None and (self.iteration % self.checkpoint_every == 0 or done):
                     self.save()
         except KeyboardInterrupt:
-            if self.run_dir is not None:
+            if run_dir is not None:
                 path = self.save()
                 msg = f"interrupted: checkpoint of iteration {self.iteration} saved to {path}"
                 (bar.write if bar is not None else print)(msg)
