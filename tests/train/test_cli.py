@@ -33,6 +33,9 @@ def test_sine_train_eval_plot(tmp_path, capsys):
     result = json.loads((run / "eval.json").read_text())
     assert [c["inner_steps"] for c in result["curve"]] == [0, 1, 3] and result["metric"] == "mse"
     assert main(["plot", str(run)]) == 0
+    from fastmaml.train.report import table
+
+    assert "| maml | 4 | 0.01, 1 |" in table([run])
     for name in ("learning_curves.png", "inner_steps.png", "sine_adaptation.png"):
         assert (run / name).stat().st_size > 1000
     # resume extends the run; an existing run is not overwritten by accident
