@@ -40,16 +40,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-import fastmaml  # noqa: E402
-from fastmaml import ops  # noqa: E402
-from fastmaml.compat import _peers  # noqa: E402
-from fastmaml.compat import higher as face_higher  # noqa: E402
-from fastmaml.compat import learn2learn as face_l2l  # noqa: E402
-from fastmaml.compat import torchopt as face_torchopt  # noqa: E402
-from fastmaml.tasks.sine import SineTasks, sine_mlp  # noqa: E402
+import fastmaml
+from fastmaml import ops
+from fastmaml.compat import _peers
+from fastmaml.compat import higher as face_higher
+from fastmaml.compat import learn2learn as face_l2l
+from fastmaml.compat import torchopt as face_torchopt
+from fastmaml.tasks.sine import SineTasks, sine_mlp
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "compat.json"
 TASKS, K_SHOT, Q_QUERY = 25, 10, 10

@@ -9,4 +9,4 @@ Each face is imported on its own (`import fastmaml.compat` loads none of them). 
 and what it does not: docs/migration/{learn2learn,higher,torchopt}.md.
 """
 
-__all__ = ["learn2learn", "higher", "torchopt"]
+__all__ = ["higher", "learn2learn", "torchopt"]

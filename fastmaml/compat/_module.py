@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
 from torch import Tensor, nn
 
 BufferRule = Callable[[Tensor], Tensor]
@@ -91,7 +90,7 @@ class FastSlots:
         self.root.__dict__[SLOTS_KEY] = self
 
     @staticmethod
-    def of(module: nn.Module, buffer_rule: BufferRule = share) -> "FastSlots":
+    def of(module: nn.Module, buffer_rule: BufferRule = share) -> FastSlots:
         """The FastSlots whose root is `module`, or new slots over `module` itself."""
         slots = module.__dict__.get(SLOTS_KEY)
         return slots if slots is not None else FastSlots(module, buffer_rule, clone=False)

@@ -38,8 +38,14 @@ from torch import Tensor, nn
 from fastmaml import ops
 from fastmaml.compat._module import FastSlots, copy_detached
 
-__all__ = ["innerloop_ctx", "monkeypatch", "get_diff_optim", "DifferentiableOptimizer", "DifferentiableSGD",
-           "SUPPORTED_OPTIMIZERS"]
+__all__ = [
+    "SUPPORTED_OPTIMIZERS",
+    "DifferentiableOptimizer",
+    "DifferentiableSGD",
+    "get_diff_optim",
+    "innerloop_ctx",
+    "monkeypatch",
+]
 
 SUPPORTED_OPTIMIZERS = (torch.optim.SGD,)
 _SGD_KEYS = ("lr", "momentum", "dampening", "weight_decay", "nesterov")

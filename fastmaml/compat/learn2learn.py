@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from fastmaml import ops
 from fastmaml.compat._module import FastSlots, lr_list, share
 
-__all__ = ["MAML", "MetaSGD", "BaseLearner", "clone_module", "algorithms"]
+__all__ = ["MAML", "BaseLearner", "MetaSGD", "algorithms", "clone_module"]
 
 
 def clone_module(module: nn.Module) -> nn.Module:
@@ -107,7 +107,7 @@ class MAML(BaseLearner):
         _apply(slots, params, grads, self.lr)
 
     def clone(self, first_order: bool | None = None, allow_unused: bool | None = None,
-              allow_nograd: bool | None = None) -> "MAML":
+              allow_nograd: bool | None = None) -> MAML:
         """A learner on a shallow clone of the module: its parameters are this learner's current
         ones (gradients flow back to them), its buffers are shared."""
         # MAML(clone_module(self.module), lr=self.lr, ...) without nn.Module.__init__'s cost
@@ -138,7 +138,7 @@ class MetaSGD(BaseLearner):
         self.lrs = lrs
         self.first_order = first_order
 
-    def clone(self) -> "MetaSGD":
+    def clone(self) -> MetaSGD:
         """A learner on a shallow clone of the module, adapting with this learner's rates (the
         rates themselves, so meta-gradients reach them)."""
         return MetaSGD(clone_module(self.module), lrs=list(self.lrs), first_order=self.first_order)

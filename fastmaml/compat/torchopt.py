@@ -34,8 +34,15 @@ from torch import Tensor, nn
 
 from fastmaml import ops
 
-__all__ = ["MetaOptimizer", "MetaSGD", "ModuleState", "SGDState", "extract_state_dict", "recover_state_dict",
-           "extract_module_containers"]
+__all__ = [
+    "MetaOptimizer",
+    "MetaSGD",
+    "ModuleState",
+    "SGDState",
+    "extract_module_containers",
+    "extract_state_dict",
+    "recover_state_dict",
+]
 
 _PROVIDED = ", ".join(__all__)
 

@@ -33,10 +33,10 @@ def make(kind: str):
     """(model, (x_support, y_support, x_query, y_query), loss_fn) for "mlp" or "cnn"."""
     g = torch.Generator().manual_seed(3)
     if kind == "mlp":
-        r = lambda *s: torch.randn(*s, generator=g, dtype=DT)  # noqa: E731
+        r = lambda *s: torch.randn(*s, generator=g, dtype=DT)
         return mlp(), (r(6, 2), r(6, 1), r(7, 2), r(7, 1)), Fn.mse_loss
-    x = lambda n: torch.randn(n, 1, 6, 6, generator=g, dtype=DT)  # noqa: E731
-    y = lambda n: torch.randint(0, 3, (n,), generator=g)  # noqa: E731
+    x = lambda n: torch.randn(n, 1, 6, 6, generator=g, dtype=DT)
+    y = lambda n: torch.randint(0, 3, (n,), generator=g)
     return cnn(), (x(6), y(6), x(6), y(6)), Fn.cross_entropy
 
 

@@ -2,8 +2,16 @@ import pytest
 import torch
 
 import fastmaml.compat.higher as fh
-from tests.compat._compat_helpers import (DT, MODELS, assert_rel, buffers, make, peer, reference_meta_grads,
-                                          unrolled)
+from tests.compat._compat_helpers import (
+    DT,
+    MODELS,
+    assert_rel,
+    buffers,
+    make,
+    peer,
+    reference_meta_grads,
+    unrolled,
+)
 
 LR = 0.1
 
@@ -140,7 +148,7 @@ def test_learned_lr_override():
     got = override_loop(fh.innerloop_ctx)
     model, task, loss_fn = make("mlp")
     lrs = [torch.tensor(0.05, dtype=DT, requires_grad=True), torch.tensor(0.2, dtype=DT, requires_grad=True)]
-    step = lambda ps, gs, s: [p - lrs[i >= 2] * g for i, (p, g) in enumerate(zip(ps, gs))]  # noqa: E731
+    step = lambda ps, gs, s: [p - lrs[i >= 2] * g for i, (p, g) in enumerate(zip(ps, gs))]
     theta = list(model.parameters())
     qloss, _ = unrolled(model, theta, task, loss_fn, 2, False, step)
     assert_rel(got, torch.autograd.grad(qloss, lrs + theta), "d loss / d (lrs, theta)")

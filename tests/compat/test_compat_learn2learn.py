@@ -3,8 +3,17 @@ import torch
 from torch import nn
 
 import fastmaml.compat.learn2learn as fl2l
-from tests.compat._compat_helpers import (DT, MODELS, assert_rel, buffers, make, peer, reference_meta_grads,
-                                          sgd_step, unrolled)
+from tests.compat._compat_helpers import (
+    DT,
+    MODELS,
+    assert_rel,
+    buffers,
+    make,
+    peer,
+    reference_meta_grads,
+    sgd_step,
+    unrolled,
+)
 
 LR = 0.1
 
@@ -148,7 +157,7 @@ def test_learner_forwards_attributes_and_the_face_names_what_it_lacks():
     learner = fl2l.MAML(model, lr=LR).clone()
     assert learner.n_way == 3 and learner.module[1].num_features == 4
     assert fl2l.algorithms.MAML is fl2l.MAML
-    with pytest.raises(AttributeError, match="provides MAML, MetaSGD"):
+    with pytest.raises(AttributeError, match="provides MAML, "):
         fl2l.vision  # noqa: B018
     with pytest.raises(TypeError, match="lr must be a number"):
         fl2l.MAML(model, lr="0.1")

@@ -3,7 +3,14 @@ import torch
 from torch import nn
 
 import fastmaml.compat.torchopt as fto
-from tests.compat._compat_helpers import MODELS, assert_rel, buffers, make, peer, reference_meta_grads
+from tests.compat._compat_helpers import (
+    MODELS,
+    assert_rel,
+    buffers,
+    make,
+    peer,
+    reference_meta_grads,
+)
 
 LR = 0.1
 
