@@ -1,6 +1,7 @@
 // CPU kernels of the fused update: one at::parallel_for over the elements of the whole tensor list
 // (many small tensors parallelise like one big one), vectorised with at::vec, fp32 arithmetic for
-// the 16-bit types. Maths: include/fastmaml/update.h; operand layout: include/fastmaml/operands.h.
+// the 16-bit types. Maths: include/fastmaml/update.h; operand layout: include/fastmaml/operands.h;
+// the operators' wrappers: include/fastmaml/update_ops.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -9,8 +10,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
-#include <fastmaml/operands.h>
-#include <fastmaml/update.h>
+#include <fastmaml/update_ops.h>
 
 namespace fastmaml {
 namespace {
@@ -118,83 +118,24 @@ void for_all(const std::vector<Job<scalar_t, kIn, kOut>>& jobs, double c, const 
   });
 }
 
-// x = (p, g, a, gamma); y = (out); c = alpha
-struct ForwardOp {
-  template <typename X, typename T, typename Y>
-  void operator()(const X& x, const T& alpha, Y& y) const {
-    y[0] = update_forward(x[0], x[1], x[2], x[3], alpha);
+struct Cpu {
+  static constexpr at::DeviceType kType = at::kCPU;
+
+  template <typename Op>
+  static void launch(at::TensorList params, const Operands& in,
+                     const std::vector<std::vector<at::Tensor>>& outs, double c, const Op& op) {
+    for (const auto& [dtype, indices] : group_by_dtype(params)) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastmaml_update_cpu", [&] {
+        for_all(make_jobs<scalar_t, Op::kIn, Op::kOut>(params, in, outs, indices), c, op);
+      });
+    }
   }
 };
-
-// x = (grad_output, p, g, a, gamma); y = (d params, d grads, d lrs, d gammas); c = -alpha
-struct BackwardOp {
-  template <typename X, typename T, typename Y>
-  void operator()(const X& x, const T& neg_alpha, Y& y) const {
-    y[0] = update_grad_param(x[0], x[4]);
-    y[1] = update_grad_grad(x[0], x[3], neg_alpha);
-    y[2] = update_grad_lr(x[0], x[2], neg_alpha);
-    y[3] = update_grad_gamma(x[0], x[1]);
-  }
-};
-
-template <int kIn, int kOut, typename Op>
-void launch(at::TensorList params, const Operands& in,
-            const std::vector<std::vector<at::Tensor>>& outs, double c, const Op& op) {
-  for (const auto& [dtype, indices] : group_by_dtype(params)) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastmaml_update_cpu", [&] {
-      for_all(make_jobs<scalar_t, kIn, kOut>(params, in, outs, indices), c, op);
-    });
-  }
-}
-
-std::vector<at::Tensor> fused_update(at::TensorList params, at::TensorList grads,
-                                     std::optional<at::TensorList> lrs,
-                                     std::optional<at::TensorList> gammas, double alpha) {
-  check_update("fused_update", at::kCPU, params, grads, lrs, gammas);
-  std::vector<at::Tensor> out = empty_like_all(params);
-  launch<4, 1>(params, prepare({params, grads, lrs, gammas}, params), {out}, alpha, ForwardOp{});
-  return out;
-}
-
-void fused_update_(at::TensorList params, at::TensorList grads, std::optional<at::TensorList> lrs,
-                   std::optional<at::TensorList> gammas, double alpha) {
-  check_update("fused_update_", at::kCPU, params, grads, lrs, gammas);
-  std::vector<at::Tensor> dst;  // params, or a contiguous copy written back below
-  dst.reserve(params.size());
-  for (const auto& p : params) dst.push_back(p.contiguous());
-  launch<4, 1>(params, prepare({dst, grads, lrs, gammas}, params), {dst}, alpha, ForwardOp{});
-  for (size_t i = 0; i < params.size(); ++i)
-    if (!dst[i].is_same(params[i])) params[i].copy_(dst[i]);
-}
-
-std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
-           std::vector<at::Tensor>>
-fused_update_backward(at::TensorList grad_outputs, at::TensorList params, at::TensorList grads,
-                      std::optional<at::TensorList> lrs, std::optional<at::TensorList> gammas,
-                      double alpha, std::array<bool, 4> mask) {
-  const char* op = "fused_update_backward";
-  check_update(op, at::kCPU, params, grads, lrs, gammas);
-  check_list(op, "grad_outputs", grad_outputs, params, false);
-  TORCH_CHECK(!mask[2] || lrs, op, ": the gradient of lrs was requested but lrs is None");
-  TORCH_CHECK(!mask[3] || gammas, op, ": the gradient of gammas was requested but gammas is None");
-  std::vector<std::vector<at::Tensor>> outs(4);
-  for (int k = 0; k < 4; ++k)
-    if (mask[k]) outs[k] = empty_like_all(params);
-  // p is read only for d gammas, g only for d lrs.
-  using List = std::optional<at::TensorList>;
-  Operands in = prepare({grad_outputs, mask[3] ? List(params) : std::nullopt,
-                         mask[2] ? List(grads) : std::nullopt, lrs, gammas},
-                        params);
-  launch<5, 4>(params, in, outs, -alpha, BackwardOp{});
-  return {outs[0], outs[1], outs[2], outs[3]};
-}
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastmaml, CPU, m) {
-  m.impl("fused_update", &fused_update);
-  m.impl("fused_update_", &fused_update_);
-  m.impl("fused_update_backward", &fused_update_backward);
+  FASTMAML_REGISTER_UPDATE_OPS(m, Cpu);
 }
 
 }  // namespace fastmaml

@@ -51,4 +51,28 @@ FASTMAML_HD T update_grad_gamma(T go, T p) {
   return p * go;
 }
 
+// The kernels' per-element functions over operand slots (read modulo their periods, NOTE: [operand
+// periods] in operands.h), for scalars and CPU vectors alike. c is alpha forward, -alpha backward.
+
+// x = (p, g, a, gamma); y = (out)
+struct ForwardOp {
+  static constexpr int kIn = 4, kOut = 1;
+  template <typename X, typename T, typename Y>
+  FASTMAML_HD void operator()(const X& x, const T& alpha, Y& y) const {
+    y[0] = update_forward(x[0], x[1], x[2], x[3], alpha);
+  }
+};
+
+// x = (grad_output, p, g, a, gamma); y = (d params, d grads, d lrs, d gammas)
+struct BackwardOp {
+  static constexpr int kIn = 5, kOut = 4;
+  template <typename X, typename T, typename Y>
+  FASTMAML_HD void operator()(const X& x, const T& neg_alpha, Y& y) const {
+    y[0] = update_grad_param(x[0], x[4]);
+    y[1] = update_grad_grad(x[0], x[3], neg_alpha);
+    y[2] = update_grad_lr(x[0], x[2], neg_alpha);
+    y[3] = update_grad_gamma(x[0], x[1]);
+  }
+};
+
 }  // namespace fastmaml
