@@ -34,7 +34,7 @@ def check_matches_reference(names, form, dtype, atol, rtol, device="cpu", shapes
             assert_all_close(actual, expected, atol=atol, rtol=rtol, what=f"{name} {form} {dtype} inplace={inplace}")
 
 
-def _differentiable_case(form, shapes=((3,), (4, 2, 2), (2, 3))):
+def _differentiable_case(form, shapes):
     params, grads, lrs, gammas = make_case(form, torch.float64, shapes=list(shapes), seed=1)
     lists = [params, grads] + [x for x in (lrs, gammas) if x is not None]
     flat = [t.detach().requires_grad_() for lst in lists for t in lst]
@@ -50,9 +50,9 @@ def _differentiable_case(form, shapes=((3,), (4, 2, 2), (2, 3))):
     return fn, flat
 
 
-def check_gradcheck(name, form):
+def check_gradcheck(name, form, shapes=((3,), (4, 2, 2), (2, 3))):
     """gradcheck and gradgradcheck in float64 w.r.t. every input (p, g, a, gamma)."""
-    fn, flat = _differentiable_case(form)
+    fn, flat = _differentiable_case(form, shapes)
     fn.backend = backend_module(name)
     assert torch.autograd.gradcheck(fn, flat)
     assert torch.autograd.gradgradcheck(fn, flat)
