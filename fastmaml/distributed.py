@@ -178,26 +178,35 @@ class DistContext:
         targets = params + buffers
         sizes = [(t.numel(), t.dtype, t.device) for t in targets]
         start = time.perf_counter()
+        buckets = _buckets(sizes, self.bucket_cap_mb * 2**20)
+        # meta: which params have a gradient on this rank, then the loss; it rides at the end of a
+        # float32/float64 bucket (multiplied by the weight with it: flags stay > 0, the loss becomes
+        # weighted), so a step costs one collective per bucket and no extra one
+        meta = [float(p.grad is not None) for p in params] + [loss or 0.0]
+        host = next((k for k in reversed(range(len(buckets)))
+                     if targets[buckets[k][0]].dtype in (torch.float32, torch.float64)), None)
         works, flats = [], []
         try:
-            for idx in _buckets(sizes, self.bucket_cap_mb * 2**20):
+            for k, idx in enumerate(buckets):
                 parts = []
                 for i in idx:
                     t = targets[i]
                     src = (t.grad if t.grad is not None else torch.zeros_like(t)) if i < len(params) else t
                     parts.append(src.detach().reshape(-1))
+                if k == host:
+                    parts.append(torch.tensor(meta, dtype=parts[0].dtype, device=parts[0].device))
                 flat = torch.cat(parts).mul_(weight)
                 works.append(dist.all_reduce(flat, async_op=True))
                 flats.append((idx, flat))
-            # flags: which params have a gradient on any rank; last slot: the weighted loss
-            meta = torch.tensor([float(p.grad is not None) for p in params] + [weight * (loss or 0.0)],
-                                dtype=torch.float64, device=self.device)
-            works.append(dist.all_reduce(meta, async_op=True))
+            if host is None:
+                flat = torch.tensor(meta, dtype=torch.float64, device=self.device).mul_(weight)
+                works.append(dist.all_reduce(flat, async_op=True))
             for w in works:
                 w.wait()
         except (RuntimeError, dist.DistBackendError) as err:
             raise DistributedError(f"rank {self.rank}/{self.world_size}: the meta-gradient all-reduce failed "
                                    f"(a peer rank probably exited or timed out; see its error): {err}") from err
+        meta = (flats[host][1] if host is not None else flat)[-len(meta):].tolist()
         elapsed = time.perf_counter() - start
         for idx, flat in flats:
             offset = 0
@@ -217,8 +226,8 @@ class DistContext:
         self.stats["all_reduce_s"] += elapsed
         self.stats["all_reduce_calls"] += 1
         self.stats["all_reduce_bytes"] += sum(f.numel() * f.element_size() for _, f in flats)
-        self.stats["buckets"] += len(flats)
-        return float(meta[-1]) if loss is not None else None
+        self.stats["buckets"] += len(works)
+        return meta[-1] if loss is not None else None
 
     def meta_step(self, learner: nn.Module, shard: Shard, loss_fn) -> float:
         """Fill `.grad` of the learner's parameters with the global meta-gradient of `shard`'s batch
