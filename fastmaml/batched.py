@@ -345,7 +345,8 @@ def task_losses(learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, 
     `inner_loop` with params of shape [T, *p.shape] (theta expanded, no copy), `batched_grads`
     (one autograd.grad for all tasks) and `forward`. Same value and meta-gradient as the loop
     path. BatchNorm running statistics (if tracked) are updated per task and the module keeps
-    their mean over tasks, as the vmap path does."""
+    their mean over tasks, as the vmap path does; num_batches_tracked counts T batches per
+    forward, as the loop path does."""
     if not supports(learner.module):
         raise ValueError(f"batched.task_losses: the model is not supported: {why_not(learner.module)}")
     T = support_x.shape[0]
@@ -359,5 +360,7 @@ def task_losses(learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, 
     with torch.no_grad():
         for name, b in learner.module.named_buffers():
             new = buffers[name]
-            b.copy_(new.mean(0) if b.is_floating_point() else new[0])
+            # Statistics: the mean over tasks. Counts (num_batches_tracked): every task's forward
+            # is a batch seen, as in the task loop.
+            b.copy_(new.mean(0) if b.is_floating_point() else b + (new[0] - b) * T)
     return losses

@@ -6,9 +6,10 @@ algorithm adds (learned rates, forget nets, ...). For one task it runs
     phi_0 = theta;  phi_{k+1} = update(phi_k, grad L_support(phi_k))      k = 0 .. K-1
     L_task = L_query(phi_K)
 
-and `meta_loss` reduces L_task over a batch of tasks, task by task ("loop") or all tasks in one
-torch.func.vmap pass ("vmap"). Algorithms change the loop only through the hooks below
-(`inner_rates`, `inner_gammas`, `task_forward`, `support_loss`, `query_loss`, `is_first_order`,
+and `meta_loss` reduces L_task over a batch of tasks, task by task ("loop"), all tasks in one
+torch.func.vmap pass ("vmap"), or with the task dimension written into the layers ("batched",
+fastmaml/batched.py: params [T, ...], bmm / grouped conv, one autograd.grad for all tasks).
+Algorithms change the loop only through the hooks below (`inner_rates`, `inner_gammas`, `task_forward`, `support_loss`, `query_loss`, `is_first_order`,
 `task_loss`); the update itself
 always goes through fastmaml.ops (the fused-kernel dispatcher).
 """
@@ -22,11 +23,12 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from fastmaml import batched
 from fastmaml import functional as F
 from fastmaml._batchnorm import DecomposedBatchNorm, has_batch_norm
 from fastmaml.functional import LossFn, Params
 
-BATCHING = ("auto", "vmap", "loop")
+BATCHING = ("auto", "batched", "vmap", "loop")
 GradsFn = Callable[..., tuple[Tensor, Params]]
 
 
@@ -128,13 +130,16 @@ class MetaLearner(nn.Module):
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         _check_batch(support_x, support_y, query_x, query_y)
-        mode = self._batching_for(support_x, support_y, query_x, query_y, loss_fn)
+        if self.batching == "batched" or (self.batching == "auto" and batched.learner_supported(self)):
+            mode = "batched"  # "auto": the task-batched layers when they cover the model and hooks
+        else:
+            mode = self._batching_for(support_x, support_y, query_x, query_y, loss_fn)
         self.batching_used = mode
         # Under no_grad (evaluation) the inner loop still needs gradients, but no graph through them.
         outer_grad = torch.is_grad_enabled()
+        run = {"batched": self._batched_losses, "vmap": self._vmap_losses}.get(mode, self._loop_losses)
         with torch.enable_grad():
-            losses = (self._vmap_losses if mode == "vmap" else self._loop_losses)(
-                support_x, support_y, query_x, query_y, loss_fn, None if outer_grad else True)
+            losses = run(support_x, support_y, query_x, query_y, loss_fn, None if outer_grad else True)
         loss = losses.mean() if reduction == "mean" else losses.sum()
         return loss if outer_grad else loss.detach()
 
@@ -145,6 +150,12 @@ class MetaLearner(nn.Module):
             trajectory = self.inner_loop(params, sx[t], sy[t], loss_fn, first_order=first_order)
             losses.append(self.task_loss(trajectory, qx[t], qy[t], loss_fn, None))
         return torch.stack(losses)
+
+    def _batched_losses(self, sx, sy, qx, qy, loss_fn, first_order=None) -> Tensor:
+        if not batched.learner_supported(self):
+            why = batched.why_not(self.module) or "the learner overrides a per-task hook"
+            raise ValueError(f"batching='batched': {type(self).__name__} has no task-batched form here: {why}")
+        return batched.task_losses(self, sx, sy, qx, qy, loss_fn, first_order)
 
     def _vmap_losses(self, sx, sy, qx, qy, loss_fn, first_order=None) -> Tensor:
         params = self.params()
