@@ -147,7 +147,7 @@ def run_layout(workload: str, procs: int, threads: int, quick: bool) -> dict:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads),
                    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         load_before = _load()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{workload} {procs}x{threads} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
         ranks = json.loads(Path(out).read_text())
@@ -178,8 +178,8 @@ def render_table(data: dict) -> str:
     """Markdown tables of a results dict (the JSON this script writes)."""
     rows = data["results"]
     base = {r["workload"]: r for r in rows if r["processes"] == 1 and r["threads"] == 1}
-    lines = ["| workload | layout | meta-steps/s | tasks/s | speed-up vs 1x1 | step median (min-max) ms | "
-             "all-reduce in step ms (share) |",
+    lines = [("| workload | layout | meta-steps/s | tasks/s | speed-up vs 1x1 | step median (min-max) ms | "
+              "all-reduce in step ms (share) |"),
              "|---|---|---:|---:|---:|---|---:|"]
     for r in rows:
         b = base.get(r["workload"])
@@ -198,8 +198,8 @@ def render_table(data: dict) -> str:
             lines.append(f"| {r['workload']} | {p['bytes'] / 1024:.1f} KiB | {p['tensors']} | {1e3 * p['coalesced_s']:.3f} | "
                          f"{1e3 * p['per_tensor_s']:.3f} | {1e3 * p['four_mib_s']:.2f} ({p['four_mib_gb_s']:.2f}) |")
     m = data["machine"]
-    lines += ["", f"{m['date']}; {m['platform']}, {m['cpu_count']} CPUs; Python {m['python']}, torch {m['torch']}, "
-                  f"{m['backend']}; load average before/after each layout: "
+    lines += ["", (f"{m['date']}; {m['platform']}, {m['cpu_count']} CPUs; Python {m['python']}, torch {m['torch']}, "
+                   f"{m['backend']}; load average before/after each layout: ")
                   + ", ".join(f"{r['workload']} {r['processes']}x{r['threads']} {r['load_before'][:1]}/{r['load_after'][:1]}"
                               for r in rows)]
     return "\n".join(lines)

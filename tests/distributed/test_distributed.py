@@ -4,6 +4,7 @@ killed (its own process group) when it overstays."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -75,7 +76,7 @@ def _compare(ref, got, path="") -> list[str]:
 def test_shard_bounds_partition_the_batch(total, world):
     bounds = [shard_bounds(total, world, r) for r in range(world)]
     assert bounds[0][0] == 0 and bounds[-1][1] == total
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
     sizes = [b - a for a, b in bounds]
     assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
     assert sum(s / total for s in sizes) == pytest.approx(1.0)
@@ -154,7 +155,7 @@ def test_two_ranks_match_one_process_over_the_union_of_tasks(tmp_path):
 
 
 def test_a_rank_that_raises_fails_the_job_quickly():
-    rc, out, wall = _run(TORCHRUN + [str(HERE / "_fail.py"), "raise"], timeout=90)
+    rc, out, _ = _run(TORCHRUN + [str(HERE / "_fail.py"), "raise"], timeout=90)  # the bound: 90 s
     assert rc != 0, out[-4000:]
     assert "fastmaml.distributed: rank 1 of 2 failed with RuntimeError: injected failure on rank 1" in out, out[-4000:]
     assert "finished without noticing" not in out
@@ -189,3 +190,28 @@ def test_a_hung_rank_fails_the_job_after_the_timeout_without_a_launcher():
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
             p.communicate()
+
+
+@pytest.mark.slow
+def test_torchrun_fastmaml_train_matches_one_process(tmp_path):
+    """`torchrun --nproc_per_node=2 -m fastmaml train` (float32): the same logged losses and final
+    evaluation as `fastmaml train` in one process, and rank 0 alone writes the run directory."""
+    import json
+
+    from fastmaml.cli import main
+
+    args = ["train", "--task", "sine", "--iterations", "4", "--meta-batch", "5", "--eval-every", "4",
+            "--eval-tasks", "10", "--log-every", "1", "--no-progress", "--batching", "loop"]
+    rc, out, _ = _run(TORCHRUN + ["-m", "fastmaml"] + args + ["--run-dir", str(tmp_path / "two")], timeout=150)
+    assert rc == 0, out[-4000:]
+    assert out.count("iteration 4: mse") == 1, out[-4000:]  # the summary line from rank 0 only
+    assert main(args + ["--run-dir", str(tmp_path / "one")]) == 0
+
+    def records(run):
+        return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    one, two = records("one"), records("two")
+    assert [(r["kind"], r["iteration"]) for r in two] == [(r["kind"], r["iteration"]) for r in one]
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)
+    assert (tmp_path / "two" / "checkpoint.pt").is_file() and (tmp_path / "two" / "config.json").is_file()
