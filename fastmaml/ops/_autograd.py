@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch import Tensor, _C
+from torch import _C, Tensor
 from torch._C._functorch import peek_interpreter_stack
 from torch._functorch.utils import enable_single_level_autograd_function
 from torch.autograd.function import _SingleLevelFunction
@@ -102,6 +102,17 @@ def _autograd_kernel(op, function, keyset, params, grads, lrs, gammas, alpha):
         return list(out)
     with _C._AutoDispatchBelowAutograd():
         return op.redispatch(keyset & _C._after_autograd_keyset, params, grads, lrs, gammas, alpha)
+
+
+def call(op, params, grads, lrs, gammas, alpha) -> list[Tensor]:
+    """op(params, grads, lrs, gammas, alpha), skipping the (Python) Autograd kernel when no
+    gradient is needed and no torch.func transform is active: that kernel would only redispatch."""
+    if peek_interpreter_stack() is None and not (
+        _C.is_grad_enabled() and _C._any_requires_grad(*_join(params, grads, lrs, gammas))
+    ):
+        with _C._AutoDispatchBelowAutograd():
+            return op(params, grads, lrs, gammas, alpha)
+    return op(params, grads, lrs, gammas, alpha)
 
 
 def _dim(dims, i):

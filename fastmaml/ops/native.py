@@ -38,8 +38,8 @@ def is_available(device: torch.device) -> bool:
 
 
 def update(params, grads, lrs, gammas, alpha):
-    return list(torch.ops.fastmaml.fused_update(params, grads, lrs, gammas, alpha))
+    return list(_autograd.call(torch.ops.fastmaml.fused_update.default, params, grads, lrs, gammas, alpha))
 
 
 def update_(params, grads, lrs, gammas, alpha):
-    torch.ops.fastmaml.fused_update_(params, grads, lrs, gammas, alpha)
+    _autograd.call(torch.ops.fastmaml.fused_update_.default, params, grads, lrs, gammas, alpha)

@@ -111,13 +111,13 @@ def is_available(device: torch.device) -> bool:
     try:
         p = torch.ones(2, device=device)
         return bool((torch.ops.fastmaml_triton.fused_update([p], [p], None, None, 0.5)[0] == 0.5).all())
-    except Exception:  # a missing driver or compiler shows up as many exception types
+    except Exception:  # noqa: BLE001 (a missing driver or compiler raises many exception types)
         return False
 
 
 def update(params, grads, lrs, gammas, alpha):
-    return list(torch.ops.fastmaml_triton.fused_update(params, grads, lrs, gammas, alpha))
+    return list(_autograd.call(torch.ops.fastmaml_triton.fused_update.default, params, grads, lrs, gammas, alpha))
 
 
 def update_(params, grads, lrs, gammas, alpha):
-    torch.ops.fastmaml_triton.fused_update_(params, grads, lrs, gammas, alpha)
+    _autograd.call(torch.ops.fastmaml_triton.fused_update_.default, params, grads, lrs, gammas, alpha)

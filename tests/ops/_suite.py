@@ -79,11 +79,11 @@ def check_transforms(name, device="cpu"):
     """The same results as `reference` inside vmap (tasks batched, a and gamma shared), grad,
     vmap(grad), grad(vmap), and a second-order meta-gradient (grad inside vmap, then .backward())."""
     backend = backend_module(name)
-    dt = dict(dtype=torch.float64, device=device)
+    dt = {"dtype": torch.float64, "device": device}
     p, a, gam = torch.randn(4, 3, **dt), torch.rand(4, 1, **dt) + 0.5, torch.rand((), **dt) + 0.5
     g = torch.randn(4, 3, **dt)
     pb, gb = torch.randn(5, 4, 3, **dt), torch.randn(5, 4, 3, **dt)
-    tol = dict(atol=1e-12, rtol=1e-12)
+    tol = {"atol": 1e-12, "rtol": 1e-12}
 
     def upd(be):
         return lambda p, g, a, gam: be.update([p], [g], [a], [gam], 0.1)[0]

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import fastmaml.ops as ops
+from fastmaml import ops
 from fastmaml.ops import native
 
 

@@ -20,7 +20,7 @@ def test_triton_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     suite = Path(__file__).with_name("_triton_suite.py")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", str(suite)]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
 
 

@@ -1,0 +1,244 @@
+"""How fast is one fused inner update, per backend, form and parameter set?
+
+Parameter sets: the sine MLP 1-40-40-1 (1.7k elements, 6 tensors), Conv-4 Omniglot (4 x conv3x3
+64ch + BN, linear to 5 ways: 112k elements, 18 tensors) for one task and as the task-batched
+[32, ...] tensors of a meta-batch of 32, and a 10M-element set. Forms (NOTE: [update forms]): sgd;
+scaled with an elementwise a (Meta-SGD); forget with elementwise a and a per-layer gamma (L2F). In
+the batched set a and gamma are shared by the tasks, as in the vmap path.
+
+For each: median time and spread (25th-75th percentile) of the out-of-place update (allocating
+its outputs, as MAML does) and of the in-place one (the kernel alone), bytes moved (read p, g, a,
+gamma once, write the output) and the in-place GB/s, that as a fraction of a plain `copy_` of as
+many elements into an existing tensor timed in the same run, ratios to `reference` and `foreach`; forward+backward of the
+differentiable update (params, a and gamma requiring grad); and the ATen ops dispatched per update
+(a TorchDispatchMode count, the proxy for GPU launches). Providers take turns within each round, so
+drift on a shared machine hits all alike; compare ratios, not absolute times, across runs.
+
+    python bench/bench_inner_update.py            # writes bench/results/inner_update.json
+    python bench/bench_inner_update.py --quick    # fewer rounds, a smoke test
+    python bench/bench_inner_update.py --threads 1   # one intra-op thread (shared, busy machine)
+    python -m bench.tables inner_update           # the README table from the saved JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from fastmaml.ops import backend_module, is_available
+
+RESULTS = ROOT / "bench" / "results" / "inner_update.json"
+FORMS = ("sgd", "scaled", "forget")
+
+
+def sine_mlp():
+    return [(40, 1), (40,), (40, 40), (40,), (1, 40), (1,)]
+
+
+def conv4(ways=5, channels=64):
+    shapes = []
+    for block in range(4):
+        shapes += [(channels, 1 if block == 0 else channels, 3, 3), (channels,), (channels,), (channels,)]
+    return shapes + [(ways, channels), (ways,)]
+
+
+PARAM_SETS = {
+    "sine-mlp": (sine_mlp(), None),
+    "conv4": (conv4(), None),
+    "conv4x32": (conv4(), 32),
+    "10M": ([(2500, 1000)] * 4, None),
+}
+
+
+def make_inputs(name, form, device, dtype=torch.float32):
+    shapes, tasks = PARAM_SETS[name]
+    lead = () if tasks is None else (tasks,)
+    params = [torch.randn(lead + s, device=device, dtype=dtype) for s in shapes]
+    grads = [torch.randn_like(p) for p in params]
+    lrs = None if form == "sgd" else [torch.rand(s, device=device, dtype=dtype) + 0.5 for s in shapes]
+    # gamma near 1, so that repeated in-place updates neither blow up nor sink into denormals
+    gammas = None if form != "forget" else [torch.rand(1, device=device, dtype=dtype) * 2e-3 + 0.999 for _ in shapes]
+    return params, grads, lrs, gammas
+
+
+def bytes_moved(params, lrs, gammas):
+    full = sum(p.numel() * p.element_size() for p in params)
+    side = sum(t.numel() * t.element_size() for t in (lrs or []) + (gammas or []))
+    return 3 * full + side  # read p and g, write out; a and gamma read once
+
+
+class CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once(fn, device):
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _stats(samples):
+    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else samples * 3
+    return {"median_us": statistics.median(samples) * 1e6, "p25_us": q[0] * 1e6, "p75_us": q[2] * 1e6}
+
+
+def bench_case(set_name, form, backends, device, rounds, inner):
+    """Timings of every backend on one (set, form), interleaved round by round."""
+    params, grads, lrs, gammas = make_inputs(set_name, form, device)
+    alpha = 0.01
+    n = sum(p.numel() for p in params)
+    flat_src = torch.randn(n, device=device)
+    flat_dst = torch.empty_like(flat_src)
+    diff_params = [p.clone().requires_grad_() for p in params]
+    diff_lrs = None if lrs is None else [a.clone().requires_grad_() for a in lrs]
+    diff_gammas = None if gammas is None else [g.clone().requires_grad_() for g in gammas]
+    gos = [torch.randn_like(p) for p in params]
+    leaves = diff_params + (diff_lrs or []) + (diff_gammas or [])
+
+    def forward(mod):
+        return lambda: mod.update(params, grads, lrs, gammas, alpha)
+
+    def forward_backward(mod):
+        def run():
+            out = mod.update(diff_params, grads, diff_lrs, diff_gammas, alpha)
+            torch.autograd.grad(out, leaves, gos)
+        return run
+
+    def repeat(fn):
+        def run():
+            for _ in range(inner):
+                fn()
+        return run
+
+    def inplace(mod):
+        targets = [p.clone() for p in params]
+        return torch.no_grad()(lambda: mod.update_(targets, grads, lrs, gammas, alpha))
+
+    jobs = {"copy": repeat(lambda: flat_dst.copy_(flat_src))}
+    for b in backends:
+        mod = backend_module(b)
+        jobs[f"{b}/fwd"] = repeat(forward(mod))
+        jobs[f"{b}/inplace"] = repeat(inplace(mod))
+        jobs[f"{b}/fwd+bwd"] = repeat(forward_backward(mod))
+    samples = {k: [] for k in jobs}
+    for k, fn in jobs.items():  # warm up
+        fn()
+    for _ in range(rounds):
+        for k, fn in jobs.items():
+            samples[k].append(_time_once(fn, device) / inner)
+
+    copy = _stats(samples["copy"])
+    copy_gbs = 2 * flat_src.numel() * flat_src.element_size() / (copy["median_us"] * 1e-6) / 1e9
+    moved = bytes_moved(params, lrs, gammas)
+    rows = []
+    for b in backends:
+        mod = backend_module(b)
+        with torch.no_grad(), CountOps() as counter:
+            mod.update(params, grads, lrs, gammas, alpha)
+        fwd, fwdbwd = _stats(samples[f"{b}/fwd"]), _stats(samples[f"{b}/fwd+bwd"])
+        inpl = _stats(samples[f"{b}/inplace"])
+        gbs = moved / (inpl["median_us"] * 1e-6) / 1e9
+        rows.append({
+            "set": set_name, "form": form, "backend": b, "elements": n, "tensors": len(params),
+            "fwd": fwd, "inplace": inpl, "fwd_bwd": fwdbwd, "bytes": moved, "gb_s": gbs,
+            "copy_gb_s": copy_gbs, "frac_of_copy": gbs / copy_gbs, "aten_ops": counter.count,
+        })
+    for key in ("reference", "foreach"):
+        base = next((r for r in rows if r["backend"] == key), None)
+        for r in rows:
+            if base is not None:
+                r[f"speedup_vs_{key}"] = base["fwd"]["median_us"] / r["fwd"]["median_us"]
+                r[f"inplace_speedup_vs_{key}"] = base["inplace"]["median_us"] / r["inplace"]["median_us"]
+                r[f"fwd_bwd_speedup_vs_{key}"] = base["fwd_bwd"]["median_us"] / r["fwd_bwd"]["median_us"]
+    return rows
+
+
+def _git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="few rounds: a smoke test")
+    parser.add_argument("--sets", nargs="*", default=list(PARAM_SETS))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's); 1 on an oversubscribed shared machine")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    backends = [b for b in ("reference", "foreach", "native", "triton")
+                if (b != "triton" or device.type == "cuda") and is_available(b, device)]
+    rows = []
+    for set_name in args.sets:
+        elements = sum(torch.Size(s).numel() for s in PARAM_SETS[set_name][0]) * (PARAM_SETS[set_name][1] or 1)
+        inner = max(1, min(200, 200_000 // elements))  # calls per timed sample: samples of >~100 us
+        rounds = 5 if args.quick else (15 if elements > 1_000_000 else 30)
+        for form in FORMS:
+            rows += bench_case(set_name, form, backends, device, rounds, inner)
+            print(f"{set_name:9s} {form:7s} " + "  ".join(
+                f"{x['backend']}={x['fwd']['median_us']:.0f}us" for x in rows[-len(backends):]
+            ) + f"  native/copy={next((x['frac_of_copy'] for x in rows[-len(backends):] if x['backend'] == 'native'), 0):.2f}",
+                flush=True)
+    result = {
+        "benchmark": "inner_update",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpu": platform.processor() or _cpu_name(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "fastmaml_commit": _git_commit()},
+        "config": {"dtype": "float32", "forms": list(FORMS), "backends": backends, "quick": args.quick,
+                   "command": " ".join(["python bench/bench_inner_update.py", *(argv if argv is not None else sys.argv[1:])])},
+        "results": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+def _cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+if __name__ == "__main__":
+    main()
