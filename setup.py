@@ -63,7 +63,7 @@ def _extensions():
     sources += rel(glob.glob(os.path.join(root, "csrc", "cpu", "*.cpp")))
     cuda_sources = rel(glob.glob(os.path.join(root, "csrc", "cuda", "*.cu")))
     include_dirs = [os.path.join(root, "csrc", "include")]
-    cxx = ["-O3", "-std=c++17", "-DPy_LIMITED_API=0x03090000"]
+    cxx = ["-O3", "-std=c++20", "-DPy_LIMITED_API=0x03090000"]
     if problem and cuda_sources:
         if _flag("FASTMAML_REQUIRE_CUDA"):
             raise RuntimeError(f"FASTMAML_REQUIRE_CUDA=1 but the CUDA kernels cannot be built: {problem}")
@@ -81,7 +81,7 @@ def _extensions():
         ext = cpp_extension.CUDAExtension(
             "fastmaml._C", sources + cuda_sources, include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx + ["-DFASTMAML_WITH_CUDA"],
-                                "nvcc": ["-O3", "-std=c++17", "-DFASTMAML_WITH_CUDA",
+                                "nvcc": ["-O3", "-std=c++20", "-DFASTMAML_WITH_CUDA",
                                          "--expt-relaxed-constexpr"]},
             py_limited_api=True,
         )
