@@ -17,6 +17,13 @@ TORCH_LIBRARY(fastmaml, m) {
   m.def("fused_update_backward(Tensor[] grad_outputs, Tensor[] params, Tensor[] grads, Tensor[]? lrs,"
         " Tensor[]? gammas, float alpha, bool[4] output_mask)"
         " -> (Tensor[], Tensor[], Tensor[], Tensor[])");
+
+  // ---- batched conjugate gradient (issue 5): NOTE: [cg ops] in include/fastmaml/cg.h ----------
+  // Lists of [T, ...] tensors; the per-task results are [T] opmath tensors. Not differentiable.
+  m.def("cg_dot(Tensor[] a, Tensor[] b) -> Tensor");
+  m.def("cg_matvec_dot_(Tensor(a!)[] hp, Tensor[] p, float c0, float c1) -> Tensor");
+  m.def("cg_step_(Tensor(a!)[] x, Tensor(b!)[] r, Tensor[] p, Tensor[] q, Tensor alpha) -> Tensor");
+  m.def("cg_direction_(Tensor(a!)[] p, Tensor[] r, Tensor beta) -> ()");
 }
 
 // `import fastmaml._C` loads this library, which registers the operators above. The module itself

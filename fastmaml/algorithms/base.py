@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from fastmaml import batched
 from fastmaml import functional as F
 from fastmaml._batchnorm import DecomposedBatchNorm, has_batch_norm
+from fastmaml.algorithms.hvp_meta_grad import check_second_order, hvp_meta_losses
 from fastmaml.functional import LossFn, Params
 
 BATCHING = ("auto", "batched", "vmap", "loop")
@@ -41,6 +42,8 @@ class MetaLearner(nn.Module):
         first_order: bool = False,
         adapt_names: Iterable[str] | None = None,
         batching: str = "auto",
+        *,
+        second_order: str = "autograd",
     ):
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -60,6 +63,9 @@ class MetaLearner(nn.Module):
             raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
         self.batching = batching
         self.batching_used: str | None = None
+        # "autograd": differentiate through the inner steps; "hvp": the same meta-gradient by a
+        # reverse recursion of batched HVPs, O(K |theta|) memory (fastmaml/algorithms/hvp_meta_grad.py).
+        self.second_order = check_second_order(second_order)
         self._auto_choice: dict[tuple, str] = {}
 
     # ---- hooks an algorithm may override -------------------------------------------------
@@ -130,6 +136,9 @@ class MetaLearner(nn.Module):
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         _check_batch(support_x, support_y, query_x, query_y)
+        if self.second_order == "hvp" and torch.is_grad_enabled():
+            losses = hvp_meta_losses(self, support_x, support_y, query_x, query_y, loss_fn)
+            return losses.mean() if reduction == "mean" else losses.sum()
         if self.batching == "batched" or (self.batching == "auto" and batched.learner_supported(self)):
             mode = "batched"  # "auto": the task-batched layers when they cover the model and hooks
         else:

@@ -1,0 +1,234 @@
+"""Meta-gradients computed by hand from batched Hessian-vector products, with memory that does not
+grow with the activations of the inner steps: `second_order="hvp"` for MAML and Meta-SGD, and the
+machinery IMAML shares (fastmaml/algorithms/imaml.py).
+
+NOTE: [hand meta-gradient] The per-task losses come out of `HandGradLosses`, an autograd.Function
+whose forward runs the inner loop with no graph (torch.func.grad per step, first order) and whose
+backward computes the exact meta-gradient of those losses w.r.t. the meta-parameters. So
+`meta_loss(...).backward()` puts the meta-gradient on the parameters as usual, and the loss value
+is the true query loss after adaptation.
+
+Second order by the reverse recursion (MAML, Meta-SGD). With phi_{k+1} = phi_k - a_k (.) g_k,
+g_k = grad L_support(phi_k), and v_K = grad L_query(phi_K):
+
+    v_k = v_{k+1} - H_k (a_k (.) v_{k+1})       d L / d phi_k       (H_k: support Hessian at phi_k)
+    d L / d a_k  = - sum_tasks g_k (.) v_{k+1}  (reduced to a_k's shape: Meta-SGD's learned rates)
+    d L / d theta = v_0
+
+Only the iterates phi_0..phi_{K-1} are kept (O(K |theta|) per task) and each H_k v is one batched
+HVP (fastmaml.hvp, forward-over-reverse), which recomputes one step's activations. Parameters not
+adapted in the inner loop (adapt_names) get the cross terms: the HVP is taken w.r.t. all params
+with a zero vector on the fixed ones, and -H_{fixed, adapted} (a (.) v) accumulates into their
+gradient next to their direct query gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from fastmaml import functional as F
+from fastmaml._batchnorm import DecomposedBatchNorm, has_batch_norm
+from fastmaml.functional import Params
+from fastmaml.hvp import hvp_and_grad
+
+SECOND_ORDER = ("autograd", "hvp")
+
+
+class HandGradLosses(torch.autograd.Function):
+    """losses = solver.forward() ([T]); d losses -> solver.backward(grad_losses), one gradient per
+    tensor of `inputs` (NOTE: [hand meta-gradient])."""
+
+    @staticmethod
+    def forward(ctx, solver, *inputs):
+        ctx.solver = solver
+        return solver.forward()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_losses):
+        solver, ctx.solver = ctx.solver, None  # frees the saved iterates after use
+        return (None, *solver.backward(grad_losses))
+
+
+class TaskMap:
+    """Runs a per-task function over a batch of tasks by torch.func.vmap or by a Python loop, with
+    batch norm decomposed under vmap (NOTE: [vmap batch norm]), and per-task buffers."""
+
+    def __init__(self, learner, vmapped: bool):
+        self.learner, self.vmapped = learner, vmapped
+        self.module = learner.module
+        self.bn = vmapped and has_batch_norm(self.module)
+
+    def context(self):
+        return DecomposedBatchNorm() if self.bn else contextlib.nullcontext()
+
+    def __call__(self, fn: Callable, *args):
+        """fn over dim 0 of every tensor in args (nested dicts allowed); outputs stacked on dim 0."""
+        if self.vmapped:
+            with self.context():
+                return torch.func.vmap(fn, randomness="different")(*args)
+        flat, spec = tree_flatten(args)
+        T = next(t.shape[0] for t in flat if isinstance(t, Tensor))
+        outs = [fn(*tree_unflatten([t[i] if isinstance(t, Tensor) else t for t in flat], spec)) for i in range(T)]
+        out_flat = [tree_flatten(o) for o in outs]
+        spec_out = out_flat[0][1]
+        return tree_unflatten([torch.stack(col) for col in zip(*[f for f, _ in out_flat])], spec_out)
+
+    def task_buffers(self, T: int) -> Params:
+        """A copy of the module's buffers per task (BatchNorm updates them in place)."""
+        return {n: b.unsqueeze(0).expand(T, *b.shape).clone() for n, b in self.module.named_buffers()}
+
+    def store_buffers(self, buffers: Params) -> None:
+        """The module keeps the mean over tasks of the updated statistics (as the vmap path does)."""
+        with torch.no_grad():
+            for name, b in self.module.named_buffers():
+                new = buffers[name]
+                b.copy_(new.mean(0) if b.is_floating_point() else new[0])
+
+    def recompute_buffers(self):
+        """Buffers for recomputing a loss (HVPs): in training mode batch norm normalises with batch
+        statistics and running statistics are not read, so None (nothing is updated twice); in
+        eval mode the module's own, which are only read."""
+        if self.module.training:
+            return {n: None for n, _ in self.module.named_buffers()}
+        return None
+
+
+def check_second_order(value) -> str:
+    if value not in SECOND_ORDER:
+        raise ValueError(f"second_order must be one of {SECOND_ORDER}, got {value!r}")
+    return value
+
+
+def _overridden(learner, hooks) -> list[str]:
+    from fastmaml.algorithms.base import MetaLearner
+
+    return [h for h in hooks if getattr(type(learner), h) is not getattr(MetaLearner, h)]
+
+
+def check_hvp_mode(learner) -> None:
+    """second_order="hvp" covers the updates phi - a (.) g (MAML, FOMAML-free Meta-SGD) with the
+    plain task loss: refuse learners whose hooks change that."""
+    bad = _overridden(learner, ("inner_gammas", "task_loss", "is_first_order", "inner_loop"))
+    if bad:
+        raise ValueError(f"second_order='hvp' supports MAML and Meta-SGD (updates phi - a * g); "
+                         f"{type(learner).__name__} overrides {bad}")
+    if learner.first_order:
+        raise ValueError("second_order='hvp' computes the second-order meta-gradient; it needs first_order=False")
+
+
+class _Unrolled:
+    """The solver of HandGradLosses for second_order="hvp" (see the module docstring)."""
+
+    def __init__(self, learner, mapper: TaskMap, batch, loss_fn, theta: Params, rates: list[Tensor]):
+        self.learner, self.map, self.batch, self.loss_fn = learner, mapper, batch, loss_fn
+        self.theta, self.rates = theta, rates
+
+    def forward(self) -> Tensor:
+        learner, loss_fn = self.learner, self.loss_fn
+        sx, sy, qx, qy = self.batch
+        T = sx.shape[0]
+        theta = {n: p.detach() for n, p in self.theta.items()}
+        adapt = learner.adapt_names
+        buffers = self.map.task_buffers(T)
+
+        def one_task(sx, sy, qx, qy, buffers):
+            trajectory = learner.inner_loop(theta, sx, sy, loss_fn, buffers, first_order=True, grads_fn=F.func_grads)
+            kept = [{n: phi[n] for n in adapt} for phi in trajectory[:-1]]
+
+            def query(p, b):
+                loss = learner.query_loss(p, qx, qy, loss_fn, b, None)
+                return loss, loss.detach()
+
+            g, loss = torch.func.grad(query, has_aux=True)(trajectory[-1], buffers)
+            return kept, g, loss
+
+        with torch.enable_grad():
+            self.iterates, self.query_grads, losses = self.map(one_task, sx, sy, qx, qy, buffers)
+        self.map.store_buffers(buffers)
+        return losses.detach()
+
+    def backward(self, grad_losses: Tensor) -> list[Tensor | None]:
+        learner, loss_fn = self.learner, self.loss_fn
+        sx, sy = self.batch[:2]
+        T = sx.shape[0]
+        adapt = set(learner.adapt_names)
+        fixed = [n for n in self.theta if n not in adapt]
+        scale = lambda t: grad_losses.reshape(T, *[1] * (t.dim() - 1)).to(t.dtype) * t  # noqa: E731
+        v = {n: scale(g) for n, g in self.query_grads.items()}  # dL/dphi_K (and the fixed params' direct terms)
+        rate_grads = {id(r): torch.zeros_like(r) for r in self.rates}
+        theta_T = {n: self.theta[n].detach().expand(T, *self.theta[n].shape) for n in fixed}
+        buffers = self.map.recompute_buffers()
+        method = getattr(learner, "hvp_method", "auto")
+        for k in reversed(range(len(self.iterates))):
+            rates = learner.inner_rates(k)
+            a = {n: rates[n] if isinstance(rates, dict) else rates for n in learner.adapt_names}
+            u = {n: (a[n].detach() * v[n] if isinstance(a[n], Tensor) else a[n] * v[n]) for n in learner.adapt_names}
+            u.update({n: torch.zeros_like(theta_T[n]) for n in fixed})
+            phi = {**theta_T, **self.iterates.pop()}  # the iterate is not needed again: free it
+
+            def support(p, x, y, k=k):
+                return learner.support_loss(p, x, y, loss_fn, buffers, k)
+
+            g, hu, used = hvp_and_grad(support, phi, u, sx, sy, method=method, context=self.map.context)
+            learner.hvp_method = used
+            for n in learner.adapt_names:
+                if isinstance(a[n], Tensor) and id(a[n]) in rate_grads:
+                    # d phi_{k+1} / d a_k = -g_k
+                    rate_grads[id(a[n])] += (-(g[n] * v[n]).sum(0)).sum_to_size(a[n].shape)
+                v[n] = v[n] - hu[n]
+            for n in fixed:
+                v[n] = v[n] - hu[n]
+        self.iterates = None
+        grads = [v[n].sum(0) for n in self.theta]
+        return grads + [rate_grads[id(r)] for r in self.rates]
+
+
+def _rates_of(learner) -> list[Tensor]:
+    """The distinct rate tensors (requiring grad) the inner steps use, in first-use order."""
+    seen, out = set(), []
+    for k in range(learner.inner_steps):
+        rates = learner.inner_rates(k)
+        if isinstance(rates, dict):
+            for r in rates.values():
+                if isinstance(r, Tensor) and r.requires_grad and id(r) not in seen:
+                    seen.add(id(r))
+                    out.append(r)
+    return out
+
+
+def mapper_for(learner, run: Callable[[TaskMap], Tensor]) -> Tensor:
+    """Run `run(mapper)` by vmap, or by the task loop when batching is "loop" or the model does not
+    vmap ("auto" remembers the choice in learner._hand_batching)."""
+    choice = learner.batching if learner.batching != "auto" else getattr(learner, "_hand_batching", "auto")
+    if choice in ("vmap", "loop"):
+        learner.batching_used = choice
+        return run(TaskMap(learner, choice == "vmap"))
+    try:
+        out = run(TaskMap(learner, True))
+        learner._hand_batching = "vmap"
+    except Exception:  # noqa: BLE001 - the model does not run under vmap; the loop always does
+        out = run(TaskMap(learner, False))
+        learner._hand_batching = "loop"
+    learner.batching_used = learner._hand_batching
+    return out
+
+
+def hvp_meta_losses(learner, support_x, support_y, query_x, query_y, loss_fn) -> Tensor:
+    """The per-task query losses after adaptation ([T]) whose backward gives the exact
+    second-order meta-gradient by HVPs (NOTE: [hand meta-gradient])."""
+    check_hvp_mode(learner)
+    theta = learner.params()
+    rates = _rates_of(learner)
+
+    def run(mapper):
+        solver = _Unrolled(learner, mapper, (support_x, support_y, query_x, query_y), loss_fn, theta, rates)
+        return HandGradLosses.apply(solver, *theta.values(), *rates)
+
+    return mapper_for(learner, run)

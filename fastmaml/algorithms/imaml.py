@@ -1,0 +1,209 @@
+"""iMAML (Rajeswaran et al., 2019): implicit meta-gradients through a proximal inner problem.
+
+    phi_t = argmin_phi  L_support_t(phi) + lam/2 ||phi - theta||^2          (approximately: K steps
+                                                                              of any optimizer)
+    g_theta = sum_t (I + H_t / lam)^{-1} grad L_query_t(phi_t)              (H_t: support Hessian at phi_t)
+
+The inner loop keeps no graph, so memory does not grow with the number of inner steps; the solve is
+the batched conjugate gradient of fastmaml/cg.py on batched Hessian-vector products (fastmaml/hvp.py),
+all tasks in lockstep. `meta_loss` returns the query losses after adaptation, whose backward puts
+g_theta on the model's parameters (NOTE: [hand meta-gradient] in hvp_meta_grad.py). Parameters
+outside `adapt_names` stay at theta in the inner loop and get their exact implicit gradient
+d L_q / d theta_f - (1 / lam) H_{f, phi} x, with x the CG solution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from fastmaml import functional as F
+from fastmaml import ops
+from fastmaml.algorithms.base import MetaLearner, _check_batch
+from fastmaml.algorithms.hvp_meta_grad import HandGradLosses, TaskMap, mapper_for
+from fastmaml.cg import ON_FAIL, CGReport, batched_cg
+from fastmaml.functional import LossFn, Params
+from fastmaml.hvp import METHODS, hvp_and_grad
+
+
+class IMAML(MetaLearner):
+    """`IMAML(model, lam=1.0, inner_lr=0.01, inner_steps=10, inner_optimizer=None, cg_steps=5,
+    cg_tol=1e-3, cg_damping=0.0, adapt_names=None, batching="auto", hvp_method="auto",
+    on_cg_fail="warn", inner_optimizer_kwargs=None)`.
+
+    inner_optimizer: None for gradient descent with `inner_lr` through the fused update
+    (fastmaml.ops.update_); a torch.optim.Optimizer class, built as `cls(params, lr=inner_lr,
+    **inner_optimizer_kwargs)`; or a callable `params -> optimizer`. The optimizer steps the
+    adapted parameters of all tasks at once, stacked on a task dimension, on the sum over tasks of
+    the proximal support losses, so each task's slice sees its own gradient: any elementwise
+    optimizer (SGD, momentum, Adam, RMSprop, ...) keeps the tasks independent (LBFGS would not).
+
+    cg_steps, cg_tol, cg_damping: the CG budget, relative residual tolerance and damping of
+    ((1 + damping) I + H / lam) x = grad L_query. `last_cg_report` holds the last solve's
+    per-task report (fastmaml.cg.CGReport); tasks missing the tolerance warn (on_cg_fail="warn"),
+    raise ("raise") or are only reported ("ignore")."""
+
+    def __init__(self, model, lam: float = 1.0, inner_lr: float = 0.01, inner_steps: int = 10,
+                 inner_optimizer=None, cg_steps: int = 5, cg_tol: float = 1e-3, cg_damping: float = 0.0,
+                 adapt_names=None, batching: str = "auto", hvp_method: str = "auto", on_cg_fail: str = "warn",
+                 inner_optimizer_kwargs: dict | None = None):
+        super().__init__(model, inner_lr, inner_steps, False, adapt_names, batching)
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0 or lam == float("inf"):
+            raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+        if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 0:
+            raise ValueError(f"cg_steps must be an int >= 0, got {cg_steps!r}")
+        for arg, value in (("cg_tol", cg_tol), ("cg_damping", cg_damping)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{arg} must be a number >= 0, got {value!r}")
+        if hvp_method not in METHODS:
+            raise ValueError(f"hvp_method must be one of {METHODS}, got {hvp_method!r}")
+        if on_cg_fail not in ON_FAIL:
+            raise ValueError(f"on_cg_fail must be one of {ON_FAIL}, got {on_cg_fail!r}")
+        if not (inner_optimizer is None or callable(inner_optimizer)):
+            raise TypeError(f"inner_optimizer must be None, a torch.optim.Optimizer class or a callable "
+                            f"params -> optimizer, got {type(inner_optimizer).__name__}")
+        self.lam = float(lam)
+        self.inner_optimizer = inner_optimizer
+        self.inner_optimizer_kwargs = dict(inner_optimizer_kwargs or {})
+        self.cg_steps, self.cg_tol, self.cg_damping = cg_steps, float(cg_tol), float(cg_damping)
+        self.hvp_method = hvp_method
+        self.on_cg_fail = on_cg_fail
+        self.last_cg_report: CGReport | None = None
+
+    # ---- the proximal inner problem, all tasks at once -------------------------------------
+    def _make_optimizer(self, tensors: list[Tensor]):
+        opt = self.inner_optimizer
+        if isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer):
+            return opt(tensors, lr=self.inner_lr, **self.inner_optimizer_kwargs)
+        made = opt(tensors)
+        if not isinstance(made, torch.optim.Optimizer):
+            raise TypeError(f"inner_optimizer(params) must return a torch.optim.Optimizer, got {type(made).__name__}")
+        return made
+
+    def solve_inner(self, mapper: TaskMap, theta: Params, sx, sy, loss_fn: LossFn, buffers, steps=None) -> Params:
+        """The adapted params of every task ([T, ...], detached, adapted names only)."""
+        steps = self.inner_steps if steps is None else steps
+        T = sx.shape[0]
+        names = self.adapt_names
+        anchor = {n: theta[n].detach() for n in names}
+        rest = {n: p.detach() for n, p in theta.items() if n not in anchor}
+        phi = {n: a.unsqueeze(0).repeat(T, *[1] * a.dim()) for n, a in anchor.items()}
+
+        def support(phi_t, x, y, b, step):
+            return self.support_loss({**rest, **phi_t}, x, y, loss_fn, b, step)
+
+        if self.inner_optimizer is None:
+            for step in range(steps):
+                def grad_of(phi_t, x, y, b, step=step):
+                    return torch.func.grad(support)(phi_t, x, y, b, step)
+
+                with torch.enable_grad():
+                    g = mapper(grad_of, phi, sx, sy, buffers)
+                with torch.no_grad():
+                    # grad of the proximal term: lam (phi - theta)
+                    grads = [g[n].add_(phi[n] - anchor[n], alpha=self.lam) for n in names]
+                    ops.update_([phi[n] for n in names], grads, self.inner_lr, names=names)
+            return phi
+        leaves = {n: p.requires_grad_() for n, p in phi.items()}
+        optimizer = self._make_optimizer(list(leaves.values()))
+        for step in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                losses = mapper(lambda phi_t, x, y, b, step=step: support(phi_t, x, y, b, step), leaves, sx, sy, buffers)
+                prox = sum(((leaves[n] - anchor[n]) ** 2).sum() for n in names)
+                (losses.sum() + 0.5 * self.lam * prox).backward()
+            optimizer.step()
+        return {n: p.detach() for n, p in leaves.items()}
+
+    def inner_loop(self, params: Params, support_x, support_y, loss_fn: LossFn, buffers=None,
+                   steps: int | None = None, first_order: bool | None = None,
+                   grads_fn=F.autograd_grads) -> list[Params]:
+        """One task (no task dimension): [theta, phi], phi the approximate proximal minimiser."""
+        mapper = TaskMap(self, False)
+        b = None if buffers is None else {n: t.unsqueeze(0) for n, t in buffers.items()}
+        if b is None:
+            b = mapper.task_buffers(1)
+        phi = self.solve_inner(mapper, params, support_x.unsqueeze(0), support_y.unsqueeze(0), loss_fn, b, steps)
+        if buffers is None:
+            mapper.store_buffers(b)
+        return [params, {**params, **{n: p[0] for n, p in phi.items()}}]
+
+    # ---- the meta-loss ------------------------------------------------------------------------
+    def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+                  loss_fn: LossFn, reduction: str = "mean") -> Tensor:
+        """Query losses after the proximal inner loop, "mean" or "sum" over tasks; its backward gives
+        the implicit meta-gradient (CG on (I + H / lam) x = grad L_query) on the model's parameters."""
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        _check_batch(support_x, support_y, query_x, query_y)
+        theta = self.params()
+        outer_grad = torch.is_grad_enabled()
+
+        def run(mapper):
+            solver = _Implicit(self, mapper, (support_x, support_y, query_x, query_y), loss_fn, theta)
+            if not outer_grad:
+                return solver.forward()
+            return HandGradLosses.apply(solver, *theta.values())
+
+        losses = mapper_for(self, run)
+        return losses.mean() if reduction == "mean" else losses.sum()
+
+
+class _Implicit:
+    """The solver of HandGradLosses for IMAML."""
+
+    def __init__(self, learner: IMAML, mapper: TaskMap, batch, loss_fn: Callable, theta: Params):
+        self.learner, self.map, self.batch, self.loss_fn, self.theta = learner, mapper, batch, loss_fn, theta
+
+    def forward(self) -> Tensor:
+        learner, loss_fn = self.learner, self.loss_fn
+        sx, sy, qx, qy = self.batch
+        T = sx.shape[0]
+        buffers = self.map.task_buffers(T)
+        phi = learner.solve_inner(self.map, self.theta, sx, sy, loss_fn, buffers)
+        rest = {n: p.detach().expand(T, *p.shape) for n, p in self.theta.items() if n not in phi}
+
+        def query(p, x, y, b):
+            loss = learner.query_loss(p, x, y, loss_fn, b, None)
+            return loss, loss.detach()
+
+        with torch.enable_grad():
+            g, losses = self.map(lambda p, x, y, b: torch.func.grad(query, has_aux=True)(p, x, y, b),
+                                 {**rest, **phi}, qx, qy, buffers)
+        self.map.store_buffers(buffers)
+        self.phi, self.query_grads = phi, g
+        return losses.detach()
+
+    def backward(self, grad_losses: Tensor) -> list[Tensor]:
+        learner, loss_fn = self.learner, self.loss_fn
+        sx, sy = self.batch[:2]
+        T = sx.shape[0]
+        adapt = learner.adapt_names
+        fixed = [n for n in self.theta if n not in self.phi]
+        point = {**{n: self.theta[n].detach().expand(T, *self.theta[n].shape) for n in fixed}, **self.phi}
+        buffers = self.map.recompute_buffers()
+
+        def support(p, x, y):
+            return learner.support_loss(p, x, y, loss_fn, buffers, learner.inner_steps)
+
+        def matvec(p):
+            _, hp, learner.hvp_method = hvp_and_grad(support, point, p, sx, sy, method=learner.hvp_method,
+                                                      context=self.map.context)
+            return hp
+
+        w = lambda t: grad_losses.reshape(T, *[1] * (t.dim() - 1)).to(t.dtype) * t  # noqa: E731
+        b = {n: w(self.query_grads[n]) for n in adapt}
+        x, report = batched_cg(matvec, b, lam=learner.lam, damping=learner.cg_damping, max_iter=learner.cg_steps,
+                               tol=learner.cg_tol, on_fail=learner.on_cg_fail)
+        learner.last_cg_report = report
+        grads = {n: x[n].sum(0) for n in adapt}
+        if fixed:
+            # d L / d theta_f = dL_q/d theta_f - (1/lam) H_{f, phi} x   (implicit function theorem)
+            vec = {**x, **{n: torch.zeros_like(point[n]) for n in fixed}}
+            _, hx, _ = hvp_and_grad(support, point, vec, sx, sy, method=learner.hvp_method, context=self.map.context)
+            for n in fixed:
+                grads[n] = (w(self.query_grads[n]) - hx[n] / learner.lam).sum(0)
+        self.phi = self.query_grads = None
+        return [grads[n] for n in self.theta]
