@@ -94,11 +94,11 @@ def test_learns_on_sine():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(1, 40), torch.nn.ReLU(), torch.nn.Linear(40, 40), torch.nn.ReLU(),
                                 torch.nn.Linear(40, 1))
-    im = IMAML(model, lam=0.5, inner_lr=0.02, inner_steps=8, cg_steps=5, cg_tol=1e-3, on_cg_fail="ignore",
+    im = IMAML(model, lam=0.5, inner_lr=0.01, inner_steps=10, cg_steps=5, cg_tol=1e-3, on_cg_fail="ignore",
                batching="vmap")
     opt = torch.optim.Adam(im.parameters(), lr=3e-3)
     tasks = SineTasks(k_shot=10, q_query=10, seed=0)
-    for _ in range(300):
+    for _ in range(200):
         opt.zero_grad()
         im.meta_loss(*tasks.sample(8).tensors(), F.mse_loss).backward()
         opt.step()
