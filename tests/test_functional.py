@@ -43,7 +43,8 @@ def test_adapt_first_order_detaches_the_gradients():
     phi = fastmaml.adapt(model, fastmaml.params_of(model), sx[0], sy[0], F.mse_loss, lr=0.1, steps=1, first_order=True)
     grads = torch.autograd.grad(phi["0.weight"].sum(), list(model.parameters()), allow_unused=True)
     torch.testing.assert_close(grads[0], torch.ones_like(grads[0]))  # d(p - lr*g)/dp with g constant
-    assert all(g is None for g in grads[1:])
+    # the other params do not reach 0.weight (one fused node for all tensors may report zeros)
+    assert all(g is None or not g.any() for g in grads[1:])
 
 
 def test_functional_forward_uses_given_params_and_falls_back_to_the_model():
