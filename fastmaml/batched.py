@@ -68,6 +68,7 @@ class _Plan:
 
     def __init__(self, graph_module: fx.GraphModule, steps: list, output: str):
         self.graph_module, self.steps, self.output = graph_module, steps, output
+        self.compiled: list | None = None
 
 
 def _why_not(model: nn.Module) -> str | _Plan:
@@ -243,40 +244,47 @@ def _flatten(mod, x, layout):
     return x.flatten(mod.start_dim + 1, end), layout
 
 
+def _compile(plan: _Plan) -> list:
+    """The plan's steps as (output name, fn(a, b, params, buffers, T) -> (y, layout), input names)."""
+    gm, out = plan.graph_module, []
+    for name, kind, target, args in plan.steps:
+        if kind == "input":
+            continue
+        if kind == "module":
+            mod = gm.get_submodule(target)
+            if type(mod) in _ACTIVATION_MODULES:
+                act = _ACTIVATION_MODULES[type(mod)]
+                fn = lambda a, b, p, bufs, T, act=act, mod=mod: (act(mod, a[0]), a[1])  # noqa: E731
+            elif isinstance(mod, nn.Linear):
+                fn = lambda a, b, p, bufs, T, m=target: _linear(m, p, a[0], a[1], T)  # noqa: E731
+            elif isinstance(mod, nn.Conv2d):
+                fn = lambda a, b, p, bufs, T, mod=mod, m=target: _conv2d(mod, m, p, a[0], a[1], T)  # noqa: E731
+            elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                fn = lambda a, b, p, bufs, T, mod=mod, m=target: _batch_norm(mod, m, p, bufs, a[0], a[1], T)  # noqa: E731
+            elif isinstance(mod, nn.Flatten):
+                fn = lambda a, b, p, bufs, T, mod=mod: _flatten(mod, a[0], a[1])  # noqa: E731
+            else:
+                fn = lambda a, b, p, bufs, T, mod=mod: _pool(mod, a[0], a[1], T)  # noqa: E731
+        elif kind == "function":
+            fn = lambda a, b, p, bufs, T, f=target: (f(a[0]), a[1])  # noqa: E731
+        else:  # add
+            fn = lambda a, b, p, bufs, T: (a[0] + _to(b[0], b[1], a[1]), a[1])  # noqa: E731
+        out.append((name, fn, args[0], args[1] if len(args) > 1 else None))
+    return out
+
+
 def forward(model: nn.Module, params: Params, x: Tensor, buffers: Params | None = None) -> Tensor:
     """The model's outputs for T tasks at once: params[name] is [T, *p.shape], x is [T, N, ...],
     buffers (BatchNorm running statistics, if tracked) are [T, *b.shape]; returns [T, N, ...]."""
     plan = _plan(model)
     if not isinstance(plan, _Plan):
         raise ValueError(f"batched.forward: the model is not supported: {plan}")
+    if plan.compiled is None:
+        plan.compiled = _compile(plan)
     T = x.shape[0]
-    gm = plan.graph_module
-    env: dict[str, tuple[Tensor, str]] = {}
-    for name, kind, target, args in plan.steps:
-        if kind == "input":
-            env[name] = (x, TN)
-            continue
-        a, layout = env[args[0]]
-        if kind == "module":
-            mod = gm.get_submodule(target)
-            if type(mod) in _ACTIVATION_MODULES:
-                out = _ACTIVATION_MODULES[type(mod)](mod, a), layout
-            elif isinstance(mod, nn.Linear):
-                out = _linear(target, params, a, layout, T)
-            elif isinstance(mod, nn.Conv2d):
-                out = _conv2d(mod, target, params, a, layout, T)
-            elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                out = _batch_norm(mod, target, params, buffers, a, layout, T)
-            elif isinstance(mod, nn.Flatten):
-                out = _flatten(mod, a, layout)
-            else:
-                out = _pool(mod, a, layout, T)
-        elif kind == "function":
-            out = target(a), layout
-        else:  # add
-            c, other = env[args[1]]
-            out = a + _to(c, other, layout), layout
-        env[name] = out
+    env: dict[str, tuple[Tensor, str]] = {plan.steps[0][0]: (x, TN)}
+    for name, fn, first, second in plan.compiled:
+        env[name] = fn(env[first], None if second is None else env[second], params, buffers, T)
     y, layout = env[plan.output]
     return _to(y, layout, TN)
 
@@ -314,14 +322,19 @@ def batched_grads(loss_of, params: Params, names: list[str], first_order: bool, 
 _HOOKS = ("task_forward", "inner_gammas", "support_loss", "query_loss", "task_loss", "inner_loop")
 
 
+_plain_classes: dict[type, bool] = {}
+
+
 def learner_supported(learner) -> bool:
     """Whether `task_losses` computes exactly what the learner's loop path does: its model is
     supported and it overrides none of the hooks that see one task's tensors."""
-    from fastmaml.algorithms.base import MetaLearner
-
     cls = type(learner)
-    return (all(getattr(cls, h) is getattr(MetaLearner, h) for h in _HOOKS)
-            and supports(learner.module))
+    plain = _plain_classes.get(cls)
+    if plain is None:
+        from fastmaml.algorithms.base import MetaLearner
+
+        plain = _plain_classes[cls] = all(getattr(cls, h) is getattr(MetaLearner, h) for h in _HOOKS)
+    return plain and supports(learner.module)
 
 
 class _BatchedForward:
@@ -353,15 +366,16 @@ def task_losses(learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, 
     if not supports(learner.module):
         raise ValueError(f"batched.task_losses: the model is not supported: {why_not(learner.module)}")
     T = support_x.shape[0]
-    params = {n: p.unsqueeze(0).expand(T, *p.shape) for n, p in learner.params().items()}
-    buffers = {n: b.unsqueeze(0).expand(T, *b.shape).clone() for n, b in learner.module.named_buffers()}
+    params = {n: p.expand(T, *p.shape) for n, p in learner.params().items()}
+    own = list(learner.module.named_buffers())
+    buffers = {n: b.expand(T, *b.shape).clone() for n, b in own}
     loss = per_task_loss(loss_fn)
     with torch.enable_grad(), _BatchedForward(learner):
         trajectory = learner.inner_loop(params, support_x, support_y, loss, buffers, first_order=first_order,
                                         grads_fn=batched_grads)
         losses = learner.task_loss(trajectory, query_x, query_y, loss, buffers)
     with torch.no_grad():
-        for name, b in learner.module.named_buffers():
+        for name, b in own:
             new = buffers[name]
             # Statistics: the mean over tasks. Counts (num_batches_tracked): every task's forward
             # is a batch seen, as in the task loop.
