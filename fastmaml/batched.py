@@ -78,7 +78,7 @@ def _why_not(model: nn.Module) -> str | _Plan:
             return f"module {name or type(m).__name__!r} has hooks"
     try:
         gm = fx.symbolic_trace(model)
-    except Exception as error:  # data-dependent control flow, unsupported Python
+    except Exception as error:  # noqa: BLE001 - data-dependent control flow, unsupported Python
         return f"torch.fx cannot trace it ({type(error).__name__}: {error})"
     steps, output, inputs = [], None, 0
     for node in gm.graph.nodes:
@@ -254,21 +254,21 @@ def _compile(plan: _Plan) -> list:
             mod = gm.get_submodule(target)
             if type(mod) in _ACTIVATION_MODULES:
                 act = _ACTIVATION_MODULES[type(mod)]
-                fn = lambda a, b, p, bufs, T, act=act, mod=mod: (act(mod, a[0]), a[1])  # noqa: E731
+                fn = lambda a, b, p, bufs, T, act=act, mod=mod: (act(mod, a[0]), a[1])
             elif isinstance(mod, nn.Linear):
-                fn = lambda a, b, p, bufs, T, m=target: _linear(m, p, a[0], a[1], T)  # noqa: E731
+                fn = lambda a, b, p, bufs, T, m=target: _linear(m, p, a[0], a[1], T)
             elif isinstance(mod, nn.Conv2d):
-                fn = lambda a, b, p, bufs, T, mod=mod, m=target: _conv2d(mod, m, p, a[0], a[1], T)  # noqa: E731
+                fn = lambda a, b, p, bufs, T, mod=mod, m=target: _conv2d(mod, m, p, a[0], a[1], T)
             elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                fn = lambda a, b, p, bufs, T, mod=mod, m=target: _batch_norm(mod, m, p, bufs, a[0], a[1], T)  # noqa: E731
+                fn = lambda a, b, p, bufs, T, mod=mod, m=target: _batch_norm(mod, m, p, bufs, a[0], a[1], T)
             elif isinstance(mod, nn.Flatten):
-                fn = lambda a, b, p, bufs, T, mod=mod: _flatten(mod, a[0], a[1])  # noqa: E731
+                fn = lambda a, b, p, bufs, T, mod=mod: _flatten(mod, a[0], a[1])
             else:
-                fn = lambda a, b, p, bufs, T, mod=mod: _pool(mod, a[0], a[1], T)  # noqa: E731
+                fn = lambda a, b, p, bufs, T, mod=mod: _pool(mod, a[0], a[1], T)
         elif kind == "function":
-            fn = lambda a, b, p, bufs, T, f=target: (f(a[0]), a[1])  # noqa: E731
+            fn = lambda a, b, p, bufs, T, f=target: (f(a[0]), a[1])
         else:  # add
-            fn = lambda a, b, p, bufs, T: (a[0] + _to(b[0], b[1], a[1]), a[1])  # noqa: E731
+            fn = lambda a, b, p, bufs, T: (a[0] + _to(b[0], b[1], a[1]), a[1])
         out.append((name, fn, args[0], args[1] if len(args) > 1 else None))
     return out
 
@@ -278,7 +278,7 @@ def forward(model: nn.Module, params: Params, x: Tensor, buffers: Params | None 
     buffers (BatchNorm running statistics, if tracked) are [T, *b.shape]; returns [T, N, ...]."""
     plan = _plan(model)
     if not isinstance(plan, _Plan):
-        raise ValueError(f"batched.forward: the model is not supported: {plan}")
+        raise ValueError(f"batched.forward: the model is not supported: {plan}")  # noqa: TRY004
     if plan.compiled is None:
         plan.compiled = _compile(plan)
     T = x.shape[0]

@@ -84,7 +84,7 @@ def assert_same(learner_of, data, loss_fn):
     torch.testing.assert_close(b_loss, loss, rtol=1e-10, atol=1e-12)
     names = [n for n, p in a.named_parameters() if p.requires_grad]
     for name, g, e in zip(names, b_grads, grads):
-        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
     return a, b
 
 
@@ -149,7 +149,7 @@ def test_running_stats_updated_with_the_task_mean():
         if n.endswith("num_batches_tracked"):  # counted as in the loop: one batch per task and forward
             assert b.item() == start[n].item() + 3 * tasks, n  # 2 support forwards and 1 query
             continue
-        torch.testing.assert_close(b, expected[n], rtol=1e-10, atol=1e-12, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(b, expected[n], rtol=1e-10, atol=1e-12, msg=lambda m, n=n: f"{n}: {m}")
 
 
 def test_eval_mode_uses_running_stats():

@@ -4,7 +4,6 @@ where it covers the model)."""
 from __future__ import annotations
 
 import fastmaml as fm
-
 from bench.peers import zero_grads
 
 NAME = "fastmaml"
