@@ -163,6 +163,33 @@ def _split_lr(lr) -> tuple[list[Tensor] | None, float]:
     return list(lr), 1.0
 
 
+# NOTE: [validation fast path]
+# The compiled ops check every list, shape, dtype and device in C++ (csrc/include/fastmaml/
+# operands.h), so for the native backend the dispatcher skips the per-tensor Python checks (tens of
+# microseconds a call for a small model) and calls the op on the plain lists. If the op raises,
+# check_update_args runs on the same input to raise its named, indexed message instead; if the input
+# passes it, the op's own error goes on. What C++ cannot see (a non-finite lr, arguments that are not
+# lists) is checked here first, cheaply.
+_LISTS = (list, tuple)
+
+
+def _native_fast(params, grads, lrs, gammas, alpha) -> bool:
+    return (
+        type(params) in _LISTS and type(grads) in _LISTS and len(params) > 0
+        and (lrs is None or type(lrs) in _LISTS) and (gammas is None or type(gammas) in _LISTS)
+        and isinstance(params[0], Tensor) and math.isfinite(alpha)
+        and resolve_backend(params[0].device) == "native"
+    )
+
+
+def _fast_call(fn_name, fn, params, grads, lrs, gammas, alpha, names):
+    try:
+        return fn(params, grads, lrs, gammas, alpha)
+    except (RuntimeError, TypeError, ValueError, IndexError):
+        check_update_args(fn_name, params, grads, lrs, gammas, alpha, names)
+        raise
+
+
 def update(params: Sequence[Tensor], grads: Sequence[Tensor], lr, gammas=None, *, names=None) -> list[Tensor]:
     """Differentiable fused update: [gamma *] p - lr * g for every tensor of the list.
 
@@ -171,6 +198,10 @@ def update(params: Sequence[Tensor], grads: Sequence[Tensor], lr, gammas=None, *
     `names` only improves error messages.
     """
     lrs, alpha = _split_lr(lr)
+    if _native_fast(params, grads, lrs, gammas, alpha):
+        from fastmaml.ops import native
+
+        return _fast_call("inner_update", native.update, params, grads, lrs, gammas, alpha, names)
     check_update_args("inner_update", params, grads, lrs, gammas, alpha, names)
     if len(params) == 0:
         return []
@@ -181,6 +212,11 @@ def update(params: Sequence[Tensor], grads: Sequence[Tensor], lr, gammas=None, *
 def update_(params: Sequence[Tensor], grads: Sequence[Tensor], lr, gammas=None, *, names=None) -> None:
     """In-place, non-differentiable fused update (first order, evaluation, Reptile's outer step)."""
     lrs, alpha = _split_lr(lr)
+    if _native_fast(params, grads, lrs, gammas, alpha):
+        from fastmaml.ops import native
+
+        _fast_call("inner_update_", native.update_, params, grads, lrs, gammas, alpha, names)
+        return
     check_update_args("inner_update_", params, grads, lrs, gammas, alpha, names)
     if len(params) == 0:
         return

@@ -19,11 +19,19 @@ import functools
 import torch
 from torch import _C, Tensor
 from torch._C._functorch import peek_interpreter_stack
-from torch._functorch.utils import enable_single_level_autograd_function
+from torch._C._functorch import (
+    get_single_level_autograd_function_allowed as _allowed,
+    set_single_level_autograd_function_allowed as _set_allowed,
+)
+from torch.compiler import is_compiling as _is_compiling
 from torch.autograd.function import _SingleLevelFunction
 
 # Libraries holding our kernel registrations: a Library deregisters its kernels when collected.
 _libraries: list[torch.library.Library] = []
+
+
+# Functions of the out-of-place ops, by op (filled by register()).
+_functions: dict = {}
 
 
 def _join(params, grads, lrs, gammas) -> list[Tensor]:
@@ -38,37 +46,79 @@ def _split(n: int, has_lrs: bool, has_gammas: bool, flat):
     return params, grads, lrs, gammas
 
 
-def _grads(ctx, grad_outputs, fused_backward):
+def _setup_context(ctx, inputs, output):
+    """Saves only what the wanted gradients read: gamma for d p, a for d g, g for d a, p for d gamma
+    (NOTE: [update forms]), so that g, the inner gradient, is not kept alive when d a is not wanted.
+    a and gamma also go with their own gradients (the fused backward takes them for their shapes)."""
+    n, has_lrs, has_gammas, alpha = inputs[1:5]
+    flat, need = inputs[5:], ctx.needs_input_grad[5:]
+    params, grads, lrs, gammas = _split(n, has_lrs, has_gammas, flat)
+    need_p, need_g, need_a, need_gam = _split(n, has_lrs, has_gammas, need)
+    want = (any(need_p), any(need_g), has_lrs and any(need_a), has_gammas and any(need_gam))
+    ctx.layout = (n, has_lrs, has_gammas, alpha, want)
+    ctx.shapes = ([a.shape for a in lrs] if want[2] else None, [g.shape for g in gammas] if want[3] else None)
+    saved = []
+    if has_gammas and (want[0] or want[3]):
+        saved += gammas
+    if has_lrs and (want[1] or want[2]):
+        saved += lrs
+    if want[2]:
+        saved += grads
+    if want[3]:
+        saved += params
+    ctx.save_for_backward(*saved)
+
+
+def _grads(ctx, gos, fused_backward):
     """d params, d grads, d lrs, d gammas (None where not needed), from
     out = gamma * p - alpha * (a * g)."""
-    n, has_lrs, has_gammas, alpha = ctx.layout
-    params, grads, lrs, gammas = _split(n, has_lrs, has_gammas, ctx.saved_tensors)
-    need = _split(n, has_lrs, has_gammas, ctx.needs_input_grad[5:])
-    want = [any(x) if x is not None else False for x in need]
-    gos = list(grad_outputs)
+    n, has_lrs, has_gammas, alpha, want = ctx.layout
+    saved = ctx.saved_tensors
+    pos = 0
+
+    def take(cond):
+        nonlocal pos
+        if not cond:
+            return None
+        pos += n
+        return list(saved[pos - n : pos])
+
+    gammas = take(has_gammas and (want[0] or want[3]))
+    lrs = take(has_lrs and (want[1] or want[2]))
+    grads = take(want[2])
+    params = take(want[3])
+    dp = dg = da = dgam = None
     if fused_backward is not None and not torch.is_grad_enabled() and peek_interpreter_stack() is None:
-        # One pass over memory for all the gradients wanted.
+        # One pass over memory for all the gradients wanted (p and g are only shapes here when
+        # not saved: the kernel reads them only for d gamma and d a).
         mask = [want[0] and has_gammas, want[1], want[2], want[3]]
-        dp, dg, da, dgam = fused_backward(gos, params, grads, lrs, gammas, alpha, mask)
+        if any(mask):
+            dp, dg, da, dgam = fused_backward(gos, params or gos, grads or gos, lrs, gammas, alpha, mask)
     else:
         # Differentiable torch ops: double backward (create_graph=True) and torch.func transforms.
-        dp = [gam * go for gam, go in zip(gammas, gos)] if want[0] and has_gammas else None
-        dg = None
+        if want[0] and has_gammas:
+            dp = [gam * go for gam, go in zip(gammas, gos)]
         if want[1]:
             dg = [(a * go) * -alpha for a, go in zip(lrs, gos)] if has_lrs else [go * -alpha for go in gos]
-        da = [(g * go) * -alpha for g, go in zip(grads, gos)] if want[2] else None
-        dgam = [p * go for p, go in zip(params, gos)] if want[3] else None
-    if not has_gammas:
-        dp = gos  # d out / d p = 1
+        if want[2]:
+            da = [(g * go) * -alpha for g, go in zip(grads, gos)]
+        if want[3]:
+            dgam = [p * go for p, go in zip(params, gos)]
+    if want[0] and not has_gammas:
+        dp = list(gos)  # d out / d p = 1
     # d lrs and d gammas come with params' shapes: reduce them to the shapes of lrs and gammas.
+    lr_shapes, gamma_shapes = ctx.shapes
     if want[2]:
-        da = [d.sum_to_size(a.shape) for d, a in zip(da, lrs)]
+        da = [d if d.shape == s else d.sum_to_size(s) for d, s in zip(da, lr_shapes)]
     if want[3]:
-        dgam = [d.sum_to_size(gam.shape) for d, gam in zip(dgam, gammas)]
+        dgam = [d if d.shape == s else d.sum_to_size(s) for d, s in zip(dgam, gamma_shapes)]
+    need = ctx.needs_input_grad[5:]
     out = []
-    for values, needed, wanted in zip((dp, dg, da, dgam), need, want):
-        if needed is not None:  # None: the list (lrs or gammas) was not passed
-            out += [v if k else None for v, k in zip(values, needed)] if wanted else [None] * n
+    for k, (values, wanted) in enumerate(zip((dp, dg, da, dgam), want)):
+        if k == 2 and not has_lrs or k == 3 and not has_gammas:
+            continue  # the list was not passed: no entries
+        flags = need[len(out) : len(out) + n]
+        out += [v if f else None for v, f in zip(values, flags)] if wanted else [None] * n
     return tuple(out)
 
 
@@ -79,13 +129,12 @@ def _function(op, fused_backward):
         @staticmethod
         def forward(keyset, n, has_lrs, has_gammas, alpha, *flat):
             with _C._AutoDispatchBelowAutograd():
+                if keyset is None:  # applied by call(), outside any transform
+                    return tuple(op(*_split(n, has_lrs, has_gammas, flat), alpha))
                 return tuple(op.redispatch(keyset & _C._after_autograd_keyset,
                                            *_split(n, has_lrs, has_gammas, flat), alpha))
 
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            ctx.layout = inputs[1:5]
-            ctx.save_for_backward(*inputs[5:])
+        setup_context = staticmethod(_setup_context)
 
         @staticmethod
         def backward(ctx, *grad_outputs):
@@ -94,25 +143,40 @@ def _function(op, fused_backward):
     return FusedUpdate
 
 
+def _apply(function, keyset, params, grads, lrs, gammas, alpha, flat) -> list[Tensor]:
+    # enable_single_level_autograd_function(), without the cost of a generator context manager
+    previous = _allowed()
+    _set_allowed(True)
+    try:
+        return list(function.apply(keyset, len(params), lrs is not None, gammas is not None, alpha, *flat))
+    finally:
+        _set_allowed(previous)
+
+
 def _autograd_kernel(op, function, keyset, params, grads, lrs, gammas, alpha):
     flat = _join(params, grads, lrs, gammas)
     if _C.is_grad_enabled() and _C._any_requires_grad(*flat):
-        with enable_single_level_autograd_function():
-            out = function.apply(keyset, len(params), lrs is not None, gammas is not None, alpha, *flat)
-        return list(out)
+        return _apply(function, keyset, params, grads, lrs, gammas, alpha, flat)
     with _C._AutoDispatchBelowAutograd():
         return op.redispatch(keyset & _C._after_autograd_keyset, params, grads, lrs, gammas, alpha)
 
 
 def call(op, params, grads, lrs, gammas, alpha) -> list[Tensor]:
-    """op(params, grads, lrs, gammas, alpha), skipping the (Python) Autograd kernel when no
-    gradient is needed and no torch.func transform is active: that kernel would only redispatch."""
-    if peek_interpreter_stack() is None and not (
-        _C.is_grad_enabled() and _C._any_requires_grad(*_join(params, grads, lrs, gammas))
-    ):
-        with _C._AutoDispatchBelowAutograd():
+    """op(params, grads, lrs, gammas, alpha) with the least Python in the way: inside a torch.func
+    transform or torch.compile, through the dispatcher (Autograd kernel, vmap rule, fake kernel);
+    otherwise straight to the device kernel when no gradient is needed, or to the op's Function
+    when one is (the Autograd kernel would only redispatch)."""
+    if peek_interpreter_stack() is not None or _is_compiling():
+        return op(params, grads, lrs, gammas, alpha)
+    if _C.is_grad_enabled():
+        flat = _join(params, grads, lrs, gammas)
+        if _C._any_requires_grad(*flat):
+            function = _functions.get(op)
+            if function is not None:
+                return _apply(function, None, params, grads, lrs, gammas, alpha, flat)
             return op(params, grads, lrs, gammas, alpha)
-    return op(params, grads, lrs, gammas, alpha)
+    with _C._AutoDispatchBelowAutograd():
+        return op(params, grads, lrs, gammas, alpha)
 
 
 def _dim(dims, i):
@@ -169,11 +233,21 @@ def _vmap_update_(op, info, in_dims, params, grads, lrs, gammas, alpha):
     return None, None
 
 
+def _check(fn, params, grads, lrs, gammas, alpha):
+    # The fake kernels also run, as the Meta kernels, when a meta tensor is mixed with real ones:
+    # they check the input as the device kernels do (NOTE: [validation fast path] in __init__.py).
+    from fastmaml.ops import check_update_args
+
+    check_update_args(fn, params, grads, lrs, gammas, alpha)
+
+
 def _fake_update(params, grads, lrs, gammas, alpha):
+    _check("fused_update", params, grads, lrs, gammas, alpha)
     return [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
 
 
 def _fake_update_(params, grads, lrs, gammas, alpha):
+    _check("fused_update_", params, grads, lrs, gammas, alpha)
     return None
 
 
@@ -194,7 +268,8 @@ def register(ns: str, fused_backward: bool) -> None:
         torch.library.register_fake(f"{ns}::fused_update_backward", _fake_backward, lib=lib)
         backward = ops.fused_update_backward.default
     op = ops.fused_update.default
-    kernel = functools.partial(_autograd_kernel, op, _function(op, backward))
+    _functions[op] = _function(op, backward)
+    kernel = functools.partial(_autograd_kernel, op, _functions[op])
     lib.impl("fused_update", kernel, "Autograd", with_keyset=True)
     torch.library.register_vmap(f"{ns}::fused_update", functools.partial(_vmap_update, op), lib=lib)
     torch.library.register_vmap(

@@ -7,6 +7,8 @@ Without the extension this backend is unavailable, and `import_error` says why (
 from __future__ import annotations
 
 import torch
+from torch._C import _AutoDispatchBelowAutograd as _DispatchBelowAutograd
+from torch._C._functorch import peek_interpreter_stack
 
 from fastmaml.ops import _autograd
 
@@ -42,4 +44,10 @@ def update(params, grads, lrs, gammas, alpha):
 
 
 def update_(params, grads, lrs, gammas, alpha):
-    _autograd.call(torch.ops.fastmaml.fused_update_.default, params, grads, lrs, gammas, alpha)
+    """In place; never recorded by autograd (callers need no torch.no_grad())."""
+    if peek_interpreter_stack() is None:
+        with _DispatchBelowAutograd():
+            torch.ops.fastmaml.fused_update_.default(params, grads, lrs, gammas, alpha)
+        return
+    with torch.no_grad():
+        torch.ops.fastmaml.fused_update_.default(params, grads, lrs, gammas, alpha)
