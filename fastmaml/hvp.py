@@ -103,7 +103,7 @@ def _loop(loss_of: Callable, params, vectors, data, params_batched: bool, T: int
             grads.append([gi.detach() for gi in g])
             hvs.append([torch.zeros_like(w) if h is None else h.detach() for h, w in zip(hv, wrt.values())])
     names = list(vectors)
-    stack = lambda rows: {n: torch.stack([r[i] for r in rows]) for i, n in enumerate(names)}  # noqa: E731
+    stack = lambda rows: {n: torch.stack([r[i] for r in rows]) for i, n in enumerate(names)}
     return stack(grads), stack(hvs)
 
 
@@ -156,13 +156,13 @@ def hvp_and_grad(loss_of: Callable[..., Tensor], params: Mapping[str, Tensor], v
         try:
             with torch.no_grad() if m != "loop" else _nullcontext():
                 g, hv = _run(loss_of, params, vectors, data, params_batched, m, T, context)
-        except Exception as error:  # noqa: BLE001 - a method this model does not support; try the next
+        except Exception as error:
             if method != "auto":
                 raise
             errors.append(f"{m}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
             continue
         if errors:
-            _warn_once(m, "fastmaml.hvp: falling back to method=%r (%s)" % (m, "; ".join(errors)))
+            _warn_once(m, f"fastmaml.hvp: falling back to method={m!r} ({'; '.join(errors)})")
         return {n: x.detach() for n, x in g.items()}, {n: x.detach() for n, x in hv.items()}, m
     raise RuntimeError("fastmaml.hvp: no method could compute the Hessian-vector products:\n  " + "\n  ".join(errors))
 

@@ -160,7 +160,7 @@ class _Unrolled:
         T = sx.shape[0]
         adapt = set(learner.adapt_names)
         fixed = [n for n in self.theta if n not in adapt]
-        scale = lambda t: grad_losses.reshape(T, *[1] * (t.dim() - 1)).to(t.dtype) * t  # noqa: E731
+        scale = lambda t: grad_losses.reshape(T, *[1] * (t.dim() - 1)).to(t.dtype) * t
         v = {n: scale(g) for n, g in self.query_grads.items()}  # dL/dphi_K (and the fixed params' direct terms)
         rate_grads = {id(r): torch.zeros_like(r) for r in self.rates}
         theta_T = {n: self.theta[n].detach().expand(T, *self.theta[n].shape) for n in fixed}

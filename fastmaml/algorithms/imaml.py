@@ -193,7 +193,7 @@ class _Implicit:
                                                       context=self.map.context)
             return hp
 
-        w = lambda t: grad_losses.reshape(T, *[1] * (t.dim() - 1)).to(t.dtype) * t  # noqa: E731
+        w = lambda t: grad_losses.reshape(T, *[1] * (t.dim() - 1)).to(t.dtype) * t
         b = {n: w(self.query_grads[n]) for n in adapt}
         x, report = batched_cg(matvec, b, lam=learner.lam, damping=learner.cg_damping, max_iter=learner.cg_steps,
                                tol=learner.cg_tol, on_fail=learner.on_cg_fail)

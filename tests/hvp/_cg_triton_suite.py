@@ -13,10 +13,10 @@ _tests = types.ModuleType("tests")
 _tests.__path__ = [os.path.join(ROOT, "tests")]
 sys.modules["tests"] = _tests
 
-import torch  # noqa: E402
+import torch
 
-from fastmaml.ops.cg import triton as cg_triton  # noqa: E402
-from tests.hvp import _cg_cases as cases  # noqa: E402
+from fastmaml.ops.cg import triton as cg_triton
+from tests.hvp import _cg_cases as cases
 
 
 def main() -> int:

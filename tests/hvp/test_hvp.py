@@ -21,7 +21,7 @@ def _dense(model, loss_fn, point, x, y):
         return {n: p.view(s) for n, p, s in zip(names, parts, shapes)}
 
     flat = torch.cat([point[n].flatten() for n in names]).detach()
-    loss = lambda f: loss_fn(functional_call(model, unflat(f), (x,)), y)  # noqa: E731
+    loss = lambda f: loss_fn(functional_call(model, unflat(f), (x,)), y)
     return torch.autograd.functional.hessian(loss, flat), torch.autograd.functional.jacobian(loss, flat)
 
 

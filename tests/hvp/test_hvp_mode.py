@@ -49,9 +49,9 @@ def test_equals_unrolled_autograd(case, cls, kwargs, subset):
     torch.testing.assert_close(loss_hvp, loss_ref, atol=1e-12, rtol=0)
     assert set(g_hvp) == set(g_ref)
     for n in g_ref:
-        torch.testing.assert_close(g_hvp[n], g_ref[n], atol=1e-8, rtol=0, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(g_hvp[n], g_ref[n], atol=1e-8, rtol=0, msg=lambda m, n=n: f"{n}: {m}")
     for (n, a), (_, b) in zip(ref.module.named_buffers(), hvp.module.named_buffers()):
-        torch.testing.assert_close(b, a, atol=1e-12, rtol=0, msg=lambda m: f"buffer {n}: {m}")
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=0, msg=lambda m, n=n: f"buffer {n}: {m}")
 
 
 def test_task_loop_and_hvp_loop_method():

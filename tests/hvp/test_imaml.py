@@ -31,8 +31,9 @@ def _dense_meta_grad(im, batch, lam):
     total = 0
     for t in range(T):
         flat = torch.cat([(phi[n][t] if n in phi else theta[n]).detach().flatten() for n in names])
-        H = torch.autograd.functional.hessian(lambda f: F.mse_loss(functional_call(model, unflat(f), (sx[t],)), sy[t]), flat)
-        gq = torch.autograd.functional.jacobian(lambda f: F.mse_loss(functional_call(model, unflat(f), (qx[t],)), qy[t]), flat)
+        H = torch.autograd.functional.hessian(lambda f, t=t: F.mse_loss(functional_call(model, unflat(f), (sx[t],)), sy[t]), flat)
+        gq = torch.autograd.functional.jacobian(lambda f, t=t: F.mse_loss(functional_call(model, unflat(f), (qx[t],)), qy[t]),
+                                                flat)
         x = torch.linalg.solve(torch.eye(int(idx.sum()), dtype=H.dtype) + H[idx][:, idx] / lam, gq[idx])
         full = torch.empty_like(flat)
         full[idx] = x
@@ -55,7 +56,7 @@ def test_matches_dense_hessian_solve(optimizer, subset):
     assert im.last_cg_report.all_converged
     expected = _dense_meta_grad(im, batch, lam)
     for n, p in im.module.named_parameters():
-        torch.testing.assert_close(p.grad, expected[n], atol=1e-10, rtol=1e-8, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(p.grad, expected[n], atol=1e-10, rtol=1e-8, msg=lambda m, n=n: f"{n}: {m}")
 
 
 def test_loss_value_is_the_query_loss_after_adaptation():
