@@ -1,20 +1,20 @@
 """fastmaml: gradient-based meta-learning (MAML and its family) on fused compiled kernels."""
 
-from fastmaml.algorithms import FOMAML, MAML, MetaLearner
-from fastmaml.algorithms import ANIL, BOIL, CAVIA, L2F, MAMLpp, MetaSGD, Reptile  # issue 4: the MAML family
-from fastmaml.algorithms.mtnet import MTNet
-from fastmaml.algorithms.warpgrad import WarpGrad
+from fastmaml.algorithms import (
+    ANIL, BOIL, CAVIA, FOMAML, IMAML, L2F, MAML, MAMLpp, MetaLearner, MetaSGD, MTNet, Reptile, WarpGrad,
+)
 from fastmaml.boml import Init
 from fastmaml.kata import maml_inner_update, maml_outer_update
 from fastmaml.functional import adapt, buffers_of, functional_forward, inner_update, params_of
+from fastmaml.hvp import hvp
 from fastmaml.ops import get_backend, set_backend, use_backend
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MAML", "FOMAML", "MetaLearner",
-    "ANIL", "BOIL", "MetaSGD", "Reptile", "MAMLpp", "CAVIA", "L2F", "MTNet", "WarpGrad", "Init",
+    "ANIL", "BOIL", "MetaSGD", "Reptile", "MAMLpp", "CAVIA", "L2F", "MTNet", "WarpGrad", "IMAML", "Init",
     "maml_inner_update", "maml_outer_update",
-    "adapt", "inner_update", "functional_forward", "params_of", "buffers_of",
+    "adapt", "inner_update", "hvp", "functional_forward", "params_of", "buffers_of",
     "set_backend", "get_backend", "use_backend",
 ]

@@ -9,10 +9,13 @@ from fastmaml.algorithms.base import MetaLearner
 
 
 class MAML(MetaLearner):
-    """`MAML(model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None, batching="auto")`.
+    """`MAML(model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None, batching="auto",
+    second_order="autograd")`.
 
     `meta_loss(support_x, support_y, query_x, query_y, loss_fn)` gives the outer loss over a batch
-    of tasks; `adapt(x, y, loss_fn)` adapts one task; `maml(x, params)` runs the model."""
+    of tasks; `adapt(x, y, loss_fn)` adapts one task; `maml(x, params)` runs the model.
+    `second_order="hvp"` gives the same meta-gradient by a reverse recursion of batched
+    Hessian-vector products, keeping only the K parameter iterates (docs/imaml.md)."""
 
 
 class FOMAML(MAML):

@@ -18,15 +18,16 @@ PER = ("element", "layer")
 
 class MetaSGD(MetaLearner):
     """`MetaSGD(model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
-    batching="auto", per="element")`.
+    batching="auto", per="element", second_order="autograd")`.
 
     `per="element"`: alpha has each parameter's shape; `per="layer"`: one rate (shape [1]) per
     parameter tensor. The rates, initialised to `inner_lr`, are parameters of this module
     (`metasgd.lrs`), so an optimizer over `metasgd.parameters()` learns them."""
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
-                 batching="auto", per="element"):
-        super().__init__(model, inner_lr, inner_steps, first_order, adapt_names, batching)
+                 batching="auto", per="element", *, second_order="autograd"):
+        super().__init__(model, inner_lr, inner_steps, first_order, adapt_names, batching,
+                         second_order=second_order)
         if per not in PER:
             raise ValueError(f"per must be one of {PER}, got {per!r}")
         self.per = per
