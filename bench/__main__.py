@@ -52,7 +52,7 @@ def main(argv=None) -> int:
             code = run(args)
         except SystemExit as exit_:
             code = exit_.code
-        except Exception as error:  # one benchmark failing does not stop the others
+        except Exception as error:  # noqa: BLE001 - one benchmark failing does not stop the others
             print(f"== {name} failed: {type(error).__name__}: {error}", flush=True)
             code = 1
         print(f"== {name}: exit {code or 0} after {time.perf_counter() - start:.0f} s", flush=True)

@@ -51,21 +51,21 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from bench import peers as P  # noqa: E402
+from bench import peers as P
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "peers.json"
 CHECK_TOL = 1e-8  # float64
 CHECK_TASKS = 4
 
 CONFIGS = {
-    "sine-1-so": dict(model="sine", steps=1, first_order=False),
-    "sine-1-fo": dict(model="sine", steps=1, first_order=True),
-    "sine-5-so": dict(model="sine", steps=5, first_order=False),
-    "sine-5-fo": dict(model="sine", steps=5, first_order=True),
-    "conv4-1-so": dict(model="conv4", steps=1, first_order=False),
-    "conv4-5-so": dict(model="conv4", steps=5, first_order=False),
+    "sine-1-so": {"model": "sine", "steps": 1, "first_order": False},
+    "sine-1-fo": {"model": "sine", "steps": 1, "first_order": True},
+    "sine-5-so": {"model": "sine", "steps": 5, "first_order": False},
+    "sine-5-fo": {"model": "sine", "steps": 5, "first_order": True},
+    "conv4-1-so": {"model": "conv4", "steps": 1, "first_order": False},
+    "conv4-5-so": {"model": "conv4", "steps": 5, "first_order": False},
 }
 LABELS = {
     "sine": "sine MLP 1-40-40-1, 25 tasks, K=10",
@@ -193,8 +193,21 @@ def run_config(name: str, names: list[str], rounds: int, min_rounds: int, budget
         base = results["fastmaml"]["median_ms"]
         for peer, res in results.items():
             res["ratio_to_fastmaml"] = res["median_ms"] / base
-    out.update(results=results, fastmaml_batching=fast, threads=torch.get_num_threads())
+    out.update(results=results, fastmaml_batching=fast, threads=torch.get_num_threads(),
+               date=datetime.datetime.now(datetime.timezone.utc).isoformat(), commit=_commit())
     return out
+
+
+def _commit() -> str | None:
+    """The git commit of the code measured (+ "-dirty" if fastmaml/ or bench/ has local changes)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "fastmaml", "bench"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if dirty else "")
 
 
 def _rss_kib() -> dict:
@@ -227,7 +240,7 @@ def _worker(args: list[str], threads: int, timeout: float, memory: bool = False)
         # tensors (only for the memory workers: it slows every allocation of 64 KiB and more).
         env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
     proc = subprocess.run([sys.executable, "-m", "bench.bench_peers", "--threads", str(threads), *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {args} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -285,7 +298,7 @@ def run(configs, names, rounds, min_rounds, budget_s, threads, memory=True) -> d
                     print(f"bench_peers: memory of {peer} on {name} not measured: {error}", flush=True)
         data["configs"].append(res)
         line = ", ".join(f"{r['name']} {r['median_ms']:.1f} ms ({r.get('ratio_to_fastmaml', 0):.2f}x)"
-                         + ("" if r["agrees"] else " [DISAGREES]") for r in res["results"].values())
+                         f"{'' if r['agrees'] else ' [DISAGREES]'}" for r in res["results"].values())
         print(f"{name:11s} [{time.perf_counter() - t0:.0f}s] {line}", flush=True)
     return data
 
@@ -350,13 +363,31 @@ def render_markdown(data: dict | str | Path = DEFAULT_OUT) -> str:
             label = ""
     peers = ", ".join(f"{k} {v[k]}" for k in ("higher", "learn2learn", "torchopt") if k in v)
     missing = "; missing: " + ", ".join(data["peers_missing"]) if data.get("peers_missing") else ""
-    lines += ["", f"Float32 on {m['cpu']} ({m['torch_threads']} torch thread(s)), torch {v['torch']}, {peers}{missing}, "
-              f"{data['date'][:10]}. CPU ms: median process CPU time per meta-step (one thread; wall time on this shared "
+    caption = (f"Float32 on {m['cpu']} ({m['torch_threads']} torch thread(s)), torch {v['torch']}, {peers}{missing}, "
+              f"{data['date'][:10]} (each config's own date and commit are in the JSON). CPU ms: median process CPU time per meta-step (one thread; wall time on this shared "
               f"machine adds scheduler preemptions). × fastmaml: peer CPU median / fastmaml CPU median in the same run. "
               f"Grad check: meta-gradient vs fastmaml in float64 on {data['check_tasks']} tasks, tolerance "
               f"{data['check_tolerance_f64']:.0e} (relative to the largest entry). Peak MiB: rise of the resident set "
-              f"during one meta-step. Made by `python -m bench.bench_peers` from bench/results/peers.json."]
+              f"during one meta-step. Made by `python -m bench.bench_peers` from bench/results/peers.json.")
+    lines += ["", caption]
     return "\n".join(lines)
+
+
+README = ROOT / "bench" / "README.md"
+MARK = ("<!-- peers-table: made by python -m bench.bench_peers from results/peers.json -->", "<!-- /peers-table -->")
+
+
+def update_readme(data, path: Path = README) -> bool:
+    """Replace the table between the markers of bench/README.md with the one of `data`."""
+    if not path.exists():
+        return False
+    text = path.read_text()
+    if MARK[0] not in text or MARK[1] not in text:
+        return False
+    head, rest = text.split(MARK[0], 1)
+    _, tail = rest.split(MARK[1], 1)
+    path.write_text(f"{head}{MARK[0]}\n{render_markdown(data)}\n{MARK[1]}{tail}")
+    return True
 
 
 def main(argv=None) -> int:
@@ -370,7 +401,10 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 rounds, no memory: a smoke test")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other configs of --out (each config records its own date and commit)")
     parser.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
+    parser.add_argument("--readme", action="store_true", help="rewrite bench/README.md's table from --out and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--memory", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -379,6 +413,8 @@ def main(argv=None) -> int:
     if args.table:
         print(render_markdown(args.out))
         return 0
+    if args.readme:
+        return 0 if update_readme(json.loads(args.out.read_text())) else 1
     if args.worker:
         print(json.dumps(run_config(args.worker, names, args.rounds, args.min_rounds, args.budget)))
         return 0
@@ -392,10 +428,18 @@ def main(argv=None) -> int:
     if args.quick:
         args.rounds, args.min_rounds, args.budget, args.no_memory = 3, 3, 0.0, True
     data = run(configs, names, args.rounds, args.min_rounds, args.budget, args.threads, not args.no_memory)
+    if args.merge and args.out.exists():
+        old = json.loads(args.out.read_text())
+        fresh = {c["config"]: c for c in data["configs"]}
+        kept = {c["config"]: c for c in old.get("configs", []) if c["config"] not in fresh}
+        data["configs"] = [({**kept, **fresh})[c] for c in CONFIGS if c in kept or c in fresh]
+        configs = [c["config"] for c in data["configs"]]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=1) + "\n")
     png = chart(data, args.out.with_suffix(".png"))
     print(f"wrote {args.out}" + (f" and {png}" if png else ""))
+    if args.out == DEFAULT_OUT and set(configs) == set(CONFIGS) and not args.quick and update_readme(data):
+        print(f"updated the table of {README}")
     print(render_markdown(data))
     return 0
 
