@@ -373,8 +373,38 @@ def render_markdown(data: dict | str | Path = DEFAULT_OUT) -> str:
     return "\n".join(lines)
 
 
+# Issue 7's targets: (configs, peers (the fastest of them counts), the least ratio peer / fastmaml).
+TARGETS = [
+    (("sine-1-so", "sine-5-so"), ("higher",), 30.0),
+    (("sine-1-so", "sine-5-so"), ("learn2learn",), 10.0),
+    (("sine-1-so", "sine-5-so"), ("torchfunc_vmap",), 1.5),
+    (("conv4-1-so", "conv4-5-so"), ("higher",), 1.1),
+    (("conv4-1-so", "conv4-5-so"), ("torchfunc_loop", "torchfunc_vmap"), 1.0),
+]
+
+
+def targets_markdown(data) -> str:
+    """Issue 7's targets against the measured ratios of `data`."""
+    if not isinstance(data, dict):
+        data = json.loads(Path(data).read_text())
+    by = {c["config"]: c for c in data["configs"]}
+    lines = ["| config | against | target | measured | |", "|---|---|---|---|---|"]
+    for configs, peers, least in TARGETS:
+        for name in configs:
+            res = by.get(name, {}).get("results", {})
+            have = [res[p] for p in peers if p in res]
+            if not have:
+                continue
+            best = min(have, key=lambda r: r["median_ms"])
+            against = best["name"] if len(peers) == 1 else f"best of {', '.join(r['name'] for r in have)} ({best['name']})"
+            ratio = best["ratio_to_fastmaml"]
+            lines.append(f"| {name} | {against} | ≥ {least:g}× | {ratio:.2f}× | {'met' if ratio >= least else '**missed**'} |")
+    return "\n".join(lines)
+
+
 README = ROOT / "bench" / "README.md"
 MARK = ("<!-- peers-table: made by python -m bench.bench_peers from results/peers.json -->", "<!-- /peers-table -->")
+TMARK = ("<!-- targets-table: made by python -m bench.bench_peers from results/peers.json -->", "<!-- /targets-table -->")
 
 
 def update_readme(data, path: Path = README) -> bool:
@@ -386,7 +416,12 @@ def update_readme(data, path: Path = README) -> bool:
         return False
     head, rest = text.split(MARK[0], 1)
     _, tail = rest.split(MARK[1], 1)
-    path.write_text(f"{head}{MARK[0]}\n{render_markdown(data)}\n{MARK[1]}{tail}")
+    text = f"{head}{MARK[0]}\n{render_markdown(data)}\n{MARK[1]}{tail}"
+    if TMARK[0] in text and TMARK[1] in text:
+        head, rest = text.split(TMARK[0], 1)
+        _, tail = rest.split(TMARK[1], 1)
+        text = f"{head}{TMARK[0]}\n{targets_markdown(data)}\n{TMARK[1]}{tail}"
+    path.write_text(text)
     return True
 
 
