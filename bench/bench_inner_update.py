@@ -11,12 +11,13 @@ its outputs, as MAML does) and of the in-place one (the kernel alone), bytes mov
 gamma once, write the output) and the in-place GB/s, that as a fraction of a plain `copy_` of as
 many elements into an existing tensor timed in the same run, ratios to `reference` and `foreach`; forward+backward of the
 differentiable update (params, a and gamma requiring grad); and the ATen ops dispatched per update
-(a TorchDispatchMode count, the proxy for GPU launches). Providers take turns within each round, so
-drift on a shared machine hits all alike; compare ratios, not absolute times, across runs.
+(a TorchDispatchMode count, the proxy for GPU launches). Providers take turns within each round, in an
+order rotated every round, so drift and allocator state on a shared machine hit all alike; compare ratios, not absolute times, across runs.
 
     python bench/bench_inner_update.py            # writes bench/results/inner_update.json
     python bench/bench_inner_update.py --quick    # fewer rounds, a smoke test
     python bench/bench_inner_update.py --threads 1   # one intra-op thread (shared, busy machine)
+    python bench/bench_inner_update.py --threads 1 --clock cpu   # CPU time: robust to other jobs
     python -m bench.tables inner_update           # the README table from the saved JSON
 """
 
@@ -97,12 +98,19 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+# "wall": time.perf_counter. "cpu": time.process_time, the CPU time of this process (user and
+# system, so page faults count): on a machine shared with other jobs, a run descheduled mid-sample
+# is not charged for the wait. Only meaningful on CPU with one torch thread (--threads 1).
+_CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
 def _time_once(fn, device):
     _sync(device)
-    start = time.perf_counter()
+    start = _clock()
     fn()
     _sync(device)
-    return time.perf_counter() - start
+    return _clock() - start
 
 
 def _stats(samples):
@@ -151,9 +159,12 @@ def bench_case(set_name, form, backends, device, rounds, inner):
     samples = {k: [] for k in jobs}
     for k, fn in jobs.items():  # warm up
         fn()
-    for _ in range(rounds):
-        for k, fn in jobs.items():
-            samples[k].append(_time_once(fn, device) / inner)
+    # Each round starts one job later: what a job leaves behind (the heap's state, so whether the
+    # next out-of-place update reuses warm memory or faults fresh pages in) falls on every job alike.
+    names = list(jobs)
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            samples[k].append(_time_once(jobs[k], device) / inner)
 
     copy = _stats(samples["copy"])
     copy_gbs = 2 * flat_src.numel() * flat_src.element_size() / (copy["median_us"] * 1e-6) / 1e9
@@ -197,9 +208,15 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's); 1 on an oversubscribed shared machine")
+    parser.add_argument("--clock", choices=tuple(_CLOCKS), default="wall",
+                        help="wall: elapsed time; cpu: this process's CPU time (CPU, --threads 1, busy machine)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and (args.device != "cpu" or torch.get_num_threads() != 1):
+        parser.error("--clock cpu needs --device cpu and --threads 1")
+    global _clock
+    _clock = _CLOCKS[args.clock]
     device = torch.device(args.device)
     backends = [b for b in ("reference", "foreach", "native", "triton")
                 if (b != "triton" or device.type == "cuda") and is_available(b, device)]
@@ -222,6 +239,7 @@ def main(argv=None):
                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "fastmaml_commit": _git_commit()},
         "config": {"dtype": "float32", "forms": list(FORMS), "backends": backends, "quick": args.quick,
+                   "clock": args.clock,
                    "command": " ".join(["python bench/bench_inner_update.py", *(argv if argv is not None else sys.argv[1:])])},
         "results": rows,
     }
