@@ -23,7 +23,7 @@ and, in a fresh process per (config, implementation), peak memory: the rise of t
 resident set (VmHWM after resetting it, minus VmRSS before) during one meta-step after a warm-up.
 
     python -m bench.bench_peers                       # all configs -> bench/results/peers.json + .png
-    python -m bench.bench_peers --quick               # few rounds, smoke test
+    python -m bench.bench_peers --quick               # few rounds, smoke test (-> results/peers-quick.json)
     python -m bench.bench_peers --configs sine-1-so --peers fastmaml,higher
     python -m bench.bench_peers --table               # the README table from the saved JSON
 
@@ -327,7 +327,7 @@ def chart(data: dict, path: Path) -> Path | None:
         ax.bar(xs, ys, width, label=name)
     ax.set_yscale("log")
     ax.set_xticks(range(len(configs)), [c["config"] for c in configs])
-    ax.set_ylabel("ms per meta-step (median, log)")
+    ax.set_ylabel("CPU ms per meta-step (median, log)")
     m = data["machine"]
     ax.set_title(f"MAML meta-step, float32, {m['torch_threads']} thread(s) on {m['cpu'][:40]}", fontsize=9)
     ax.legend(fontsize=8, ncol=3)
@@ -427,7 +427,8 @@ def update_readme(data, path: Path = README) -> bool:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, of " + ", ".join(CONFIGS))
+    parser.add_argument("--configs", default=None, help="comma-separated, of " + ", ".join(CONFIGS)
+                        + " (default: all; with --quick: sine-1-so,conv4-1-so)")
     parser.add_argument("--peers", default=",".join(P.ORDER))
     parser.add_argument("--rounds", type=int, default=30, help="at most this many timed rounds per config")
     parser.add_argument("--min-rounds", type=int, default=7)
@@ -456,12 +457,14 @@ def main(argv=None) -> int:
     if args.memory:
         print(json.dumps(run_memory(args.memory, names[0])))
         return 0
-    configs = [c for c in args.configs.split(",") if c]
+    configs = [c for c in (args.configs or ("sine-1-so,conv4-1-so" if args.quick else ",".join(CONFIGS))).split(",") if c]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         parser.error(f"unknown configs {unknown}; known: {list(CONFIGS)}")
     if args.quick:
         args.rounds, args.min_rounds, args.budget, args.no_memory = 3, 3, 0.0, True
+        if args.out == DEFAULT_OUT:  # a smoke test does not replace the real results
+            args.out = DEFAULT_OUT.with_name("peers-quick.json")
     data = run(configs, names, args.rounds, args.min_rounds, args.budget, args.threads, not args.no_memory)
     if args.merge and args.out.exists():
         old = json.loads(args.out.read_text())
