@@ -43,7 +43,14 @@ def inner_update_table(path: Path = RESULTS / "inner_update.json") -> str:
     return "\n".join(lines)
 
 
-TABLES = {"inner_update": inner_update_table}
+def peers_table(data=RESULTS / "peers.json") -> str:
+    """bench/bench_peers.py's table (rendered there: bench_peers.render_markdown)."""
+    from bench.bench_peers import render_markdown
+
+    return render_markdown(data)
+
+
+TABLES = {"inner_update": inner_update_table, "peers": peers_table}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(TABLES)
