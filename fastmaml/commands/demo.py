@@ -33,6 +33,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--inner-lr", type=float, default=0.01, help="inner-loop learning rate alpha (default 0.01)")
     p.add_argument("--outer-lr", type=float, default=1e-3, help="Adam learning rate of the meta-optimizer (default 1e-3)")
     p.add_argument("--eval-tasks", type=int, default=100, help="held-out tasks for the table (default 100)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the sine MLP is too small to gain from more, and "
+                        "extra threads only contend on a busy machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs", help="folder in which the run folder is created (default runs/)")
     p.set_defaults(func=run)
@@ -102,9 +105,10 @@ def _figure(path, nets, batch, inner_lr, tasks=3):
 def run(args) -> int:
     from fastmaml.cli import CommandError
 
-    for name in ("iterations", "meta_batch", "k_shot", "eval_tasks"):
+    for name in ("iterations", "meta_batch", "k_shot", "eval_tasks", "threads"):
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     run_dir = os.path.join(args.out, time.strftime("demo-%Y%m%d-%H%M%S"))
     os.makedirs(run_dir, exist_ok=True)
