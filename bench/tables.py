@@ -1,6 +1,7 @@
 """Markdown tables for the README, made from the saved benchmark JSON.
 
     python -m bench.tables inner_update      # prints the table of bench/results/inner_update.json
+    python -m bench.tables --readme          # rewrites every <!-- table:NAME --> block of README.md
 """
 
 from __future__ import annotations
@@ -50,8 +51,47 @@ def peers_table(data=RESULTS / "peers.json") -> str:
     return render_markdown(data)
 
 
-TABLES = {"inner_update": inner_update_table, "peers": peers_table}
+def memory_table(data=RESULTS / "memory.json") -> str:
+    from bench.bench_memory import render_markdown
+
+    return render_markdown(data)
+
+
+def compat_table(data=RESULTS / "compat.json") -> str:
+    from bench.bench_compat import render_markdown
+
+    return render_markdown(data)
+
+
+def distributed_table(path: Path = RESULTS / "distributed.json") -> str:
+    from bench.bench_distributed import render_table
+
+    return render_table(json.loads(Path(path).read_text()))
+
+
+TABLES = {"inner_update": inner_update_table, "peers": peers_table, "memory": memory_table,
+          "compat": compat_table, "distributed": distributed_table}
+
+
+def rewrite_readme(path: Path) -> list[str]:
+    """Replace the text between `<!-- table:NAME -->` and `<!-- /table:NAME -->` with TABLES[NAME]()."""
+    text = Path(path).read_text()
+    done = []
+    for name, render in TABLES.items():
+        start, end = f"<!-- table:{name} -->", f"<!-- /table:{name} -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            _, tail = rest.split(end, 1)
+            text = f"{head}{start}\n{render()}\n{end}{tail}"
+            done.append(name)
+    Path(path).write_text(text)
+    return done
+
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or list(TABLES)
-    print("\n\n".join(TABLES[n]() for n in names))
+    if sys.argv[1:] == ["--readme"]:
+        readme = Path(__file__).resolve().parent.parent / "README.md"
+        print(f"rewrote {', '.join(rewrite_readme(readme)) or 'no'} tables in {readme}")
+    else:
+        names = sys.argv[1:] or list(TABLES)
+        print("\n\n".join(TABLES[n]() for n in names))
