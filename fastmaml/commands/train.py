@@ -52,6 +52,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--meta-batch", type=int, help="tasks per outer step")
     g.add_argument("--meta-lr", type=float, help="outer learning rate (beta)")
     g.add_argument("--meta-optimizer", choices=("adam", "sgd"), help="outer optimizer (default adam; sgd for reptile)")
+    g.add_argument("--algo-arg", action="append", metavar="KEY=VALUE",
+                   help="an option of the algorithm's class, e.g. --algo-arg lam=4.0 for imaml (VALUE: a "
+                        "Python literal; repeatable)")
     g.add_argument("--inner-lr", type=float, help="inner learning rate (alpha)")
     g.add_argument("--inner-steps", type=int, help="inner gradient steps during meta-training")
     g.add_argument("--first-order", action="store_true", default=None,
@@ -113,6 +116,8 @@ def config_from_args(args) -> dict:
     for key in ("data_root", "cache_dir"):  # absolute, so `fastmaml eval` works from anywhere
         if cfg.get(key):
             cfg[key] = str(Path(cfg[key]).expanduser().absolute())
+    if args.algo_arg:
+        cfg["algo_args"] = parse_algo_args(args.algo_arg)
     if task == "sine" and args.n_way is not None:
         raise CommandError("--n-way applies to --task omniglot only")
     for key in ("iterations", "meta_batch", "k_shot", "eval_every", "eval_tasks", "n_way"):
@@ -125,6 +130,21 @@ def config_from_args(args) -> dict:
         if not cfg[key] >= 0:
             raise CommandError(f"--{key.replace('_', '-')} must be >= 0, got {cfg[key]}")
     return cfg
+
+
+def parse_algo_args(items: list[str]) -> dict:
+    import ast
+
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise CommandError(f"--algo-arg must be KEY=VALUE with KEY a Python name, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key] = text  # a bare word: a string
+    return out
 
 
 def default_run_dir(cfg: dict) -> str:

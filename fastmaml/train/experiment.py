@@ -136,7 +136,8 @@ def build(config: dict, eval_split: str = "test", need_train: bool = True) -> Ex
         raise ValueError(f"unknown task {cfg['task']!r}; choose from {', '.join(TASKS)}")
     device = torch.device(cfg.get("device") or "cpu")
     learner = build_learner(cfg["algo"], model.to(device), inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"],
-                            first_order=cfg["first_order"], batching=cfg["batching"], **extra)
+                            first_order=cfg["first_order"], batching=cfg["batching"],
+                            extra=cfg.get("algo_args"), **extra)
     if train is not None and hasattr(train, "images"):
         train.images = train.images.to(device)
     if hasattr(evals, "images"):

@@ -64,11 +64,17 @@ def available() -> list[str]:
     return [n for n in ALGORITHMS if is_available(n)]
 
 
-def build_learner(name: str, model: nn.Module, **kwargs):
-    """`cls(model, **kwargs)` with only the keyword arguments the class accepts (e.g. FOMAML and
-    Reptile take no `first_order`); None values are left to the class's defaults."""
+def build_learner(name: str, model: nn.Module, extra: dict | None = None, **kwargs):
+    """`cls(model, **kwargs, **extra)`: of `kwargs`, only those the class accepts (e.g. FOMAML and
+    Reptile take no `first_order`; None values are left to the class's defaults); every key of
+    `extra` (algorithm-specific options, e.g. iMAML's `lam`) must be one the class accepts."""
     cls = algorithm_class(name)
     params = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     chosen = {k: v for k, v in kwargs.items() if v is not None and (takes_any or k in params)}
-    return cls(model, **chosen)
+    extra = dict(extra or {})
+    unknown = [k for k in extra if not takes_any and (k not in params or k in ("self", "model"))]
+    if unknown:
+        accepted = [k for k in params if k not in ("self", "model")]
+        raise ValueError(f"{cls.__name__} takes no argument {unknown}; it takes {accepted}")
+    return cls(model, **{**chosen, **extra})

@@ -20,8 +20,19 @@ def _row(run: Path) -> dict | None:
     cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
     train = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("kind") == "train"]
     curve = {c["inner_steps"]: c for c in ev.get("curve", [])}
-    return {"run": run.name, "ev": ev, "cfg": cfg, "curve": curve,
-            "train_s": train[-1]["elapsed_s"] if train else float("nan")}
+    return {"run": run.name, "ev": ev, "cfg": cfg, "curve": curve, "train_s": train_seconds(train)}
+
+
+def train_seconds(train: list[dict]) -> float:
+    """Training wall time over all segments of a run (elapsed_s restarts at 0 on resume)."""
+    if not train:
+        return float("nan")
+    total, last = 0.0, 0.0
+    for r in train:
+        if r["elapsed_s"] < last:
+            total += last
+        last = r["elapsed_s"]
+    return total + last
 
 
 def fmt(c: dict | None, pct: bool) -> str:

@@ -68,6 +68,15 @@ def test_bad_arguments(tmp_path, capsys, monkeypatch):
     fails(capsys, ["eval", str(tmp_path), "--steps", "a,b"], "no checkpoint|--steps")
 
 
+def test_algo_args(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SINE_TINY, "--algo", "metasgd", "--algo-arg", "per='layer'", "--run-dir", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["algo_args"] == {"per": "layer"}
+    fails(capsys, ["train", *SINE_TINY, "--algo-arg", "nope=1", "--run-dir", str(tmp_path / "b")],
+          r"MAML takes no argument \['nope'\]; it takes \[")
+    fails(capsys, ["train", *SINE_TINY, "--algo-arg", "oops", "--run-dir", str(tmp_path / "c")], "KEY=VALUE")
+
+
 def test_unavailable_algorithm_is_named(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(registry.ALGORITHMS, "cavia", registry.Algorithm("cavia", ("NoSuchClass",), "Zintgraf et al. 2019"))
     fails(capsys, ["train", "--algo", "cavia", "--run-dir", str(tmp_path)],
