@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 import fastmaml
+from bench._common import cpu_name
 from fastmaml import ops
 from fastmaml.compat import _peers
 from fastmaml.compat import higher as face_higher
@@ -206,12 +207,7 @@ def run(rounds: int, steps_list: list[int], backends: list[str], loops: list[str
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "device": "cpu"}
 

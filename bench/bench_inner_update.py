@@ -35,12 +35,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench._common import OpCounter, cpu_name
 from fastmaml.ops import backend_module, is_available
 
 RESULTS = ROOT / "bench" / "results" / "inner_update.json"
@@ -81,16 +81,6 @@ def bytes_moved(params, lrs, gammas):
     full = sum(p.numel() * p.element_size() for p in params)
     side = sum(t.numel() * t.element_size() for t in (lrs or []) + (gammas or []))
     return 3 * full + side  # read p and g, write out; a and gamma read once
-
-
-class CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _sync(device):
@@ -172,7 +162,7 @@ def bench_case(set_name, form, backends, device, rounds, inner):
     rows = []
     for b in backends:
         mod = backend_module(b)
-        with torch.no_grad(), CountOps() as counter:
+        with torch.no_grad(), OpCounter() as counter:
             mod.update(params, grads, lrs, gammas, alpha)
         fwd, fwdbwd = _stats(samples[f"{b}/fwd"]), _stats(samples[f"{b}/fwd+bwd"])
         inpl = _stats(samples[f"{b}/inplace"])
@@ -234,7 +224,7 @@ def main(argv=None):
     result = {
         "benchmark": "inner_update",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu": platform.processor() or _cpu_name(),
+        "machine": {"platform": platform.platform(), "cpu": platform.processor() or cpu_name(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "fastmaml_commit": _git_commit()},
@@ -246,16 +236,6 @@ def main(argv=None):
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")
-
-
-def _cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench._common import cpu_name
+
 DEFAULT_OUT = ROOT / "bench" / "results" / "memory.json"
 METHODS = ("maml-unrolled", "maml-hvp", "imaml", "fomaml")
 LABELS = {
@@ -181,12 +183,7 @@ def run_point(method: str, steps: int, reps: int, timeout: float) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": 1,
             "device": "cpu", "load_avg_1min_at_start": os.getloadavg()[0]}
 

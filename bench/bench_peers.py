@@ -54,6 +54,7 @@ if str(ROOT) not in sys.path:
 import torch
 
 from bench import peers as P
+from bench._common import OpCounter, cpu_name
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "peers.json"
 CHECK_TOL = 1e-8  # float64
@@ -120,18 +121,6 @@ def max_rel_diff(a, b) -> float:
     would blow up on the conv biases under batch norm, whose meta-gradient is ~0)."""
     scale = max(y.abs().max().item() for y in b)
     return max((x - y).abs().max().item() for x, y in zip(a, b)) / max(scale, 1e-30)
-
-
-class OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the ATen (and custom) ops dispatched while active."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 # ---- one config, in a worker process --------------------------------------------------------
@@ -247,12 +236,7 @@ def _worker(args: list[str], threads: int, timeout: float, memory: bool = False)
 
 
 def machine(threads: int) -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:
         load = os.getloadavg()[0]
     except OSError:

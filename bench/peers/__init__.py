@@ -42,3 +42,24 @@ def load(name: str):
 def zero_grads(model: torch.nn.Module) -> None:
     for p in model.parameters():
         p.grad = None
+
+
+def installed_peer(name: str):
+    """`(lib, available, version)` for a peer library loaded through fastmaml.compat._peers
+    (learn2learn, higher, torchopt): `lib()` imports it, `available()` says why it does not."""
+    from fastmaml.compat import _peers
+
+    def lib():
+        return getattr(_peers, name)()
+
+    def available():
+        try:
+            lib()
+        except ImportError as error:
+            return f"not installed ({error}); bench/install_peers.sh installs it"
+        return None
+
+    def version():
+        return _peers.versions()[name]
+
+    return lib, available, version

@@ -6,29 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from bench.peers import zero_grads
+from bench.peers import installed_peer, zero_grads
 
 NAME = "higher"
-
-
-def _lib():
-    from fastmaml.compat import _peers
-
-    return _peers.higher()
-
-
-def available():
-    try:
-        _lib()
-    except ImportError as error:
-        return f"not installed ({error}); bench/install_peers.sh installs it"
-    return None
-
-
-def version():
-    from fastmaml.compat import _peers
-
-    return _peers.versions()["higher"]
+_lib, available, version = installed_peer("higher")
 
 
 def make(model, cfg):

@@ -3,27 +3,10 @@ inner step, the mean query loss backward. MAML(first_order=...) for both orders.
 
 from __future__ import annotations
 
-from bench.peers import zero_grads
+from bench.peers import installed_peer, zero_grads
 
 NAME = "learn2learn"
-
-
-def _lib():
-    from fastmaml.compat import _peers
-
-    return _peers.learn2learn()
-
-
-def available():
-    try:
-        _lib()
-    except ImportError as error:
-        return f"not installed ({error}); bench/install_peers.sh installs it"
-    return None
-
-
-def version():
-    return _lib().__version__
+_lib, available, version = installed_peer("learn2learn")
 
 
 def make(model, cfg):

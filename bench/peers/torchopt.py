@@ -8,27 +8,10 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from bench.peers import zero_grads
+from bench.peers import installed_peer, zero_grads
 
 NAME = "torchopt"
-
-
-def _lib():
-    from fastmaml.compat import _peers
-
-    return _peers.torchopt()
-
-
-def available():
-    try:
-        _lib()
-    except ImportError as error:
-        return f"not installed ({error}); bench/install_peers.sh installs it"
-    return None
-
-
-def version():
-    return _lib().__version__
+_lib, available, version = installed_peer("torchopt")
 
 
 def make(model, cfg):

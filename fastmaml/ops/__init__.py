@@ -33,20 +33,25 @@ _CHOICES = BACKENDS + ("auto",)
 
 _backend_name = os.environ.get("FASTMAML_BACKEND", "auto")
 _warned: set[str] = set()
-_auto_cache: dict[str, str] = {}
+_auto_cache: dict[tuple[str, str], str] = {}
 
 
-def backend_module(name: str):
-    """The module implementing backend `name` (imported lazily: triton is optional)."""
+# Backend families: the fused update (fastmaml.ops.<backend>) and batched CG's vector algebra
+# (fastmaml.ops.cg.<backend>) share the backend names, the user's choice and the "auto" rule.
+UPDATE = "fastmaml.ops"
+
+
+def backend_module(name: str, family: str = UPDATE):
+    """The module implementing backend `name` of `family` (imported lazily: triton is optional)."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {_CHOICES}, got {name!r}")
-    return importlib.import_module(f"fastmaml.ops.{name}")
+    return importlib.import_module(f"{family}.{name}")
 
 
-def is_available(name: str, device: torch.device | str = "cpu") -> bool:
-    """Whether backend `name` runs on `device` here (each backend actually runs a tiny update)."""
+def is_available(name: str, device: torch.device | str = "cpu", family: str = UPDATE) -> bool:
+    """Whether backend `name` runs on `device` here (each backend actually runs a tiny op)."""
     try:
-        return bool(backend_module(name).is_available(torch.device(device)))
+        return bool(backend_module(name, family).is_available(torch.device(device)))
     except ImportError:
         return False
 
@@ -84,20 +89,20 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-def resolve_backend(device: torch.device) -> str:
-    """The backend that runs on `device`: the chosen one, or for "auto" the fastest usable one
-    (native, then triton on CUDA, then foreach)."""
+def resolve_backend(device: torch.device, family: str = UPDATE, what: str = "the inner update") -> str:
+    """The backend that runs `family` on `device`: the chosen one, or for "auto" the fastest usable
+    one (native, then triton on CUDA, then foreach)."""
     name = get_backend()
     if name != "auto":
         return name
-    key = device.type
+    key = (family, device.type)
     if key not in _auto_cache:
         order = ("native", "triton", "foreach") if device.type == "cuda" else ("native", "foreach")
-        chosen = next(b for b in order if b == "foreach" or is_available(b, device))
+        chosen = next(b for b in order if b == "foreach" or is_available(b, device, family))
         if chosen != "native":
             _warn_once(
-                f"auto-{key}",
-                f"fastmaml: the compiled extension is not usable on {key}; the inner update falls "
+                f"auto-{family}-{device.type}",
+                f"fastmaml: the compiled extension is not usable on {device.type}; {what} falls "
                 f"back to the {chosen!r} backend (build it with `make ext`, see `fastmaml info`)",
             )
         _auto_cache[key] = chosen

@@ -2,18 +2,10 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+from tests._threads import one_thread  # noqa: F401  (autouse)
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is faster and keeps results independent of the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def find_omniglot() -> Path | None:

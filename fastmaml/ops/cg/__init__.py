@@ -19,8 +19,6 @@ where its CG ops run, then triton on CUDA, then foreach.
 
 from __future__ import annotations
 
-import importlib
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -29,38 +27,20 @@ from torch import Tensor
 from fastmaml import ops as _ops
 
 BACKENDS = _ops.BACKENDS
-_auto_cache: dict[str, str] = {}
-_warned: set[str] = set()
+_FAMILY = "fastmaml.ops.cg"
 
 
 def backend_module(name: str):
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {name!r}")
-    return importlib.import_module(f"fastmaml.ops.cg.{name}")
+    return _ops.backend_module(name, _FAMILY)
 
 
 def is_available(name: str, device: torch.device | str = "cpu") -> bool:
     """Whether the CG ops of backend `name` run on `device` (each backend runs a tiny dot)."""
-    try:
-        return bool(backend_module(name).is_available(torch.device(device)))
-    except ImportError:
-        return False
+    return _ops.is_available(name, device, _FAMILY)
 
 
 def resolve_backend(device: torch.device) -> str:
-    name = _ops.get_backend()
-    if name != "auto":
-        return name
-    key = device.type
-    if key not in _auto_cache:
-        order = ("native", "triton", "foreach") if device.type == "cuda" else ("native", "foreach")
-        chosen = next(b for b in order if b == "foreach" or is_available(b, device))
-        if chosen != "native" and key not in _warned:
-            _warned.add(key)
-            warnings.warn(f"fastmaml: the compiled CG ops are not usable on {key}; batched CG falls back to "
-                          f"the {chosen!r} backend (build the extension with `make ext`)", RuntimeWarning, stacklevel=3)
-        _auto_cache[key] = chosen
-    return _auto_cache[key]
+    return _ops.resolve_backend(device, _FAMILY, "batched CG")
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
