@@ -47,6 +47,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue RUN_DIR/checkpoint.pt with the config saved in it (only --iterations, "
                         "--eval-every, --no-progress may change)")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start a new run from the meta-parameters of a checkpoint (a run folder or .pt file) of the "
+                        "same task and algorithm; the optimizer, RNGs and iteration count start afresh")
     g = p.add_argument_group("meta-training")
     g.add_argument("--iterations", type=int, help="meta-iterations (outer steps)")
     g.add_argument("--meta-batch", type=int, help="tasks per outer step")
@@ -74,6 +77,12 @@ def add_parser(subparsers) -> None:
                    help="fetch the official Omniglot zips (checksums verified) into --data-root")
     t.add_argument("--cache-dir", help="where decoded images are cached (default $FASTMAML_CACHE or ~/.cache/fastmaml)")
     t.add_argument("--omniglot-split", choices=("small", "standard"), help="alphabet split (default small)")
+    t.add_argument("--augment-shift", type=float, metavar="PIXELS",
+                   help="omniglot: shift meta-training images by up to this many pixels (default 0: off)")
+    t.add_argument("--augment-rotate", type=float, metavar="DEGREES",
+                   help="omniglot: rotate meta-training images by up to this angle (default 0: off)")
+    t.add_argument("--augment-scale", type=float, metavar="FRACTION",
+                   help="omniglot: scale meta-training images by 1 +- up to this fraction (default 0: off)")
     e = p.add_argument_group("evaluation and logging")
     e.add_argument("--eval-every", type=int, help="iterations between evaluations (default 1000)")
     e.add_argument("--eval-tasks", type=int, help="tasks per evaluation (default 600)")
@@ -87,7 +96,8 @@ def add_parser(subparsers) -> None:
 
 CONFIG_KEYS = ("task", "algo", "iterations", "meta_batch", "meta_lr", "meta_optimizer", "inner_lr", "inner_steps",
                "first_order", "batching", "grad_clip", "seed", "device", "n_way", "k_shot", "q_query", "data_root",
-               "download", "cache_dir", "omniglot_split", "eval_every", "eval_tasks", "eval_inner_steps")
+               "download", "cache_dir", "omniglot_split", "eval_every", "eval_tasks", "eval_inner_steps",
+               "augment_shift", "augment_rotate", "augment_scale")
 
 
 def positive(name: str, value, low: int = 1) -> None:
@@ -96,7 +106,7 @@ def positive(name: str, value, low: int = 1) -> None:
 
 
 def config_from_args(args) -> dict:
-    from fastmaml.train.experiment import TASKS, defaults
+    from fastmaml.train.experiment import AUGMENT_KEYS, TASKS, defaults
     from fastmaml.train.registry import ALGORITHMS, AlgorithmUnavailable, algorithm_class
 
     task = args.task or "sine"
@@ -124,6 +134,11 @@ def config_from_args(args) -> dict:
         positive(key, cfg.get(key), 0 if key == "iterations" else 1)
     for key in ("q_query", "inner_steps", "eval_inner_steps"):
         positive(key, cfg.get(key), 0 if key != "q_query" or task == "omniglot" else 1)
+    for key in AUGMENT_KEYS:
+        if cfg.get(key) is not None and not cfg[key] >= 0:
+            raise CommandError(f"--{key.replace('_', '-')} must be >= 0, got {cfg[key]}")
+        if cfg.get(key) and task != "omniglot":
+            raise CommandError(f"--{key.replace('_', '-')} applies to --task omniglot only")
     if cfg["q_query"] < 1 and algo != "reptile":
         raise CommandError(f"--q-query must be >= 1 for {algo} (its outer loss is on the query set)")
     for key in ("inner_lr", "meta_lr"):
@@ -154,6 +169,21 @@ def default_run_dir(cfg: dict) -> str:
     return str(Path("runs") / name)
 
 
+def init_from(learner, path: str) -> None:
+    """Load a checkpoint's meta-parameters (and buffers) into `learner`; they must match exactly."""
+    from fastmaml.train.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        state = load_checkpoint(path)
+        learner.load_state_dict(state["learner"])
+    except CheckpointError as err:
+        raise CommandError(f"--init-from: {err}") from None
+    except RuntimeError as err:  # load_state_dict lists the missing, unexpected and mis-shaped entries
+        first = str(err).strip().splitlines()
+        raise CommandError(f"--init-from {path}: its parameters do not fit this model and algorithm: "
+                           f"{' '.join(line.strip() for line in first[:4])}") from None
+
+
 def set_threads(threads: int | None) -> None:
     if threads is None:
         return
@@ -174,6 +204,8 @@ def run(args) -> int:
 
     set_threads(args.threads)
     if args.resume:
+        if args.init_from:
+            raise CommandError("--init-from starts a new run; it cannot be combined with --resume")
         if not args.run_dir:
             raise CommandError("--resume needs --run-dir (the run to continue)")
         try:
@@ -187,6 +219,8 @@ def run(args) -> int:
         del state
     else:
         cfg = config_from_args(args)
+        if args.init_from:
+            cfg["init_from"] = str(Path(args.init_from).expanduser().absolute())
     run_dir = args.run_dir or default_run_dir(cfg)
     if not args.resume and (Path(run_dir) / "checkpoint.pt").exists():
         raise CommandError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --run-dir")
@@ -208,6 +242,8 @@ def run(args) -> int:
         exp = build(cfg)
     except (OmniglotError, SamplerError, AlgorithmUnavailable, ValueError, TypeError) as err:
         raise CommandError(str(err)) from None
+    if args.init_from:
+        init_from(exp.learner, args.init_from)
     trainer = MetaTrainer(
         exp.learner, exp.train_tasks, exp.loss_fn, metric=exp.metric, optimizer=exp.optimizer(),
         meta_batch=cfg["meta_batch"], iterations=cfg["iterations"], eval_tasks=exp.eval_tasks,

@@ -7,13 +7,15 @@
     learner.meta_loss(*batch.tensors(), F.cross_entropy)
 
 Each task draws N distinct classes, assigns them the labels 0..N-1 in random order, and draws K+Q
-distinct images of each class (K support, Q query). All randomness comes from the sampler's own
-torch.Generator, whose state `state_dict()` saves, so a resumed run sees the same tasks.
+distinct images of each class (K support, Q query); an optional `transform(images, generator)`
+(e.g. fastmaml.tasks.augment.RandomAffine) then augments every drawn image. All randomness comes
+from the sampler's own torch.Generator, whose state `state_dict()` saves, so a resumed run sees the
+same tasks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +50,8 @@ class FewShotSampler:
 
     def __init__(self, images: Tensor, labels: Tensor, n_way: int, k_shot: int, q_query: int,
                  classes: Sequence[int] | Tensor | None = None, seed: int | None = 0,
-                 device: str | torch.device | None = None, name: str = "data"):
+                 device: str | torch.device | None = None, name: str = "data",
+                 transform: Callable[[Tensor, torch.Generator], Tensor] | None = None):
         if not isinstance(images, Tensor) or not isinstance(labels, Tensor):
             raise TypeError("images and labels must be tensors")
         if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
@@ -56,6 +59,9 @@ class FewShotSampler:
                              f"labels {list(labels.shape)}")
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise TypeError(f"labels must be integers, got {labels.dtype}")
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be a callable (images, generator) -> images, got {transform!r}")
+        self.transform = transform
         self.n_way = _check_int("n_way", n_way, 1)
         self.k_shot = _check_int("k_shot", k_shot, 1)
         self.q_query = _check_int("q_query", q_query, 0)
@@ -95,8 +101,9 @@ class FewShotSampler:
         return self.classes.numel()
 
     def __repr__(self) -> str:
+        aug = f", {self.transform!r}" if self.transform is not None else ""
         return (f"FewShotSampler({self.name}: {self.n_way}-way {self.k_shot}-shot {self.q_query}-query over "
-                f"{self.num_classes} classes)")
+                f"{self.num_classes} classes{aug})")
 
     def sample(self, num_tasks: int) -> FewShotBatch:
         _check_int("num_tasks", num_tasks, 1)
@@ -109,6 +116,8 @@ class FewShotSampler:
         pick = keys.argsort(-1)[..., : k + q]                                                   # [T, N, K+Q]
         idx = torch.gather(self._table[cls], 2, pick)
         x = self.images[idx.to(self.images.device)]                                            # [T, N, K+Q, ...]
+        if self.transform is not None:
+            x = self.transform(x, g)
         y = torch.arange(n).view(1, n, 1).expand(num_tasks, n, k + q).to(self.images.device)
         tail = x.shape[3:]
         return FewShotBatch(

@@ -8,7 +8,8 @@ Paper defaults (Finn et al., 2017, section 5 and appendix A):
                  Adam 1e-3, 60,000 iterations.
   omniglot 20-way: Conv-4, alpha 0.1, 5 inner steps in training and at test time, meta-batch 16.
 The paper does not give the query size; we use 15 query images per class for Omniglot (the MAML
-code used K) and 10 query points for sine (as the MAML code).
+code used K) and 10 query points for sine (as the MAML code). The paper does not augment images;
+`augment_shift/rotate/scale` (RandomAffine, meta-training episodes only) are off by default.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from fastmaml.models import conv4, mlp
+from fastmaml.tasks.augment import RandomAffine
 from fastmaml.tasks.omniglot import load_split
 from fastmaml.tasks.sampler import FewShotSampler
 from fastmaml.tasks.sine import SineTasks
@@ -34,6 +36,7 @@ COMMON = {
     "eval_every": 1000, "eval_tasks": 600, "batching": "auto", "grad_clip": None,
     "data_root": None, "cache_dir": None, "omniglot_split": "small", "device": "cpu",
 }
+AUGMENT_KEYS = ("augment_shift", "augment_rotate", "augment_scale")  # RandomAffine's shift, rotate, scale
 SINE = {"k_shot": 10, "q_query": 10, "meta_batch": 25, "inner_lr": 0.01, "inner_steps": 1,
         "eval_inner_steps": 1, "iterations": 70000}
 OMNIGLOT = {
@@ -126,8 +129,10 @@ def build(config: dict, eval_split: str = "test", need_train: bool = True) -> Ex
         train = None
         if need_train:
             data = load_split(cfg["omniglot_split"], "train", **common)
+            augment = RandomAffine(*(cfg.get(key) or 0.0 for key in AUGMENT_KEYS))
             train = FewShotSampler(data.images, data.labels, cfg["n_way"], cfg["k_shot"], cfg["q_query"],
-                                   seed=cfg["seed"], name=f"Omniglot {cfg['omniglot_split']} meta-train")
+                                   seed=cfg["seed"], name=f"Omniglot {cfg['omniglot_split']} meta-train",
+                                   transform=augment or None)
         data = load_split(cfg["omniglot_split"], eval_split, **common)
         evals = FewShotSampler(data.images, data.labels, cfg["n_way"], cfg["k_shot"], cfg["q_query"],
                                seed=cfg["seed"] + 1_000_003, name=f"Omniglot {cfg['omniglot_split']} meta-{eval_split}")

@@ -133,3 +133,37 @@ def test_structured_algorithms_run_on_omniglot(tmp_path, capsys, omniglot_root, 
                  "--meta-batch", "1", "--q-query", "1", "--eval-every", "1", "--eval-tasks", "1", "--inner-steps", "1",
                  "--eval-inner-steps", "1", "--batching", "loop", "--no-progress", "--run-dir", str(run)]) == 0, \
         capsys.readouterr().err
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path, capsys):
+    import torch
+
+    from fastmaml.train.checkpoint import load_checkpoint
+
+    source, run = tmp_path / "source", tmp_path / "run"
+    assert main(["train", *SINE_TINY, "--run-dir", str(source)]) == 0
+    # one outer step of size 0: the new run's checkpoint holds the weights it started from
+    assert main(["train", *SINE_TINY, "--iterations", "1", "--meta-lr", "0", "--init-from", str(source),
+                 "--run-dir", str(run)]) == 0
+    start, old = load_checkpoint(run)["learner"], load_checkpoint(source)["learner"]
+    assert start.keys() == old.keys() and all(torch.equal(start[k], old[k]) for k in old)
+    assert json.loads((run / "config.json").read_text())["init_from"] == str(source)
+    fails(capsys, ["train", "--resume", "--run-dir", str(run), "--init-from", str(source)], "cannot be combined")
+    fails(capsys, ["train", *SINE_TINY, "--init-from", str(tmp_path / "none"), "--run-dir", str(tmp_path / "a")],
+          "--init-from: no checkpoint")
+    fails(capsys, ["train", *SINE_TINY, "--algo", "metasgd", "--init-from", str(source), "--run-dir",
+                   str(tmp_path / "b")], "do not fit this model and algorithm")
+
+
+def test_augment_options(tmp_path, capsys, omniglot_root):
+    from fastmaml.train.experiment import build, defaults
+
+    fails(capsys, ["train", *SINE_TINY, "--augment-shift", "2", "--run-dir", str(tmp_path / "a")],
+          "--augment-shift applies to --task omniglot only")
+    fails(capsys, ["train", "--task", "omniglot", "--augment-rotate", "-5", "--run-dir", str(tmp_path / "b")],
+          "--augment-rotate must be >= 0")
+    cfg = {**defaults("omniglot"), "data_root": str(omniglot_root), "augment_shift": 2.0, "augment_rotate": 10.0}
+    exp = build(cfg)
+    assert repr(exp.train_tasks.transform) == "RandomAffine(shift=2, rotate=10, scale=0)"
+    assert exp.eval_tasks.transform is None  # evaluation episodes are never augmented
+    assert build({**cfg, "augment_shift": 0.0, "augment_rotate": 0.0}).train_tasks.transform is None
