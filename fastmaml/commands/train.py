@@ -24,7 +24,7 @@ defaults (Finn et al. 2017; a flag overrides its default):
   Split "standard": images_background (30 alphabets) vs images_evaluation (20 alphabets).
   Evaluation: every --eval-every iterations and at the end, mean and 95% CI over --eval-tasks
   fixed tasks. Outputs in RUN_DIR: config.json, checkpoint.pt, metrics.jsonl, train.csv, eval.csv.
-  Ctrl-C saves a checkpoint; `--resume` continues it bit-identically (on CPU).
+  Ctrl-C (or SIGTERM) saves a checkpoint; `--resume` continues it bit-identically (on CPU).
 
 examples:
   fastmaml train --task sine --algo maml --iterations 20000 --run-dir runs/sine-maml

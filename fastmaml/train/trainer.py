@@ -53,18 +53,46 @@ def query_metric(metric: str, output: Tensor, target: Tensor) -> float:
     return float(torch.nn.functional.mse_loss(output, target))
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 @contextlib.contextmanager
-def _deferred_sigint():
-    """Hold Ctrl-C until the block ends (the optimizer step must not be cut in half)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+def _sigterm_interrupts():
+    """While training, SIGTERM (`kill`, a scheduler's preemption) stops the run like Ctrl-C: as a
+    KeyboardInterrupt, after a checkpoint is saved. A handler someone else installed is left alone."""
+    if not _in_main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda sig, frame: caught.append(sig))
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _deferred_sigint():
+    """Hold Ctrl-C and SIGTERM until the block ends (the optimizer step must not be cut in half)."""
+    interrupting = [sig for sig in STOP_SIGNALS
+                    if signal.getsignal(sig) in (signal.default_int_handler, _raise_interrupt)]
+    if not _in_main_thread() or not interrupting:
+        yield
+        return
+    caught = []
+    previous = {sig: signal.signal(sig, lambda sig, frame: caught.append(sig)) for sig in interrupting}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if caught:
             raise KeyboardInterrupt
 
@@ -294,51 +322,52 @@ class MetaTrainer:
 
             bar = tqdm(total=self.iterations, initial=self.iteration, desc="meta-train", unit="it",
                        dynamic_ncols=True, mininterval=1.0 if os.isatty(2) else 30.0)
-        try:
-            while self.iteration < self.iterations:
-                snapshot = (rng_state(), sampler_state(self.train_tasks))
-                begun = self.iteration
-                try:
-                    value = self._meta_step()
-                    with _deferred_sigint():
-                        self.optimizer.step()
-                        self.iteration += 1
-                except KeyboardInterrupt:
-                    if self.iteration == begun:  # cut inside the iteration: rewind to its start
-                        set_rng_state(snapshot[0])
-                        load_sampler_state(self.train_tasks, snapshot[1])
-                    raise
-                window.append(value)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{value:.4g}", refresh=False)
-                done = self.iteration == self.iterations
-                if len(window) >= self.log_every or done:
-                    now = time.perf_counter()
-                    self.logger.log({"kind": "train", "iteration": self.iteration, "loss": sum(window) / len(window),
-                                     "elapsed_s": round(now - start, 3),
-                                     "iterations_per_s": round((self.iteration - window_start) / max(now - window_t, 1e-9), 3)})
-                    window, window_start, window_t = [], self.iteration, now
-                if self.eval_tasks is not None and main and (self.iteration % self.eval_every == 0 or done):
-                    result = self.evaluate()
-                    self.last_eval = {"iteration": self.iteration, **result}
-                    self.logger.log({"kind": "eval", "iteration": self.iteration, "split": "eval",
-                                     "elapsed_s": round(time.perf_counter() - start, 3), **result})
+        with _sigterm_interrupts():
+            try:
+                while self.iteration < self.iterations:
+                    snapshot = (rng_state(), sampler_state(self.train_tasks))
+                    begun = self.iteration
+                    try:
+                        value = self._meta_step()
+                        with _deferred_sigint():
+                            self.optimizer.step()
+                            self.iteration += 1
+                    except KeyboardInterrupt:
+                        if self.iteration == begun:  # cut inside the iteration: rewind to its start
+                            set_rng_state(snapshot[0])
+                            load_sampler_state(self.train_tasks, snapshot[1])
+                        raise
+                    window.append(value)
                     if bar is not None:
-                        bar.write(f"iteration {self.iteration}: {self.metric} {result['mean']:.4f} "
-                                  f"+- {result['ci95']:.4f} over {result['tasks']} tasks")
-                if run_dir is not None and (self.iteration % self.checkpoint_every == 0 or done):
-                    self.save()
-        except KeyboardInterrupt:
-            if run_dir is not None:
-                path = self.save()
-                msg = f"interrupted: checkpoint of iteration {self.iteration} saved to {path}"
-                (bar.write if bar is not None else print)(msg)
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-            self.logger.close()
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{value:.4g}", refresh=False)
+                    done = self.iteration == self.iterations
+                    if len(window) >= self.log_every or done:
+                        now = time.perf_counter()
+                        self.logger.log({"kind": "train", "iteration": self.iteration, "loss": sum(window) / len(window),
+                                         "elapsed_s": round(now - start, 3),
+                                         "iterations_per_s": round((self.iteration - window_start) / max(now - window_t, 1e-9), 3)})
+                        window, window_start, window_t = [], self.iteration, now
+                    if self.eval_tasks is not None and main and (self.iteration % self.eval_every == 0 or done):
+                        result = self.evaluate()
+                        self.last_eval = {"iteration": self.iteration, **result}
+                        self.logger.log({"kind": "eval", "iteration": self.iteration, "split": "eval",
+                                         "elapsed_s": round(time.perf_counter() - start, 3), **result})
+                        if bar is not None:
+                            bar.write(f"iteration {self.iteration}: {self.metric} {result['mean']:.4f} "
+                                      f"+- {result['ci95']:.4f} over {result['tasks']} tasks")
+                    if run_dir is not None and (self.iteration % self.checkpoint_every == 0 or done):
+                        self.save()
+            except KeyboardInterrupt:
+                if run_dir is not None:
+                    path = self.save()
+                    msg = f"interrupted: checkpoint of iteration {self.iteration} saved to {path}"
+                    (bar.write if bar is not None else print)(msg)
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+                self.logger.close()
         return {"iteration": self.iteration, "last_eval": self.last_eval,
                 "checkpoint": str(self.checkpoint_path) if self.checkpoint_path else None,
                 "wall_s": time.perf_counter() - start}

@@ -89,6 +89,33 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
     assert_same_params(straight.learner, resumed.learner)
 
 
+def test_sigterm_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+    import os
+    import signal
+
+    straight = trainer(sine_setup(), tmp_path / "a", 6)
+    straight.fit()
+    setup = sine_setup()
+    tasks = setup[1]
+    original, calls = tasks.sample, []
+
+    def sample(n):
+        calls.append(n)
+        if len(calls) == 4:  # `kill PID` inside iteration 4; the handler raises at the next bytecode
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(n)
+
+    tasks.sample = sample
+    t = trainer(setup, tmp_path / "b", 6, checkpoint_every=100)
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the run
+    assert load_checkpoint(tmp_path / "b")["iteration"] == 3
+    resumed = trainer(sine_setup(), tmp_path / "b", 6)
+    resumed.fit(resume=True)
+    assert_same_params(straight.learner, resumed.learner)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     learner, train, evals, _ = sine_setup()
     calls = []
