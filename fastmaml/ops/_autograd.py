@@ -4,12 +4,16 @@ A family is the ops `{ns}::fused_update` (out of place) and `{ns}::fused_update_
 schemas of csrc/ops.cpp, and optionally `{ns}::fused_update_backward`, one pass computing all the
 gradients. The maths: NOTE: [update forms] in csrc/include/fastmaml/update.h.
 
-Why not torch.library.register_autograd: the autograd.Function it generates has no setup_context,
-and torch.func transforms refuse such a Function (pytorch/pytorch#170834). The Autograd kernel here
-applies a `_SingleLevelFunction` instead, as functorch does for its own per-level nodes (and as the
-upstream fix does): the op then behaves like a C++ op with an autograd formula, each torch.func.grad
-level recording its own node as the op is redispatched level by level. So the op works inside
-`torch.func.grad`, `vmap`, `vmap(grad(...))`, under plain autograd, and in any nesting of them.
+The native family's autograd formula is a C++ node (NOTE: [update autograd] in csrc/autograd.cpp).
+The Triton family's is here, in Python. Why not torch.library.register_autograd: the autograd.Function
+it generates has no setup_context, and torch.func transforms refuse such a Function
+(pytorch/pytorch#170834). The Autograd kernel here applies a `_SingleLevelFunction` instead, as
+functorch does for its own per-level nodes (and as the upstream fix does): the op then behaves like a
+C++ op with an autograd formula, each torch.func.grad level recording its own node as the op is
+redispatched level by level. So the op works inside `torch.func.grad`, `vmap`, `vmap(grad(...))`,
+`grad(vmap(...))` and under plain autograd; but nested grad levels (grad(grad), jacrev(jacrev),
+vmap(grad(grad))) give wrong gradients through it, and forward AD drops tangents (measured against
+reference; the C++ node gets them right, tests/ops/test_update_autograd.py).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from torch._C._functorch import (
     get_single_level_autograd_function_allowed as _allowed,
     set_single_level_autograd_function_allowed as _set_allowed,
 )
-from torch.compiler import is_compiling as _is_compiling
+from torch.autograd import forward_ad as _forward_ad
 from torch.autograd.function import _SingleLevelFunction
+from torch.compiler import is_compiling as _is_compiling
 
 # Libraries holding our kernel registrations: a Library deregisters its kernels when collected.
 _libraries: list[torch.library.Library] = []
@@ -69,9 +74,9 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*saved)
 
 
-def _grads(ctx, gos, fused_backward):
+def _grads(ctx, gos):
     """d params, d grads, d lrs, d gammas (None where not needed), from
-    out = gamma * p - alpha * (a * g)."""
+    out = gamma * p - alpha * (a * g), with differentiable torch ops (double backward, torch.func)."""
     n, has_lrs, has_gammas, alpha, want = ctx.layout
     saved = ctx.saved_tensors
     pos = 0
@@ -88,22 +93,14 @@ def _grads(ctx, gos, fused_backward):
     grads = take(want[2])
     params = take(want[3])
     dp = dg = da = dgam = None
-    if fused_backward is not None and not torch.is_grad_enabled() and peek_interpreter_stack() is None:
-        # One pass over memory for all the gradients wanted (p and g are only shapes here when
-        # not saved: the kernel reads them only for d gamma and d a).
-        mask = [want[0] and has_gammas, want[1], want[2], want[3]]
-        if any(mask):
-            dp, dg, da, dgam = fused_backward(gos, params or gos, grads or gos, lrs, gammas, alpha, mask)
-    else:
-        # Differentiable torch ops: double backward (create_graph=True) and torch.func transforms.
-        if want[0] and has_gammas:
-            dp = [gam * go for gam, go in zip(gammas, gos)]
-        if want[1]:
-            dg = [(a * go) * -alpha for a, go in zip(lrs, gos)] if has_lrs else [go * -alpha for go in gos]
-        if want[2]:
-            da = [(g * go) * -alpha for g, go in zip(grads, gos)]
-        if want[3]:
-            dgam = [p * go for p, go in zip(params, gos)]
+    if want[0] and has_gammas:
+        dp = [gam * go for gam, go in zip(gammas, gos)]
+    if want[1]:
+        dg = [(a * go) * -alpha for a, go in zip(lrs, gos)] if has_lrs else [go * -alpha for go in gos]
+    if want[2]:
+        da = [(g * go) * -alpha for g, go in zip(grads, gos)]
+    if want[3]:
+        dgam = [p * go for p, go in zip(params, gos)]
     if want[0] and not has_gammas:
         dp = list(gos)  # d out / d p = 1
     # d lrs and d gammas come with params' shapes: reduce them to the shapes of lrs and gammas.
@@ -122,7 +119,7 @@ def _grads(ctx, gos, fused_backward):
     return tuple(out)
 
 
-def _function(op, fused_backward):
+def _function(op):
     """The autograd node of `op`: a single-level Function (see the module docstring)."""
 
     class FusedUpdate(_SingleLevelFunction):
@@ -138,7 +135,7 @@ def _function(op, fused_backward):
 
         @staticmethod
         def backward(ctx, *grad_outputs):
-            return (None,) * 5 + _grads(ctx, grad_outputs, fused_backward)
+            return (None,) * 5 + _grads(ctx, grad_outputs)
 
     return FusedUpdate
 
@@ -163,10 +160,11 @@ def _autograd_kernel(op, function, keyset, params, grads, lrs, gammas, alpha):
 
 def call(op, params, grads, lrs, gammas, alpha) -> list[Tensor]:
     """op(params, grads, lrs, gammas, alpha) with the least Python in the way: inside a torch.func
-    transform or torch.compile, through the dispatcher (Autograd kernel, vmap rule, fake kernel);
+    transform, torch.compile or a forward-AD dual level, through the dispatcher (Autograd kernel,
+    which refuses tangents it would drop, vmap rule, fake kernel);
     otherwise straight to the device kernel when no gradient is needed, or to the op's Function
     when one is (the Autograd kernel would only redispatch)."""
-    if peek_interpreter_stack() is not None or _is_compiling():
+    if peek_interpreter_stack() is not None or _is_compiling() or _forward_ad._current_level >= 0:
         return op(params, grads, lrs, gammas, alpha)
     if _C.is_grad_enabled():
         flat = _join(params, grads, lrs, gammas)
@@ -255,22 +253,21 @@ def _fake_backward(grad_outputs, params, grads, lrs, gammas, alpha, output_mask)
     return tuple(_fake_update(params, grads, lrs, gammas, alpha) if m else [] for m in output_mask)
 
 
-def register(ns: str, fused_backward: bool) -> None:
-    """Register fake, autograd and vmap rules for the ops `{ns}::fused_update` and
-    `{ns}::fused_update_` (and the fake of `{ns}::fused_update_backward` if `fused_backward`)."""
+def register(ns: str, compiled: bool) -> None:
+    """Register fake and vmap rules for the ops `{ns}::fused_update` and `{ns}::fused_update_`, and
+    either the Python autograd formula of `{ns}::fused_update` or, for a `compiled` family whose
+    formula is in C++ (csrc/autograd.cpp), the fake of its `{ns}::fused_update_backward`."""
     ops = getattr(torch.ops, ns)
     lib = torch.library.Library(ns, "IMPL")
     _libraries.append(lib)
     torch.library.register_fake(f"{ns}::fused_update", _fake_update, lib=lib)
     torch.library.register_fake(f"{ns}::fused_update_", _fake_update_, lib=lib)
-    backward = None
-    if fused_backward:
-        torch.library.register_fake(f"{ns}::fused_update_backward", _fake_backward, lib=lib)
-        backward = ops.fused_update_backward.default
     op = ops.fused_update.default
-    _functions[op] = _function(op, backward)
-    kernel = functools.partial(_autograd_kernel, op, _functions[op])
-    lib.impl("fused_update", kernel, "Autograd", with_keyset=True)
+    if compiled:
+        torch.library.register_fake(f"{ns}::fused_update_backward", _fake_backward, lib=lib)
+    else:
+        _functions[op] = _function(op)
+        lib.impl("fused_update", functools.partial(_autograd_kernel, op, _functions[op]), "Autograd", with_keyset=True)
     torch.library.register_vmap(f"{ns}::fused_update", functools.partial(_vmap_update, op), lib=lib)
     torch.library.register_vmap(
         f"{ns}::fused_update_", functools.partial(_vmap_update_, ops.fused_update_.default), lib=lib

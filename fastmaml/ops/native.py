@@ -19,7 +19,7 @@ except ImportError as error:  # not built (FASTMAML_NO_EXT=1), or built against 
     import_error: str | None = f"{type(error).__name__}: {error}"
 else:
     import_error = None
-    _autograd.register("fastmaml", fused_backward=True)
+    _autograd.register("fastmaml", compiled=True)
 
 
 def cuda_kernels_built() -> bool:

@@ -99,7 +99,7 @@ _lib.define("fused_update_(Tensor(a!)[] params, Tensor[] grads, Tensor[]? lrs, T
 for _key in ("CUDA", "CPU"):
     _lib.impl("fused_update", _fused_update, _key)
     _lib.impl("fused_update_", _fused_update_, _key)
-_autograd.register(_NS, fused_backward=False)
+_autograd.register(_NS, compiled=False)
 
 
 def is_available(device: torch.device) -> bool:
