@@ -23,6 +23,10 @@ ReLU, Tanh, Sigmoid, LeakyReLU, ELU, GELU, SiLU, Flatten (start_dim >= 1), Ident
 and the same activations as functions/methods, and `+` of two activations. Modules with hooks are
 refused (hooks would not run).
 
+For a plain chain of Linear layers and ReLUs under the MSE (sine regression's MLP), the inner
+gradients and the query loss skip autograd recording: fastmaml/batched_mlp.py writes out both the
+gradient and its backward (a Hessian-vector product), with the same meta-gradient in fewer ops.
+
 Activations travel in one of two layouts (NOTE: [batched layouts]): "tn" [T, N, ...], what bmm
 wants, and "nt" [N, T, ...], which a grouped convolution reads as [N, T*C, H, W] with no copy. Each
 layer takes either and returns the cheaper one for it; the output is returned as "tn".
@@ -38,6 +42,7 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor, fx, nn
 
+from fastmaml import batched_mlp
 from fastmaml.functional import LossFn, Params
 
 TN, NT = "tn", "nt"
@@ -69,6 +74,7 @@ class _Plan:
     def __init__(self, graph_module: fx.GraphModule, steps: list, output: str):
         self.graph_module, self.steps, self.output = graph_module, steps, output
         self.compiled: list | None = None
+        self.chain = batched_mlp.chain(self)  # a Linear/ReLU chain: explicit gradients, batched_mlp.py
 
 
 def _why_not(model: nn.Module) -> str | _Plan:
@@ -294,7 +300,7 @@ def forward(model: nn.Module, params: Params, x: Tensor, buffers: Params | None 
 def per_task_loss(loss_fn: LossFn) -> Callable[[Tensor, Tensor], Tensor]:
     """loss_fn over [T, N, ...] predictions and targets -> [T] (torch.func.vmap: any loss_fn).
     The default-reduction MSE and cross-entropy, the common cases, skip vmap."""
-    if loss_fn is TF.mse_loss or (type(loss_fn) is nn.MSELoss and loss_fn.reduction == "mean"):
+    if _is_mse(loss_fn):
         return lambda out, y: (out - y).square().flatten(1).mean(1)
     if loss_fn is TF.cross_entropy or (type(loss_fn) is nn.CrossEntropyLoss and loss_fn.reduction == "mean"
                                        and loss_fn.weight is None and loss_fn.label_smoothing == 0
@@ -306,6 +312,10 @@ def per_task_loss(loss_fn: LossFn) -> Callable[[Tensor, Tensor], Tensor]:
             return TF.cross_entropy(out.reshape(T * N, -1), y.reshape(T * N), reduction="none").view(T, N).mean(1)
         return cross_entropy
     return torch.func.vmap(loss_fn)
+
+
+def _is_mse(loss_fn: LossFn) -> bool:
+    return loss_fn is TF.mse_loss or (type(loss_fn) is nn.MSELoss and loss_fn.reduction == "mean")
 
 
 def batched_grads(loss_of, params: Params, names: list[str], first_order: bool, buffers: Params | None = None):
@@ -335,6 +345,15 @@ def learner_supported(learner) -> bool:
 
         plain = _plain_classes[cls] = all(getattr(cls, h) is getattr(MetaLearner, h) for h in _HOOKS)
     return plain and supports(learner.module)
+
+
+def _explicit(learner, loss_fn: LossFn, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
+    """fastmaml/batched_mlp.py's (grads_fn, query_losses) where they compute exactly what the learner
+    does (a Linear/ReLU chain, the MSE, no overridden loss hook), else None."""
+    if not _is_mse(loss_fn) or not learner_supported(learner):
+        return None
+    chain = _plan(learner.module).chain
+    return None if chain is None else batched_mlp.explicit(chain, sx, sy, qx, qy)
 
 
 class _BatchedForward:
@@ -370,10 +389,14 @@ def task_losses(learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, 
     own = list(learner.module.named_buffers())
     buffers = {n: b.expand(T, *b.shape).clone() for n, b in own}
     loss = per_task_loss(loss_fn)
+    explicit = _explicit(learner, loss_fn, support_x, support_y, query_x, query_y)
     with torch.enable_grad(), _BatchedForward(learner):
         trajectory = learner.inner_loop(params, support_x, support_y, loss, buffers, first_order=first_order,
-                                        grads_fn=batched_grads)
-        losses = learner.task_loss(trajectory, query_x, query_y, loss, buffers)
+                                        grads_fn=batched_grads if explicit is None else explicit[0])
+        if explicit is None:
+            losses = learner.task_loss(trajectory, query_x, query_y, loss, buffers)
+        else:
+            losses = explicit[1](trajectory[-1])
     with torch.no_grad():
         for name, b in own:
             new = buffers[name]
