@@ -16,6 +16,12 @@ of the two (the J term enters as J - stopgrad(J)).
 
 objective="unrolled": backpropagate through the whole inner loop (second order), like MAML with
 the warp layers in the forward.
+
+Meta-optimiser: give `warp_parameters()` a smaller rate than the initialisation (a third of it on
+sine). An Adam step moves each entry of an n x n warp by about the rate, its operator norm by up to
+n times that, and the operator norms scale the inner step (squared, compounding over layers); at
+the initialisation's rate the inner loop outgrows its stability limit within a few dozen
+meta-steps (measurements in docs/algorithms/warpgrad.md).
 """
 
 from __future__ import annotations
@@ -53,6 +59,11 @@ class WarpGrad(MetaLearner):
         self.objective = objective
         self.warp_names = warps
         self._support = None
+
+    def warp_parameters(self) -> list:
+        """The warp layers, for their own (smaller) meta-learning rate."""
+        params = dict(self.module.named_parameters())
+        return [params[n] for n in self.warp_names]
 
     def inner_loop(self, params, support_x, support_y, loss_fn, *args, **kwargs):
         self._support = (support_x, support_y)  # the trajectory objective re-evaluates the support loss

@@ -99,6 +99,8 @@ def test_warpgrad_trajectory_objective_matches_reference(batching):
     model = tiny()
     learner = WarpGrad(model, inner_lr=0.3, inner_steps=3, batching=batching)
     assert learner.warp_names == ["0.warp"] and learner.first_order
+    (warp,) = learner.warp_parameters()
+    assert warp is model[0].warp
     with torch.no_grad():
         model[0].warp.add_(0.3 * torch.randn(3, 3, dtype=DT))
     data = batch()
@@ -143,6 +145,8 @@ def test_mtnet_learns_sine(mask):
 
 @pytest.mark.slow
 def test_warpgrad_learns_sine():
+    # The warp layers at a third of the initialisation's rate (docs/algorithms/warpgrad.md); ratio
+    # on task-stream seeds 0-9: 0.24-0.42, seed 0 0.33 (at 1e-2 for both: seeds 1, 2 failed, one NaN).
     learner = WarpGrad(sine_net(), inner_lr=0.01, inner_steps=5, batching="vmap")
-    pre, post = learns(learner, lr=1e-2)
+    pre, post = learns(learner, lr=3e-3, iters=150, slow=learner.warp_parameters(), slow_lr=1e-3)
     assert post <= 0.5 * pre, (pre, post)
