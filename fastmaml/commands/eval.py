@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -104,6 +105,8 @@ def run(args) -> int:
     print(f"{cfg['task']} {cfg['algo']} (iteration {state['iteration']}), {args.tasks} {args.split} tasks:")
     for c in result["curve"]:
         mark = "  <-" if c["inner_steps"] == main_steps else ""
-        print(f"  {c['inner_steps']:3d} inner steps: {what} {c['mean']:.4f} +- {c['ci95']:.4f}{mark}")
+        score = (f"{c['mean']:.4f} +- {c['ci95']:.4f}" if math.isfinite(c["mean"])
+                 else "diverged (not finite on some task)")
+        print(f"  {c['inner_steps']:3d} inner steps: {what} {score}{mark}")
     print(f"wrote {out} ({wall:.0f} s)")
     return 0

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def train_seconds(train: list[dict]) -> float:
 def fmt(c: dict | None, pct: bool) -> str:
     if c is None:
         return "–"
+    if not math.isfinite(c["mean"]):  # the inner loop overflowed on some task
+        return "diverged"
     return f"{100 * c['mean']:.1f} ± {100 * c['ci95']:.1f}" if pct else f"{c['mean']:.3f} ± {c['ci95']:.3f}"
 
 

@@ -167,3 +167,11 @@ def test_augment_options(tmp_path, capsys, omniglot_root):
     assert repr(exp.train_tasks.transform) == "RandomAffine(shift=2, rotate=10, scale=0)"
     assert exp.eval_tasks.transform is None  # evaluation episodes are never augmented
     assert build({**cfg, "augment_shift": 0.0, "augment_rotate": 0.0}).train_tasks.transform is None
+
+
+def test_report_says_diverged_for_non_finite_scores():
+    from fastmaml.train.report import fmt
+
+    assert fmt({"mean": float("nan"), "ci95": float("nan")}, False) == "diverged"
+    assert fmt({"mean": float("inf"), "ci95": float("nan")}, True) == "diverged"
+    assert fmt({"mean": 0.25, "ci95": 0.01}, False) == "0.250 ± 0.010"
