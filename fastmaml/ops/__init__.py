@@ -179,22 +179,27 @@ def _split_lr(lr) -> tuple[list[Tensor] | None, float]:
 _LISTS = (list, tuple)
 
 
-# NOTE: [auto for small differentiable updates] The native op's autograd node is a Python
-# autograd.Function (tens of µs a call), while torch's _foreach ops have C++ autograd nodes. On the
-# CPU, below this many elements a differentiable update outside torch.func transforms is faster
-# on foreach (bench/results/inner_update.json, forward+backward, sgd form: sine MLP 88 vs 138 µs,
-# Conv-4 314 vs 390 µs; native ahead from Conv-4 x 32 tasks, 3.6M elements), so "auto" sends it
-# there. No-grad, in-place and task-batched (vmap) updates, and large ones, stay on native.
+# NOTE: [auto for small differentiable updates] On the CPU, a differentiable sgd-form update (no
+# lrs, no gammas) of fewer than this many elements, outside torch.func transforms, runs on foreach:
+# there the fused op saves a few dispatches, little next to the autograd engine's cost per backward.
+# With native's C++ autograd node (csrc/autograd.cpp) the two tie (bench/results/inner_update.json,
+# forward+backward: sine MLP 78 vs 76 µs; the sine-1-so and Conv-4 MAML meta-steps within noise of
+# each other, native a little slower across processes), so the rule stays for that form. The
+# scaled and forget forms go to native at every size: forward+backward 1.1-1.5x faster than foreach
+# on the sine MLP and Conv-4, Meta-SGD's sine meta-step 16-20% and L2F's per-task one 12% faster.
+# No-grad, in-place and task-batched (vmap) updates, and large ones, stay on native.
 AUTO_FOREACH_MAX_GRAD_NUMEL = 1 << 20
 
 
-def _small_differentiable_on_cpu(params, grads, lrs, gammas) -> bool:
+def _small_differentiable_sgd_on_cpu(params, grads, lrs, gammas) -> bool:
+    if lrs is not None or gammas is not None:
+        return False
     if get_backend() != "auto" or not torch.is_grad_enabled() or peek_interpreter_stack() is not None:
         return False
     if type(params) not in _LISTS or not params or not isinstance(params[0], Tensor) or params[0].device.type != "cpu":
         return False
     total, needs_grad = 0, False
-    for seq in (params, grads, lrs or (), gammas or ()):
+    for seq in (params, grads):
         for t in seq:
             if not isinstance(t, Tensor):
                 return False
@@ -229,7 +234,7 @@ def update(params: Sequence[Tensor], grads: Sequence[Tensor], lr, gammas=None, *
     `names` only improves error messages.
     """
     lrs, alpha = _split_lr(lr)
-    small = _small_differentiable_on_cpu(params, grads, lrs, gammas)  # NOTE: [auto for small ...]
+    small = _small_differentiable_sgd_on_cpu(params, grads, lrs, gammas)  # NOTE: [auto for small ...]
     if not small and _native_fast(params, grads, lrs, gammas, alpha):
         from fastmaml.ops import native
 

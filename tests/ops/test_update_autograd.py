@@ -9,6 +9,7 @@ from torch.autograd import forward_ad
 from torch.func import grad, jacfwd, jacrev, vmap
 
 import fastmaml
+from fastmaml import ops
 from fastmaml.ops import native, reference
 from tests.models import regression_tasks, tiny_mlp
 from tests.ops._compare import assert_all_close
@@ -167,3 +168,20 @@ def test_meta_gradient_is_the_same_on_every_backend(algo, batching):
         assert learner.batching_used == batching
     for backend in ("foreach", "native"):
         assert_all_close(results[backend], results["reference"], atol=1e-12, rtol=1e-10, what=f"{algo} {batching} {backend}")
+
+
+def test_auto_sends_only_small_sgd_updates_to_foreach():
+    """NOTE: [auto for small differentiable updates]: small differentiable sgd-form updates run on
+    foreach; the scaled and forget forms and large updates on native."""
+
+    def node(numel, lr, gammas=None):
+        p = [torch.randn(numel, requires_grad=True)]
+        out = ops.update(p, [torch.randn(numel)], lr, gammas)[0]
+        return out.grad_fn.name()
+
+    big = ops.AUTO_FOREACH_MAX_GRAD_NUMEL
+    with ops.use_backend("auto"):
+        assert node(7, 0.1) != "FusedUpdateBackward"
+        assert node(7, [torch.rand(7)]) == "FusedUpdateBackward"
+        assert node(7, 0.1, [torch.rand(())]) == "FusedUpdateBackward"
+        assert node(big, 0.1) == "FusedUpdateBackward"
