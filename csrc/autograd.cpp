@@ -26,6 +26,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <mutex>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -80,7 +81,9 @@ struct FusedUpdateBackward final : torch::autograd::Node {
 
   std::string name() const override { return "FusedUpdateBackward"; }
 
+  // mutex_: as ATen's nodes, the saved variables are not unpacked and released concurrently.
   void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
     for (auto& list : saved)
       for (auto& s : list) s.reset_data();  // unpacking then raises "backward a second time"
   }
@@ -96,6 +99,7 @@ struct FusedUpdateBackward final : torch::autograd::Node {
   }
 
   variable_list apply(variable_list&& gos) override {
+    std::lock_guard<std::mutex> lock(mutex_);
     for (size_t i = 0; i < n; ++i)  // the gradient of an output that was not used is undefined
       if (!gos[i].defined()) gos[i] = input_metadata(i).zeros_like();
     std::array<bool, 4> need{};
