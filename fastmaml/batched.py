@@ -107,9 +107,10 @@ def _why_not(model: nn.Module) -> str | _Plan:
         elif node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
             if len(node.args) != 1 or not args:
                 return f"{node.target.__name__} is called with extra arguments"
-            steps.append((node.name, "function", _ACTIVATION_FUNCTIONS[node.target], args))
-            if node.kwargs:
+            # fx records F.relu(x) as relu(x, inplace=False): that keyword changes nothing here
+            if node.kwargs and dict(node.kwargs) != {"inplace": False}:
                 return f"{node.target.__name__} is called with keyword arguments"
+            steps.append((node.name, "function", _ACTIVATION_FUNCTIONS[node.target], args))
         elif node.op == "call_function" and node.target in (operator.add, torch.add):
             if len(node.args) != 2 or len(args) != 2 or node.kwargs:
                 return "only `a + b` of two activations is supported"

@@ -23,6 +23,15 @@ class FunctionalRelu(nn.Module):
         return self.c(self.b(torch.relu(self.a(x))).relu())
 
 
+class FRelu(nn.Module):  # F.relu: fx records it with inplace=False
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.b(F.relu(self.a(x)))
+
+
 def mlp(dims, bias=True, relu=True, last_relu=False):
     """Linear layers of widths `dims`, ReLU between them; `bias` a bool or one per layer."""
     biases = [bias] * (len(dims) - 1) if isinstance(bias, bool) else bias
@@ -42,6 +51,7 @@ CHAINS = {
     "relu_last": lambda: mlp((2, 5, 2), last_relu=True),
     "width_one": lambda: mlp((2, 1, 3)),
     "functional_relu": FunctionalRelu,
+    "F_relu": FRelu,
 }
 
 
