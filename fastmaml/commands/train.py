@@ -169,13 +169,15 @@ def default_run_dir(cfg: dict) -> str:
     return str(Path("runs") / name)
 
 
-def init_from(learner, path: str) -> None:
-    """Load a checkpoint's meta-parameters (and buffers) into `learner`; they must match exactly."""
+def init_from(learner, path: str) -> int:
+    """Load a checkpoint's meta-parameters (and buffers) into `learner`, which they must fit exactly;
+    returns the checkpoint's iteration."""
     from fastmaml.train.checkpoint import CheckpointError, load_checkpoint
 
     try:
         state = load_checkpoint(path)
         learner.load_state_dict(state["learner"])
+        return int(state["iteration"])
     except CheckpointError as err:
         raise CommandError(f"--init-from: {err}") from None
     except RuntimeError as err:  # load_state_dict lists the missing, unexpected and mis-shaped entries
@@ -243,7 +245,7 @@ def run(args) -> int:
     except (OmniglotError, SamplerError, AlgorithmUnavailable, ValueError, TypeError) as err:
         raise CommandError(str(err)) from None
     if args.init_from:
-        init_from(exp.learner, args.init_from)
+        cfg["init_from_iteration"] = init_from(exp.learner, args.init_from)
     trainer = MetaTrainer(
         exp.learner, exp.train_tasks, exp.loss_fn, metric=exp.metric, optimizer=exp.optimizer(),
         meta_batch=cfg["meta_batch"], iterations=cfg["iterations"], eval_tasks=exp.eval_tasks,

@@ -21,7 +21,23 @@ def _row(run: Path) -> dict | None:
     cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
     train = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("kind") == "train"]
     curve = {c["inner_steps"]: c for c in ev.get("curve", [])}
-    return {"run": run.name, "ev": ev, "cfg": cfg, "curve": curve, "train_s": train_seconds(train)}
+    stages = [(ev["iteration"], cfg.get("meta_batch"))]
+    train_s = train_seconds(train)
+    for source, iteration in lineage(cfg):
+        source_cfg = json.loads((source / "config.json").read_text())
+        stages.insert(0, (iteration, source_cfg.get("meta_batch")))
+        train_s += train_seconds([r for r in read_jsonl(source / "metrics.jsonl") if r.get("kind") == "train"])
+    return {"run": run.name, "ev": ev, "cfg": cfg, "curve": curve, "train_s": train_s, "stages": stages}
+
+
+def lineage(cfg: dict):
+    """The runs a run started from (`fastmaml train --init-from`), newest first: (run folder, the
+    iteration of its checkpoint that was loaded)."""
+    while cfg.get("init_from"):
+        source = Path(cfg["init_from"])
+        source = source.parent if source.is_file() else source
+        yield source, cfg.get("init_from_iteration")
+        cfg = json.loads((source / "config.json").read_text())
 
 
 def train_seconds(train: list[dict]) -> float:
@@ -55,8 +71,8 @@ def table(runs: list[Path]) -> str:
         for r in omni:
             ev, cfg = r["ev"], r["cfg"]
             algo = cfg["algo"] + (" (first order)" if cfg.get("first_order") else "")
-            out.append(f"| {r['run']} | {algo} | {ev['n_way']}-way {ev['k_shot']}-shot | {ev['iteration']} × "
-                       f"{cfg['meta_batch']} | {cfg['inner_lr']}, {cfg['inner_steps']} / {ev['inner_steps']} | "
+            stages = " + ".join(f"{n} × {b}" for n, b in r["stages"])  # one per --init-from stage
+            out.append(f"| {r['run']} | {algo} | {ev['n_way']}-way {ev['k_shot']}-shot | {stages} | {cfg['inner_lr']}, {cfg['inner_steps']} / {ev['inner_steps']} | "
                        f"**{fmt(r['curve'].get(ev['inner_steps']), True)}** ({ev['tasks']} tasks) | "
                        f"{fmt(r['curve'].get(0), True)} | {fmt(r['curve'].get(10), True)} | "
                        f"{r['train_s'] / 60:.0f} min |")
@@ -67,7 +83,8 @@ def table(runs: list[Path]) -> str:
                 "train wall time |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in sine:
             ev, cfg, c = r["ev"], r["cfg"], r["curve"]
-            out.append(f"| {cfg['algo']} | {ev['iteration']} | {cfg['inner_lr']}, {cfg['inner_steps']} | "
+            iterations = " + ".join(str(n) for n, _ in r["stages"])
+            out.append(f"| {cfg['algo']} | {iterations} | {cfg['inner_lr']}, {cfg['inner_steps']} | "
                        f"{fmt(c.get(0), False)} | {fmt(c.get(1), False)} | {fmt(c.get(5), False)} | "
                        f"{fmt(c.get(10), False)} | {r['train_s'] / 60:.1f} min |")
         out.append("")
