@@ -96,11 +96,6 @@ class MetaLearner(nn.Module):
         """The task's outer loss from the parameter iterates [phi_0, ..., phi_K]."""
         return self.query_loss(trajectory[-1], query_x, query_y, loss_fn, buffers, None)
 
-    def param_groups(self, lr: float) -> list[dict]:
-        """Meta-optimizer parameter groups at meta-learning rate `lr`, for torch.optim as they are
-        (what `fastmaml train` uses); a learner with parameters that need a slower rate overrides it."""
-        return [{"params": list(self.parameters()), "lr": lr}]
-
     # ---- the inner loop ------------------------------------------------------------------
     def params(self) -> Params:
         return F.params_of(self.module)

@@ -60,18 +60,10 @@ class WarpGrad(MetaLearner):
         self.warp_names = warps
         self._support = None
 
-    # The warp layers' share of the meta-learning rate in param_groups (see the module docstring).
-    warp_lr_fraction = 1 / 3
-
     def warp_parameters(self) -> list:
         """The warp layers, for their own (smaller) meta-learning rate."""
         params = dict(self.module.named_parameters())
         return [params[n] for n in self.warp_names]
-
-    def param_groups(self, lr: float) -> list[dict]:
-        warps = {id(p) for p in self.warp_parameters()}
-        rest = [p for p in self.parameters() if id(p) not in warps]
-        return [{"params": rest, "lr": lr}, {"params": self.warp_parameters(), "lr": lr * self.warp_lr_fraction}]
 
     def inner_loop(self, params, support_x, support_y, loss_fn, *args, **kwargs):
         self._support = (support_x, support_y)  # the trajectory objective re-evaluates the support loss

@@ -95,11 +95,10 @@ class Experiment:
 
     def optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
-        groups = self.learner.param_groups(cfg["meta_lr"])  # e.g. WarpGrad's warp layers at a third
         if cfg["meta_optimizer"] == "adam":
-            return torch.optim.Adam(groups, lr=cfg["meta_lr"])
+            return torch.optim.Adam(self.learner.parameters(), lr=cfg["meta_lr"])
         if cfg["meta_optimizer"] == "sgd":
-            return torch.optim.SGD(groups, lr=cfg["meta_lr"])
+            return torch.optim.SGD(self.learner.parameters(), lr=cfg["meta_lr"])
         raise ValueError(f"meta_optimizer must be adam or sgd, got {cfg['meta_optimizer']!r}")
 
 

@@ -180,15 +180,3 @@ def test_report_says_diverged_for_non_finite_scores():
     assert fmt({"mean": float("nan"), "ci95": float("nan")}, False) == "diverged"
     assert fmt({"mean": float("inf"), "ci95": float("nan")}, True) == "diverged"
     assert fmt({"mean": 0.25, "ci95": 0.01}, False) == "0.250 ± 0.010"
-
-
-def test_meta_optimizer_takes_the_learners_groups():
-    from fastmaml.train.experiment import build, defaults
-
-    exp = build({**defaults("sine", algo="warpgrad"), "meta_lr": 3e-3})
-    groups = exp.optimizer().param_groups
-    assert [g["lr"] for g in groups] == [3e-3, 1e-3]  # warp layers at a third (docs/algorithms/warpgrad.md)
-    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in exp.learner.warp_parameters()}
-    together = [id(p) for g in groups for p in g["params"]]
-    assert sorted(together) == sorted(id(p) for p in exp.learner.parameters())  # each parameter once
-    assert len(build(defaults("sine")).optimizer().param_groups) == 1
