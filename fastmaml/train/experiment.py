@@ -57,7 +57,8 @@ REPTILE = {"sine": {"meta_optimizer": "sgd", "meta_lr": 0.1, "inner_lr": 0.02, "
 SINE_ALGO = {
     "cavia": {"inner_lr": 1.0},                                  # Zintgraf et al.: context lr 1.0
     "mamlpp": {"inner_steps": 5, "eval_inner_steps": 5},         # Antoniou et al.: 5 steps, LSLR
-    "warpgrad": {"inner_steps": 5, "eval_inner_steps": 5},
+    "warpgrad": {"inner_steps": 5, "eval_inner_steps": 5,
+                 "grad_clip": 10.0},                             # unclipped, it diverged (docs/results.md)
     "imaml": {"inner_steps": 10, "eval_inner_steps": 10},        # Rajeswaran et al.: 10+ steps, lam 1
 }
 # CAVIA's context: 4 numbers, concatenated to the sine MLP's input, or to the input of Conv-4's
