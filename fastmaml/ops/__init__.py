@@ -26,7 +26,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch._C._functorch import peek_interpreter_stack
 
 BACKENDS = ("reference", "foreach", "native", "triton")
 _CHOICES = BACKENDS + ("auto",)
@@ -179,36 +178,6 @@ def _split_lr(lr) -> tuple[list[Tensor] | None, float]:
 _LISTS = (list, tuple)
 
 
-# NOTE: [auto for small differentiable updates] On the CPU, a differentiable sgd-form update (no
-# lrs, no gammas) of fewer than this many elements, outside torch.func transforms, runs on foreach:
-# there the fused op saves a few dispatches, little next to the autograd engine's cost per backward.
-# With native's C++ autograd node (csrc/autograd.cpp) the two tie (bench/results/inner_update.json,
-# forward+backward: sine MLP 78 vs 76 µs; the sine-1-so and Conv-4 MAML meta-steps within noise of
-# each other, native a little slower across processes), so the rule stays for that form. The
-# scaled and forget forms go to native at every size: forward+backward 1.1-1.5x faster than foreach
-# on the sine MLP and Conv-4, Meta-SGD's sine meta-step 16-20% and L2F's per-task one 12% faster.
-# No-grad, in-place and task-batched (vmap) updates, and large ones, stay on native.
-AUTO_FOREACH_MAX_GRAD_NUMEL = 1 << 20
-
-
-def _small_differentiable_sgd_on_cpu(params, grads, lrs, gammas) -> bool:
-    if lrs is not None or gammas is not None:
-        return False
-    if get_backend() != "auto" or not torch.is_grad_enabled() or peek_interpreter_stack() is not None:
-        return False
-    if type(params) not in _LISTS or not params or not isinstance(params[0], Tensor) or params[0].device.type != "cpu":
-        return False
-    total, needs_grad = 0, False
-    for seq in (params, grads):
-        for t in seq:
-            if not isinstance(t, Tensor):
-                return False
-            needs_grad = needs_grad or t.requires_grad
-    for p in params:
-        total += p.numel()
-    return needs_grad and total < AUTO_FOREACH_MAX_GRAD_NUMEL
-
-
 def _native_fast(params, grads, lrs, gammas, alpha) -> bool:
     return (
         type(params) in _LISTS and type(grads) in _LISTS and len(params) > 0
@@ -234,15 +203,14 @@ def update(params: Sequence[Tensor], grads: Sequence[Tensor], lr, gammas=None, *
     `names` only improves error messages.
     """
     lrs, alpha = _split_lr(lr)
-    small = _small_differentiable_sgd_on_cpu(params, grads, lrs, gammas)  # NOTE: [auto for small ...]
-    if not small and _native_fast(params, grads, lrs, gammas, alpha):
+    if _native_fast(params, grads, lrs, gammas, alpha):
         from fastmaml.ops import native
 
         return _fast_call("inner_update", native.update, params, grads, lrs, gammas, alpha, names)
     check_update_args("inner_update", params, grads, lrs, gammas, alpha, names)
     if len(params) == 0:
         return []
-    backend = backend_module("foreach" if small else resolve_backend(params[0].device))
+    backend = backend_module(resolve_backend(params[0].device))
     return backend.update(list(params), list(grads), lrs, None if gammas is None else list(gammas), alpha)
 
 
