@@ -12,8 +12,9 @@ functorch does for its own per-level nodes (and as the upstream fix does): the o
 C++ op with an autograd formula, each torch.func.grad level recording its own node as the op is
 redispatched level by level. So the op works inside `torch.func.grad`, `vmap`, `vmap(grad(...))`,
 `grad(vmap(...))` and under plain autograd; but nested grad levels (grad(grad), jacrev(jacrev),
-vmap(grad(grad))) give wrong gradients through it, and forward AD drops tangents (measured against
-reference; the C++ node gets them right, tests/ops/test_update_autograd.py).
+vmap(grad(grad))) would give wrong gradients through it and forward AD would drop tangents
+(measured against reference; the C++ node gets them right, tests/ops/test_update_autograd.py), so
+both are refused with an error naming the backends that handle them.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import functools
 
 import torch
 from torch import _C, Tensor
-from torch._C._functorch import peek_interpreter_stack
+from torch._C._functorch import TransformType, peek_interpreter_stack
 from torch._C._functorch import (
     get_single_level_autograd_function_allowed as _allowed,
     set_single_level_autograd_function_allowed as _set_allowed,
 )
 from torch.autograd import forward_ad as _forward_ad
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 from torch.autograd.function import _SingleLevelFunction
 from torch.compiler import is_compiling as _is_compiling
 
@@ -151,6 +153,12 @@ def _apply(function, keyset, params, grads, lrs, gammas, alpha, flat) -> list[Te
 
 
 def _autograd_kernel(op, function, keyset, params, grads, lrs, gammas, alpha):
+    levels = [i.key() for i in retrieve_all_functorch_interpreters()]
+    if TransformType.Jvp in levels or levels.count(TransformType.Grad) > 1:  # see the docstring
+        raise NotImplementedError(
+            f"{op.name()}: forward-mode or nested torch.func differentiation (jvp, jacfwd, hessian, "
+            "grad(grad), jacrev(jacrev)) would give wrong gradients through this backend's Python "
+            "autograd; use the 'native', 'foreach' or 'reference' backend for it")
     flat = _join(params, grads, lrs, gammas)
     if _C.is_grad_enabled() and _C._any_requires_grad(*flat):
         return _apply(function, keyset, params, grads, lrs, gammas, alpha, flat)

@@ -43,3 +43,22 @@ def test_opcheck():
     ops = torch.ops.fastmaml_triton
     torch.library.opcheck(ops.fused_update.default, ([p.requires_grad_() for p in params], grads, lrs, gammas, 0.3))
     torch.library.opcheck(ops.fused_update_.default, ([p.detach().clone() for p in params], grads, lrs, gammas, 0.3))
+
+
+def test_nested_and_forward_mode_differentiation_refused():
+    """The Python autograd of this family gets nested grad levels and tangents wrong (measured on the
+    native op, fastmaml/ops/_autograd.py): they must raise, not return silently wrong numbers."""
+    from torch.func import grad, hessian, jacfwd, jacrev
+
+    backend = fastmaml_triton
+    p, g = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+
+    def loss(p):
+        return (backend.update([p], [g], None, None, 0.1)[0].sin() * g).sum()
+
+    for name, fn in (("grad(grad)", lambda: grad(lambda p: grad(loss)(p).sum())(p)),
+                     ("jacrev(jacrev)", lambda: jacrev(jacrev(loss))(p)),
+                     ("jacfwd", lambda: jacfwd(loss)(p)), ("hessian", lambda: hessian(loss)(p))):
+        with pytest.raises(NotImplementedError, match="forward-mode or nested torch.func differentiation"):
+            fn()
+    torch.testing.assert_close(grad(loss)(p), torch.cos(p - 0.1 * g) * g)  # one level stays right
