@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 from pathlib import Path
 
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -17,6 +18,24 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def memory_kib() -> dict:
+    """This process's resident set now (VmRSS) and its peak (VmHWM), in KiB, from /proc/self/status."""
+    text = Path("/proc/self/status").read_text()
+    return {k: int(re.search(k + r":\s+(\d+)", text).group(1)) for k in ("VmRSS", "VmHWM")}
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed (no chart)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
 
 
 class OpCounter(TorchDispatchMode):

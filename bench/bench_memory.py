@@ -36,7 +36,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import cpu_name
+from bench._common import cpu_name, memory_kib, pyplot
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "memory.json"
 METHODS = ("maml-unrolled", "maml-hvp", "imaml", "fomaml")
@@ -64,11 +63,6 @@ TARGET_RATIO = 1.3  # hvp-mode MAML and iMAML: peak at K=20 <= 1.3 x peak at K=1
 
 
 # ---- one point (the worker) --------------------------------------------------------------------
-
-def _status_kib() -> dict:
-    text = Path("/proc/self/status").read_text()
-    return {k: int(re.search(k + r":\s+(\d+)", text).group(1)) for k in ("VmRSS", "VmHWM")}
-
 
 def make_learner(method: str, steps: int):
     import torch
@@ -118,13 +112,13 @@ def worker(method: str, steps: int, reps: int) -> dict:
         loss.backward()
         return float(loss)
 
-    baseline = _status_kib()["VmRSS"]
+    baseline = memory_kib()["VmRSS"]
     meta_step(data[0])  # warm-up (first-call costs of torch.func, kernel selection, ...)
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
-    before = _status_kib()["VmRSS"]
+    before = memory_kib()["VmRSS"]
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     wall, cpu = [], []
     for i in range(reps):
@@ -133,7 +127,7 @@ def worker(method: str, steps: int, reps: int) -> dict:
         wall.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
         if i == 0:
-            rise = (_status_kib()["VmHWM"] - before) / 1024
+            rise = (memory_kib()["VmHWM"] - before) / 1024
     out = {"method": method, "steps": steps, "reps": reps, "loss": loss,
            "baseline_mib": baseline / 1024, "step_rise_mib": rise,
            "wall_ms": _stats(wall), "cpu_ms": _stats(cpu)}
@@ -242,12 +236,8 @@ def run(methods, steps, reps: int, timeout: float) -> dict:
 
 
 def chart(data: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for method in METHODS:

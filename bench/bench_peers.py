@@ -40,7 +40,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -54,7 +53,7 @@ if str(ROOT) not in sys.path:
 import torch
 
 from bench import peers as P
-from bench._common import OpCounter, cpu_name
+from bench._common import OpCounter, cpu_name, memory_kib, pyplot
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "peers.json"
 CHECK_TOL = 1e-8  # float64
@@ -199,11 +198,6 @@ def _commit() -> str | None:
     return head + ("-dirty" if dirty else "")
 
 
-def _rss_kib() -> dict:
-    text = Path("/proc/self/status").read_text()
-    return {k: int(re.search(k + r":\s+(\d+)", text).group(1)) for k in ("VmRSS", "VmHWM")}
-
-
 def run_memory(name: str, peer: str) -> dict:
     """Peak resident-set rise (MiB) during one meta-step after a warm-up step."""
     model, cfg, batches = problem(name, torch.float32)
@@ -213,10 +207,10 @@ def run_memory(name: str, peer: str) -> dict:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
-    before = _rss_kib()["VmRSS"]
+    before = memory_kib()["VmRSS"]
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     step(batches[1])
-    peak = _rss_kib()["VmHWM"]
+    peak = memory_kib()["VmHWM"]
     return {"config": name, "peer": peer, "peak_rss_rise_mib": (peak - before) / 1024}
 
 
@@ -289,12 +283,8 @@ def run(configs, names, rounds, min_rounds, budget_s, threads, memory=True) -> d
 
 def chart(data: dict, path: Path) -> Path | None:
     """A bar chart of the ratios to fastmaml per config (log scale)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     configs = data["configs"]
     peers = [p for p in P.ORDER if any(p in c["results"] for c in configs)]

@@ -153,7 +153,8 @@ def _apply(function, keyset, params, grads, lrs, gammas, alpha, flat) -> list[Te
 
 
 def _autograd_kernel(op, function, keyset, params, grads, lrs, gammas, alpha):
-    levels = [i.key() for i in retrieve_all_functorch_interpreters()]
+    in_transform = peek_interpreter_stack() is not None
+    levels = [i.key() for i in retrieve_all_functorch_interpreters()] if in_transform else []
     if TransformType.Jvp in levels or levels.count(TransformType.Grad) > 1:  # see the docstring
         raise NotImplementedError(
             f"{op.name()}: forward-mode or nested torch.func differentiation (jvp, jacfwd, hessian, "

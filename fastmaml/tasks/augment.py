@@ -10,6 +10,8 @@ already contain, so they enlarge the training distribution without changing what
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,7 +35,7 @@ class RandomAffine:
         return bool(self.shift or self.rotate or self.scale)
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        n = images.reshape(-1, *images.shape[-3:]).shape[0] if images.dim() >= 3 else 0
+        n = math.prod(images.shape[:-3])  # images, one draw each; affine() checks the shape
 
         def uniform(bound: float) -> Tensor:  # always drawn, so the stream does not depend on which are 0
             return (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * bound

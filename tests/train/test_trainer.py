@@ -3,6 +3,8 @@ Reptile-style outer hook."""
 
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -66,7 +68,14 @@ def test_resume_is_bit_identical(tmp_path, kind):
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+def _interrupt(kind):
+    if kind == "ctrl-c":
+        raise KeyboardInterrupt
+    os.kill(os.getpid(), signal.SIGTERM)  # `kill PID`: the handler raises at the next bytecode
+
+
+@pytest.mark.parametrize("kind", ["ctrl-c", "sigterm"])
+def test_interrupt_saves_a_checkpoint_that_resumes_exactly(tmp_path, kind):
     straight = trainer(sine_setup(), tmp_path / "a", 6)
     straight.fit()
     setup = sine_setup()
@@ -76,33 +85,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
     def sample(n):
         calls.append(n)
         if len(calls) == 4:  # inside iteration 4, after drawing nothing yet
-            raise KeyboardInterrupt
-        return original(n)
-
-    tasks.sample = sample
-    t = trainer(setup, tmp_path / "b", 6, checkpoint_every=100)
-    with pytest.raises(KeyboardInterrupt):
-        t.fit()
-    assert load_checkpoint(tmp_path / "b")["iteration"] == 3
-    resumed = trainer(sine_setup(), tmp_path / "b", 6)
-    resumed.fit(resume=True)
-    assert_same_params(straight.learner, resumed.learner)
-
-
-def test_sigterm_saves_a_checkpoint_that_resumes_exactly(tmp_path):
-    import os
-    import signal
-
-    straight = trainer(sine_setup(), tmp_path / "a", 6)
-    straight.fit()
-    setup = sine_setup()
-    tasks = setup[1]
-    original, calls = tasks.sample, []
-
-    def sample(n):
-        calls.append(n)
-        if len(calls) == 4:  # `kill PID` inside iteration 4; the handler raises at the next bytecode
-            os.kill(os.getpid(), signal.SIGTERM)
+            _interrupt(kind)
         return original(n)
 
     tasks.sample = sample
