@@ -1,6 +1,6 @@
 // The schemas of the fastmaml operators; implementations live per device in cpu/ and cuda/, the
 // autograd formula of fused_update in autograd.cpp, and the fake and vmap rules in
-// fastmaml/ops/_autograd.py.
+// fastmaml/ops/_autograd.py. The Linear/ReLU chain ops (schemas, kernels, node) are in chain.cpp.
 // Forms and maths: NOTE: [update forms] in include/fastmaml/update.h.
 #include <Python.h>
 #include <torch/library.h>

@@ -8,7 +8,9 @@ from torch import nn
 
 import fastmaml
 from fastmaml import batched, batched_mlp
+from fastmaml.ops import native
 
+pytestmark = pytest.mark.skipif(native.import_error is not None, reason=f"fastmaml._C not built: {native.import_error}")
 LR = 0.3
 
 
@@ -134,17 +136,28 @@ def test_other_losses_and_data_fall_back_to_autograd():
     assert not explicit_used(learner(), (sx, sy.requires_grad_(), qx, qy))
 
 
-def test_chain_grad_backward_against_finite_differences():
-    """The Function's whole VJP (Hessian-vector product and the losses' own term) by gradcheck."""
+def chain_op(chain, x, y, name="chain_loss_and_grad"):
+    """The op as a function of the parameters (gradient order), its outputs flat."""
+    op = getattr(torch.ops.fastmaml, name)
+
+    def fn(*ps):
+        out = op(x, y, *chain.split(ps), chain.flags)
+        return out if isinstance(out, torch.Tensor) else (out[0], *out[1])
+    return fn
+
+
+def test_chain_ops_backward_against_finite_differences():
+    """The ops' whole VJP (Hessian-vector product and the losses' own term) by gradcheck, and its
+    own derivative (the recomputing backward) by gradgradcheck."""
     model = make("some_bias")
     chain = batched._plan(model).chain
     sx, sy, _, _ = tasks(model)
     params = [p.detach().expand(sx.shape[0], *p.shape).clone().requires_grad_() for p in model.parameters()]
-    fn = lambda *ps: batched_mlp._ChainGrad.apply(chain, sx, sy, *ps)
+    fn = chain_op(chain, sx, sy)
     assert torch.autograd.gradcheck(fn, params)
+    assert torch.autograd.gradcheck(chain_op(chain, sx, sy, "chain_loss"), params)
     small = [p[:2, :2] if p.dim() == 2 else p[:2, :2, :2] for p in params]  # 2 tasks, 2 units: cheap
-    sfn = lambda *ps: batched_mlp._ChainGrad.apply(batched_mlp.Chain(chain.layers, 2, 2), sx[:2, :, :2],
-                                                   sy[:2, :, :2], *ps)
+    sfn = chain_op(batched_mlp.Chain(chain.layers, 2, 2), sx[:2, :, :2], sy[:2, :, :2])
     assert torch.autograd.gradgradcheck(sfn, [p.detach().clone().requires_grad_() for p in small])
     # Some outputs unused (None cotangents) and no cotangent on the losses:
     _, gw, gb = fn(*params)[:3]
@@ -155,6 +168,31 @@ def test_chain_grad_backward_against_finite_differences():
     want = torch.autograd.grad((ew * ew).sum() + eb.sum(), params, allow_unused=True)
     for g, e in zip(got, want):
         torch.testing.assert_close(g, torch.zeros_like(g) if e is None else e, rtol=1e-10, atol=1e-12)
+
+
+def test_chain_ops_bad_input():
+    model = make("some_bias")
+    chain = batched._plan(model).chain
+    sx, sy, _, _ = tasks(model)
+    ps = [p.detach().expand(sx.shape[0], *p.shape).clone() for p in model.parameters()]
+    weights, biases = chain.split(ps)
+    op = torch.ops.fastmaml.chain_loss_and_grad
+    with pytest.raises(RuntimeError, match="layers has 2 entries but weights has 3"):
+        op(sx, sy, weights, biases, chain.flags[:2])
+    with pytest.raises(RuntimeError, match=r"biases\[1\] and layers\[1\] disagree"):
+        op(sx, sy, weights, [biases[0], biases[0], biases[2]], chain.flags)
+    with pytest.raises(RuntimeError, match="x and y must not require grad"):
+        op(sx.clone().requires_grad_(), sy, weights, biases, chain.flags)
+
+
+def test_without_the_extension_chains_use_autograd(monkeypatch):
+    monkeypatch.setattr(native, "import_error", "ImportError: not built")
+    model = make("sine")
+    assert batched.supports(model) and batched._plan(model).chain is None
+    batch = tasks(model)
+    learner = lambda: fastmaml.MAML(model, inner_lr=LR, inner_steps=2)
+    assert not explicit_used(learner(), batch)
+    assert_matches_loop(learner, batch)
 
 
 def test_third_order_through_the_meta_gradient():
