@@ -55,8 +55,14 @@ Tensor batched_tmm(const Tensor& a, const Tensor& b) {  // a^T b
   return b.sym_size(2) == 1 ? (a * b).sum(1, /*keepdim=*/true).transpose(1, 2) : at::bmm(a.transpose(1, 2), b);
 }
 
-Tensor batched_addtmm(const Tensor& c, const Tensor& a, const Tensor& b) {  // c + a^T b
-  return b.sym_size(2) == 1 ? c + batched_tmm(a, b) : at::baddbmm(c, a.transpose(1, 2), b);
+// acc += a b and acc += a^T b, in place: acc is a temporary of ours (not a view of an input, and
+// saved by no autograd node), so no copy of it into a fresh result.
+void add_mm_(Tensor& acc, const Tensor& a, const Tensor& b) {
+  a.sym_size(2) == 1 ? acc.addcmul_(a, b) : acc.baddbmm_(a, b);
+}
+
+void add_tmm_(Tensor& acc, const Tensor& a, const Tensor& b) {
+  b.sym_size(2) == 1 ? acc.add_(batched_tmm(a, b)) : acc.baddbmm_(a.transpose(1, 2), b);
 }
 
 Tensor affine(const Tensor& z, const Tensor& w, const std::optional<Tensor>& b) {
@@ -119,7 +125,7 @@ Tensors chain_hvp(at::TensorList weights, at::TensorList zs, at::TensorList ds, 
   Tensors rzs(L + 1);  // rzs[0] = R z_0 = 0: left undefined, its terms skipped
   for (size_t l = 0; l < L; ++l) {
     Tensor rh = affine(zs[l], uw[l], ub[l]);
-    if (l) rh = batched_addmm(rh, rzs[l], weights[l].transpose(1, 2));
+    if (l) add_mm_(rh, rzs[l], weights[l].transpose(1, 2));
     rzs[l + 1] = layers[l] & kRelu ? mask(rh, zs[l + 1]) : rh;
   }
   std::vector<Tensors> per_layer(L);
@@ -127,10 +133,13 @@ Tensors chain_hvp(at::TensorList weights, at::TensorList zs, at::TensorList ds, 
   for (size_t l = L; l-- > 0;) {
     Tensor rd = layers[l] & kRelu ? mask(rdz, zs[l + 1]) : rdz;
     Tensor hw = batched_tmm(rd, zs[l]);
-    if (l) hw = batched_addtmm(hw, ds[l], rzs[l]);
+    if (l) add_tmm_(hw, ds[l], rzs[l]);
     per_layer[l].push_back(hw);
     if (layers[l] & kBias) per_layer[l].push_back(rd.sum(1));
-    if (l) rdz = batched_addmm(batched_mm(rd, weights[l]), ds[l], uw[l]);
+    if (l) {
+      rdz = batched_mm(rd, weights[l]);
+      add_mm_(rdz, ds[l], uw[l]);
+    }
   }
   Tensors out;
   for (auto& h : per_layer) out.insert(out.end(), h.begin(), h.end());
