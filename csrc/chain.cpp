@@ -71,17 +71,9 @@ Tensor affine(const Tensor& z, const Tensor& w, const std::optional<Tensor>& b) 
 
 Tensor mask(const Tensor& v, const Tensor& z) { return at::threshold_backward(v, z, 0); }  // v where z > 0
 
-void check_layers(const char* op, at::IntArrayRef layers, size_t weights) {
-  TORCH_CHECK(layers.size() == weights, "fastmaml::", op, ": layers has ", layers.size(),
-              " entries but weights has ", weights);
-}
-
 std::tuple<Tensors, Tensor, Tensor> chain_forward(const Tensor& x, const Tensor& y, at::TensorList weights,
                                                   const c10::List<std::optional<Tensor>>& biases,
                                                   at::IntArrayRef layers) {
-  check_layers("chain_forward", layers, weights.size());
-  TORCH_CHECK(biases.size() == weights.size(), "fastmaml::chain_forward: biases has ", biases.size(),
-              " entries but weights has ", weights.size());
   Tensors zs{x};
   zs.reserve(weights.size() + 1);
   for (size_t l = 0; l < weights.size(); ++l) {
@@ -95,7 +87,6 @@ std::tuple<Tensors, Tensor, Tensor> chain_forward(const Tensor& x, const Tensor&
 
 std::tuple<Tensors, Tensors> chain_backprop(at::TensorList weights, at::TensorList zs, const Tensor& dz_last,
                                             at::IntArrayRef layers) {
-  check_layers("chain_backprop", layers, weights.size());
   const size_t L = weights.size();
   Tensors ds(L), grads;
   std::vector<Tensors> per_layer(L);
@@ -112,7 +103,6 @@ std::tuple<Tensors, Tensors> chain_backprop(at::TensorList weights, at::TensorLi
 
 Tensors chain_hvp(at::TensorList weights, at::TensorList zs, at::TensorList ds, double c, at::TensorList us,
                   at::IntArrayRef layers) {
-  check_layers("chain_hvp", layers, weights.size());
   const size_t L = weights.size();
   std::vector<Tensor> uw(L);
   std::vector<std::optional<Tensor>> ub(L);
@@ -121,7 +111,6 @@ Tensors chain_hvp(at::TensorList weights, at::TensorList zs, at::TensorList ds, 
     uw[l] = us[k++];
     if (layers[l] & kBias) ub[l] = us[k++];
   }
-  TORCH_CHECK(k == us.size(), "fastmaml::chain_hvp: us has ", us.size(), " tensors, the layers take ", k);
   Tensors rzs(L + 1);  // rzs[0] = R z_0 = 0: left undefined, its terms skipped
   for (size_t l = 0; l < L; ++l) {
     Tensor rh = affine(zs[l], uw[l], ub[l]);
@@ -184,12 +173,27 @@ Tensors scaled_grads(at::TensorList weights, at::TensorList zs, const Tensor& r,
 
 void check_inputs(const char* op, const Tensor& x, const Tensor& y, at::TensorList weights,
                   const c10::List<std::optional<Tensor>>& biases, at::IntArrayRef layers) {
-  check_layers(op, layers, weights.size());
+  TORCH_CHECK(!weights.empty(), "fastmaml::", op, ": weights is empty");
+  TORCH_CHECK(layers.size() == weights.size(), "fastmaml::", op, ": layers has ", layers.size(),
+              " entries but weights has ", weights.size());
   TORCH_CHECK(biases.size() == weights.size(), "fastmaml::", op, ": biases has ", biases.size(),
               " entries but weights has ", weights.size());
-  for (size_t l = 0; l < weights.size(); ++l)
-    TORCH_CHECK(biases.get(l).has_value() == bool(layers[l] & kBias), "fastmaml::", op, ": biases[", l,
-                "] and layers[", l, "] disagree on whether layer ", l, " has a bias");
+  TORCH_CHECK(x.dim() == 3, "fastmaml::", op, ": x must be [tasks, examples, features], got ", x.sizes());
+  const int64_t T = x.size(0);
+  int64_t features = x.size(2);
+  for (size_t l = 0; l < weights.size(); ++l) {
+    const Tensor& w = weights[l];
+    TORCH_CHECK(w.dim() == 3 && w.size(0) == T && w.size(2) == features, "fastmaml::", op, ": weights[", l,
+                "] must be [", T, ", out, ", features, "], got ", w.sizes());
+    const std::optional<Tensor> b = biases.get(l);
+    TORCH_CHECK(b.has_value() == bool(layers[l] & kBias), "fastmaml::", op, ": biases[", l, "] and layers[", l,
+                "] disagree on whether layer ", l, " has a bias");
+    TORCH_CHECK(!b || b->sizes() == w.sizes().slice(0, 2), "fastmaml::", op, ": biases[", l, "] must be ",
+                w.sizes().slice(0, 2), ", got ", b->sizes());
+    features = w.size(1);
+  }
+  TORCH_CHECK(y.dim() == 3 && y.size(0) == T && y.size(1) == x.size(1) && y.size(2) == features, "fastmaml::", op,
+              ": y must be [", T, ", ", x.size(1), ", ", features, "] (the output's shape), got ", y.sizes());
   TORCH_CHECK(!x.requires_grad() && !y.requires_grad(), "fastmaml::", op,
               ": x and y must not require grad (only the parameters are differentiated)");
 }

@@ -181,6 +181,14 @@ def test_chain_ops_bad_input():
         op(sx, sy, weights, biases, chain.flags[:2])
     with pytest.raises(RuntimeError, match=r"biases\[1\] and layers\[1\] disagree"):
         op(sx, sy, weights, [biases[0], biases[0], biases[2]], chain.flags)
+    with pytest.raises(RuntimeError, match=r"weights\[1\] must be \[4, out, 6\], got \[4, 5, 5\]"):
+        op(sx, sy, [weights[0], weights[1][:, :, :5], weights[2]], biases, chain.flags)
+    with pytest.raises(RuntimeError, match=r"biases\[2\] must be \[4, 3\]"):
+        op(sx, sy, weights, [biases[0], None, biases[2][:, :2]], chain.flags)
+    with pytest.raises(RuntimeError, match=r"y must be \[4, 6, 3\]"):
+        op(sx, sy[..., :2], weights, biases, chain.flags)
+    with pytest.raises(RuntimeError, match="x must be"):
+        op(sx[0], sy, weights, biases, chain.flags)
     with pytest.raises(RuntimeError, match="x and y must not require grad"):
         op(sx.clone().requires_grad_(), sy, weights, biases, chain.flags)
 
