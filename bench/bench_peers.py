@@ -14,7 +14,11 @@ Per config, in a fresh process of its own:
      fastmaml's (max |a - b| over all entries / max |b|; above CHECK_TOL is reported as a
      disagreement), and again in float32 on the whole meta-batch (the warm-up step);
   2. time: rounds in which the implementations take turns (order alternating), so the drift of a
-     shared machine hits all alike; median and IQR per meta-step of the process's CPU time (one
+     shared machine hits all alike; in each round every implementation runs as many consecutive
+     meta-steps as fill SAMPLE_S (at least one), as a training loop runs them back to back: a
+     single short step right after another library's would pay for that library's cache
+     footprint (measured: fastmaml's sine 5-step meta-step 5.05 ms right after higher's against
+     4.15 ms in a run of ten); median and IQR per meta-step of the process's CPU time (one
      torch thread: the work done; wall time on a loaded shared machine adds ~4 ms whenever the
      scheduler preempts the process, which hits a 2 ms step in one round out of two; the wall
      median is kept too); ratio peer / fastmaml;
@@ -38,6 +42,7 @@ import copy
 import ctypes
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -57,6 +62,7 @@ from bench._common import OpCounter, cpu_name, memory_kib, pyplot
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "peers.json"
 CHECK_TOL = 1e-8  # float64
+SAMPLE_S = 0.02  # seconds of consecutive meta-steps per timed sample (see step 2 above)
 CHECK_TASKS = 4
 
 CONFIGS = {
@@ -148,6 +154,11 @@ def run_config(name: str, names: list[str], rounds: int, min_rounds: int, budget
         ref = g if ref is None else ref
         check32[peer] = max_rel_diff(g, ref)
     fast = steps["fastmaml"].learner.batching_used if "fastmaml" in steps else None
+    reps = {}
+    for peer in names:  # a second, warm step sets how many make a sample
+        c0 = time.process_time()
+        steps[peer](batches[1 % len(batches)])
+        reps[peer] = max(1, math.ceil(SAMPLE_S / max(time.process_time() - c0, 1e-6)))
     times = {peer: [] for peer in names}
     walls = {peer: [] for peer in names}
     start = time.perf_counter()
@@ -157,9 +168,10 @@ def run_config(name: str, names: list[str], rounds: int, min_rounds: int, budget
         for peer in order:
             batch = batches[r % len(batches)]
             w0, c0 = time.perf_counter(), time.process_time()
-            steps[peer](batch)
-            times[peer].append(time.process_time() - c0)
-            walls[peer].append(time.perf_counter() - w0)
+            for _ in range(reps[peer]):
+                steps[peer](batch)
+            times[peer].append((time.process_time() - c0) / reps[peer])
+            walls[peer].append((time.perf_counter() - w0) / reps[peer])
         r += 1
     # 3. ops per meta-step
     ops = {}
@@ -174,7 +186,7 @@ def run_config(name: str, names: list[str], rounds: int, min_rounds: int, budget
         mod = P.load(peer)
         results[peer] = {"name": mod.NAME, "version": mod.version(), "median_ms": statistics.median(ts),
                          "p25_ms": q[0], "p75_ms": q[2], "wall_median_ms": 1e3 * statistics.median(walls[peer]),
-                         "rounds": len(ts), "aten_ops": ops[peer],
+                         "rounds": len(ts), "steps_per_sample": reps[peer], "aten_ops": ops[peer],
                          "grad_rel_diff_f64": check[peer], "grad_rel_diff_f32": check32[peer],
                          "agrees": check[peer] <= CHECK_TOL}
     if "fastmaml" in results:
@@ -338,7 +350,7 @@ def render_markdown(data: dict | str | Path = DEFAULT_OUT) -> str:
     peers = ", ".join(f"{k} {v[k]}" for k in ("higher", "learn2learn", "torchopt") if k in v)
     missing = "; missing: " + ", ".join(data["peers_missing"]) if data.get("peers_missing") else ""
     caption = (f"Float32 on {m['cpu']} ({m['torch_threads']} torch thread(s)), torch {v['torch']}, {peers}{missing}, "
-              f"{data['date'][:10]} (each config's own date and commit are in the JSON). CPU ms: median process CPU time per meta-step (one thread; wall time on this shared "
+              f"{data['date'][:10]} (each config's own date and commit are in the JSON). CPU ms: median process CPU time per meta-step, over samples of consecutive meta-steps filling 20 ms (one thread; wall time on this shared "
               f"machine adds scheduler preemptions). × fastmaml: peer CPU median / fastmaml CPU median in the same run. "
               f"Grad check: meta-gradient vs fastmaml in float64 on {data['check_tasks']} tasks, tolerance "
               f"{data['check_tolerance_f64']:.0e} (relative to the largest entry). Peak MiB: rise of the resident set "
