@@ -215,3 +215,17 @@ def test_third_order_through_the_meta_gradient():
         out.append(torch.autograd.grad(sum((g * g).sum() for g in grads), list(model.parameters())))
     for g, e in zip(*out[::-1]):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+def test_chain_node_releases_what_it_saved():
+    """A second backward through the ops' node without retain_graph raises, as for ATen's nodes."""
+    model = make("sine")
+    chain = batched._plan(model).chain
+    sx, sy, _, _ = tasks(model)
+    params = [p.detach().expand(sx.shape[0], *p.shape).clone().requires_grad_() for p in model.parameters()]
+    losses, *grads = chain_op(chain, sx, sy)(*params)
+    total = losses.sum() + sum((g * g).sum() for g in grads)
+    assert losses.grad_fn.name() == "ChainLossAndGradBackward"
+    total.backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        total.backward()
