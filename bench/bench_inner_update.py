@@ -9,8 +9,11 @@ the batched set a and gamma are shared by the tasks, as in the vmap path.
 For each: median time and spread (25th-75th percentile) of the out-of-place update (allocating
 its outputs, as MAML does) and of the in-place one (the kernel alone), bytes moved (read p, g, a,
 gamma once, write the output) and the in-place GB/s, that as a fraction of a plain `copy_` of as
-many elements into an existing tensor timed in the same run, ratios to `reference` and `foreach`; forward+backward of the
-differentiable update (params, a and gamma requiring grad); and the ATen ops dispatched per update
+many elements into an existing tensor timed in the same run, ratios to `reference` and `foreach`;
+the differentiable update (params, a and gamma requiring grad) forward+backward through
+torch.autograd.grad and through the autograd engine's entry point, and its backward alone; the
+floor under any forward+backward (torch.autograd.grad with as many outputs and inputs and no node
+between them) and so the most any backend could gain over reference there; and the ATen ops dispatched per update
 (a TorchDispatchMode count, the proxy for GPU launches). Providers take turns within each round, in an
 order rotated every round, so drift and allocator state on a shared machine hit all alike; compare ratios, not absolute times, across runs.
 
@@ -45,6 +48,10 @@ from fastmaml.ops import backend_module, is_available
 
 RESULTS = ROOT / "bench" / "results" / "inner_update.json"
 FORMS = ("sgd", "scaled", "forget")
+# Timings of each backend: JSON key -> job name in bench_case.
+TIMINGS = {"fwd": "fwd", "inplace": "inplace", "fwd_bwd": "fwd+bwd", "fwd_bwd_engine": "fwd+bwd engine",
+           "bwd": "bwd"}
+_ENGINE = torch.autograd.Variable._execution_engine
 
 
 def sine_mlp():
@@ -130,6 +137,23 @@ def bench_case(set_name, form, backends, device, rounds, inner):
             torch.autograd.grad(out, leaves, gos)
         return run
 
+    # The same through the autograd engine's own entry point, without torch.autograd.grad's Python
+    # (argument normalisation, _make_grads: ~10 us per output), which costs every backend alike.
+    def forward_backward_engine(mod):
+        def run():
+            out = mod.update(diff_params, grads, diff_lrs, diff_gammas, alpha)
+            _ENGINE.run_backward(tuple(out), tuple(gos), False, False, tuple(leaves), False, False)
+        return run
+
+    def backward(mod):  # the backward alone, on one graph kept for the repeats
+        out = mod.update(diff_params, grads, diff_lrs, diff_gammas, alpha)
+        return lambda: torch.autograd.grad(out, leaves, gos, retain_graph=True)
+
+    # The floor under any backend's forward+backward: torch.autograd.grad of outputs that are the
+    # leaves themselves (no node, no arithmetic), with as many outputs and inputs.
+    def grad_floor():
+        torch.autograd.grad(diff_params, leaves, gos, allow_unused=True)
+
     def repeat(fn):
         def run():
             for _ in range(inner):
@@ -140,12 +164,14 @@ def bench_case(set_name, form, backends, device, rounds, inner):
         targets = [p.clone() for p in params]
         return torch.no_grad()(lambda: mod.update_(targets, grads, lrs, gammas, alpha))
 
-    jobs = {"copy": repeat(lambda: flat_dst.copy_(flat_src))}
+    jobs = {"copy": repeat(lambda: flat_dst.copy_(flat_src)), "grad_floor": repeat(grad_floor)}
     for b in backends:
         mod = backend_module(b)
         jobs[f"{b}/fwd"] = repeat(forward(mod))
         jobs[f"{b}/inplace"] = repeat(inplace(mod))
         jobs[f"{b}/fwd+bwd"] = repeat(forward_backward(mod))
+        jobs[f"{b}/fwd+bwd engine"] = repeat(forward_backward_engine(mod))
+        jobs[f"{b}/bwd"] = repeat(backward(mod))
     samples = {k: [] for k in jobs}
     for k, fn in jobs.items():  # warm up
         fn()
@@ -156,7 +182,7 @@ def bench_case(set_name, form, backends, device, rounds, inner):
         for k in names[r % len(names):] + names[: r % len(names)]:
             samples[k].append(_time_once(jobs[k], device) / inner)
 
-    copy = _stats(samples["copy"])
+    copy, floor = _stats(samples["copy"]), _stats(samples["grad_floor"])
     copy_gbs = 2 * flat_src.numel() * flat_src.element_size() / (copy["median_us"] * 1e-6) / 1e9
     moved = bytes_moved(params, lrs, gammas)
     rows = []
@@ -164,21 +190,23 @@ def bench_case(set_name, form, backends, device, rounds, inner):
         mod = backend_module(b)
         with torch.no_grad(), OpCounter() as counter:
             mod.update(params, grads, lrs, gammas, alpha)
-        fwd, fwdbwd = _stats(samples[f"{b}/fwd"]), _stats(samples[f"{b}/fwd+bwd"])
-        inpl = _stats(samples[f"{b}/inplace"])
-        gbs = moved / (inpl["median_us"] * 1e-6) / 1e9
+        timings = {key: _stats(samples[f"{b}/{job}"]) for key, job in TIMINGS.items()}
+        gbs = moved / (timings["inplace"]["median_us"] * 1e-6) / 1e9
         rows.append({
             "set": set_name, "form": form, "backend": b, "elements": n, "tensors": len(params),
-            "fwd": fwd, "inplace": inpl, "fwd_bwd": fwdbwd, "bytes": moved, "gb_s": gbs,
+            **timings, "grad_floor": floor, "bytes": moved, "gb_s": gbs,
             "copy_gb_s": copy_gbs, "frac_of_copy": gbs / copy_gbs, "aten_ops": counter.count,
         })
     for key in ("reference", "foreach"):
         base = next((r for r in rows if r["backend"] == key), None)
         for r in rows:
-            if base is not None:
-                r[f"speedup_vs_{key}"] = base["fwd"]["median_us"] / r["fwd"]["median_us"]
-                r[f"inplace_speedup_vs_{key}"] = base["inplace"]["median_us"] / r["inplace"]["median_us"]
-                r[f"fwd_bwd_speedup_vs_{key}"] = base["fwd_bwd"]["median_us"] / r["fwd_bwd"]["median_us"]
+            if base is None:
+                continue
+            for timing, prefix in (("fwd", ""), ("inplace", "inplace_"), ("fwd_bwd", "fwd_bwd_"),
+                                   ("fwd_bwd_engine", "fwd_bwd_engine_"), ("bwd", "bwd_")):
+                r[f"{prefix}speedup_vs_{key}"] = base[timing]["median_us"] / r[timing]["median_us"]
+            if key == "reference":  # the most any backend could gain under torch.autograd.grad
+                r["best_fwd_bwd_speedup_vs_reference"] = base["fwd_bwd"]["median_us"] / floor["median_us"]
     return rows
 
 

@@ -8,8 +8,8 @@
 // read (gamma for d p, a for d g, g for d a, p for d gamma): g, the inner gradient, is not kept alive
 // when d a is not wanted. Its backward is
 //   - plain (grad mode off, no torch.func transform): one fused_update_backward pass, except that d a
-//     and d gamma of a scalar a or gamma (a per-layer rate or forget factor) are dot products, with
-//     no params-sized temporary to sum;
+//     or d gamma of a list of scalars (per-layer rates or forget factors) are dot products, with no
+//     params-sized temporary to sum;
 //   - differentiable otherwise (create_graph=True, that is second-order MAML, and any torch.func
 //     transform, where fused_update_backward has neither an autograd formula nor a vmap rule):
 //     per-tensor ATen ops, each with its own derivative and batching rule.
@@ -25,6 +25,7 @@
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <mutex>
 #include <optional>
@@ -57,14 +58,27 @@ auto& backward_op() {
   return op;
 }
 
-// d a or d gamma of a scalar operand as one dot product, x . go (float and double: BLAS).
-bool by_dot(const at::Tensor& operand) {
-  const auto dtype = operand.scalar_type();
-  return operand.sym_numel() == 1 && (dtype == at::kFloat || dtype == at::kDouble);
+// d a or d gamma of a list of scalar operands (per-layer rates or forget factors) as one dot
+// product each, x . go (float and double: BLAS), with no params-sized temporary to sum. Only when
+// every operand of the list is a scalar: otherwise the kernel computes the params-shaped gradients
+// of the whole list anyway, and summing those is cheaper than dots on top.
+bool all_by_dot(const Lists& operands) {
+  return !operands.empty() && std::all_of(operands.begin(), operands.end(), [](const at::Tensor& t) {
+    const auto dtype = t.scalar_type();
+    return t.sym_numel() == 1 && (dtype == at::kFloat || dtype == at::kDouble);
+  });
 }
 
-at::Tensor dot(const at::Tensor& x, const at::Tensor& go, const at::Tensor& like) {
-  return at::dot(x.reshape(-1), go.reshape(-1)).reshape_symint(like.sym_sizes());
+// (view, not reshape, where it can: one dispatched op instead of two)
+at::Tensor flat(const at::Tensor& t) {
+  return t.dim() == 1 ? t : t.is_contiguous() ? t.view(-1) : t.reshape(-1);
+}
+
+// scale * (x . go), shaped like `operand` (a scalar of any number of dims).
+at::Tensor dot(const at::Tensor& x, const at::Tensor& go, const at::Tensor& operand, double scale) {
+  at::Tensor d = at::dot(flat(x), flat(go));
+  if (scale != 1) d.mul_(scale);
+  return operand.dim() == 0 ? d : d.view_symint(operand.sym_sizes());
 }
 
 // Whether a torch.func transform is active: functorch includes its front-mode key while its layer
@@ -136,31 +150,29 @@ struct FusedUpdateBackward final : torch::autograd::Node {
   void fused(const variable_list& gos, const Lists& p, const Lists& g, const Lists& a,
              const Lists& gam, const std::array<bool, 4>& need, std::array<Lists, 4>& d) const {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto all_by_dot = [](const Lists& operands) {
-      return std::all_of(operands.begin(), operands.end(), by_dot);
-    };
+    const bool dot_a = need[kA] && all_by_dot(a), dot_gamma = need[kGamma] && all_by_dot(gam);
     // The kernel reads p only for d gamma and g only for d a: other lists stand in for them (shapes).
-    const std::array<bool, 4> mask = {need[kP] && has[kGamma], need[kG],
-                                      need[kA] && !all_by_dot(a), need[kGamma] && !all_by_dot(gam)};
+    const std::array<bool, 4> mask = {need[kP] && has[kGamma], need[kG], need[kA] && !dot_a,
+                                      need[kGamma] && !dot_gamma};
     if (mask[0] || mask[1] || mask[2] || mask[3])
       std::tie(d[kP], d[kG], d[kA], d[kGamma]) = backward_op().call(
           gos, p.empty() ? gos : p, g.empty() ? gos : g, a.empty() ? List() : List(a),
           gam.empty() ? List() : List(gam), alpha, mask);
     if (need[kP] && !has[kGamma]) d[kP] = gos;  // d out / d p = 1
-    // d a, d gamma: dot products where the operand is a scalar, else the kernel's params-shaped
-    // gradients summed to the operand's shape.
-    auto reduce = [&](int k, const Lists& x, const Lists& operand, double scale) {
+    // d a, d gamma: dot products for a list of scalars, else the kernel's params-shaped gradients
+    // summed to each operand's shape.
+    auto reduce = [&](int k, bool by_dot, const Lists& x, const Lists& operand, double scale) {
       if (!need[k]) return;
       d[k].resize(n);
       for (size_t i = 0; i < n; ++i) {
-        if (by_dot(operand[i]))
-          d[k][i] = scale == 1 ? dot(x[i], gos[i], operand[i]) : dot(x[i], gos[i], operand[i]).mul_(scale);
+        if (by_dot)
+          d[k][i] = dot(x[i], gos[i], operand[i], scale);
         else if (d[k][i].sym_sizes() != operand[i].sym_sizes())
           d[k][i] = at::sum_to(d[k][i], operand[i].sym_sizes());
       }
     };
-    reduce(kA, g, a, -alpha);
-    reduce(kGamma, p, gam, 1);
+    reduce(kA, dot_a, g, a, -alpha);
+    reduce(kGamma, dot_gamma, p, gam, 1);
   }
 };
 

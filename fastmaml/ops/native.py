@@ -20,6 +20,7 @@ except ImportError as error:  # not built (FASTMAML_NO_EXT=1), or built against 
 else:
     import_error = None
     _autograd.register("fastmaml", compiled=True)
+    _OP = torch.ops.fastmaml.fused_update.default
 
 
 def cuda_kernels_built() -> bool:
@@ -40,7 +41,9 @@ def is_available(device: torch.device) -> bool:
 
 
 def update(params, grads, lrs, gammas, alpha):
-    return list(_autograd.call(torch.ops.fastmaml.fused_update.default, params, grads, lrs, gammas, alpha))
+    # Straight to the op: its C++ Autograd kernel (csrc/autograd.cpp) records the node only when a
+    # gradient is wanted, and the dispatcher handles torch.func, torch.compile and forward AD.
+    return _OP(params, grads, lrs, gammas, alpha)
 
 
 def update_(params, grads, lrs, gammas, alpha):

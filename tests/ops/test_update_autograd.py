@@ -20,9 +20,10 @@ pytestmark = pytest.mark.skipif(not native.is_available(CPU), reason=f"fastmaml.
 SHAPES = [(3,), (4, 2, 2), (2, 3), (5,)]
 
 
-def _mixed_case(dtype=torch.float64, seed=0):
-    """One list whose a and gamma broadcast differently per tensor: scalar ones take the node's dot
-    product, the others the kernel's params-shaped gradient summed to their shape."""
+def _mixed_case(dtype=torch.float64, seed=0, scalars_only=False):
+    """One list whose a and gamma broadcast differently per tensor: the kernel's params-shaped
+    gradients summed to their shapes. With `scalars_only`, every a and gamma is a scalar (of
+    various dims): the node's dot products instead."""
     gen = torch.Generator().manual_seed(seed)
 
     def rand(shape, positive=False):
@@ -31,8 +32,12 @@ def _mixed_case(dtype=torch.float64, seed=0):
 
     params = [rand(s) for s in SHAPES]
     grads = [rand(s) for s in SHAPES]
-    lrs = [rand((), True), rand((4, 2, 2), True), rand((2, 1), True), rand((1,), True)]
-    gammas = [rand((3,), True), rand((1, 1, 1), True), rand((), True), rand((5,), True)]
+    if scalars_only:
+        lrs = [rand((), True), rand((1, 1, 1), True), rand((1, 1), True), rand((1,), True)]
+        gammas = [rand((1,), True), rand((), True), rand((1,), True), rand((), True)]
+    else:
+        lrs = [rand((), True), rand((4, 2, 2), True), rand((2, 1), True), rand((1,), True)]
+        gammas = [rand((3,), True), rand((1, 1, 1), True), rand((), True), rand((5,), True)]
     return params, grads, lrs, gammas
 
 
@@ -47,9 +52,10 @@ def test_the_node_is_the_compiled_one():
     assert len(out[0].grad_fn.next_functions) == 4 * len(SHAPES)
 
 
+@pytest.mark.parametrize("scalars_only", [False, True], ids=["summed", "dot"])
 @pytest.mark.parametrize("with_lrs,with_gammas", [(True, True), (True, False), (False, True)])
-def test_gradcheck_mixed_reductions(with_lrs, with_gammas):
-    params, grads, lrs, gammas = _leaves(*_mixed_case())
+def test_gradcheck_mixed_reductions(with_lrs, with_gammas, scalars_only):
+    params, grads, lrs, gammas = _leaves(*_mixed_case(scalars_only=scalars_only))
     lrs = lrs if with_lrs else None
     gammas = gammas if with_gammas else None
     n = len(params)
@@ -65,11 +71,12 @@ def test_gradcheck_mixed_reductions(with_lrs, with_gammas):
     assert torch.autograd.gradgradcheck(fn, flat)
 
 
+@pytest.mark.parametrize("scalars_only", [False, True], ids=["summed", "dot"])
 @pytest.mark.parametrize("create_graph", [False, True])
-def test_unused_outputs_and_partial_requires_grad(create_graph):
+def test_unused_outputs_and_partial_requires_grad(create_graph, scalars_only):
     """Only some outputs reach the loss (the others' gradients are undefined), and only a and gamma
     need gradients: the same as reference, first and second order."""
-    base = _mixed_case(seed=1)
+    base = _mixed_case(seed=1, scalars_only=scalars_only)
     results = []
     for backend in (reference, native):
         params, grads = [[t.clone() for t in lst] for lst in base[:2]]
