@@ -19,57 +19,60 @@ SET_LABELS = {
 }
 
 
-def _inner_update_caption(data, what: str) -> str:
+def _inner_update_markdown(path: Path, what: str, columns: list[str], cells) -> str:
+    """A table of bench/results/inner_update.json: one row per result, `cells(result)` after the
+    parameter set, form and backend."""
+    data = json.loads(Path(path).read_text())
     m, v = data["machine"], data["versions"]
-    return (f"Inner update, float32 on {m['device']} ({m['cpu']}, {m['torch_threads']} threads), torch "
-            f"{v['torch']}, {data['date'][:10]}; {what} `{data['config']['command']}`")
+    columns = ["parameters", "form", "backend", *columns]
+    lines = [
+        (f"Inner update, float32 on {m['device']} ({m['cpu']}, {m['torch_threads']} threads), torch "
+         f"{v['torch']}, {data['date'][:10]}; {what} `{data['config']['command']}`"),
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    for r in data["results"]:
+        row = [SET_LABELS.get(r["set"], r["set"]), r["form"], r["backend"], *cells(r)]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _x(r, key) -> str:
+    return f"{r.get(key, float('nan')):.2f}"
+
+
+def _us(timing) -> str:
+    return f"{timing['median_us']:.0f}"
 
 
 def inner_update_table(path: Path = RESULTS / "inner_update.json") -> str:
-    data = json.loads(Path(path).read_text())
-    lines = [
-        _inner_update_caption(data, (
-            "median µs per update (out of place, allocating its outputs; in place); ×: speedup over "
-            "reference / foreach; GB/s of the in-place update and as a fraction of a plain copy_ in the "
-            "same run; ops: ATen ops dispatched per update.")),
-        "",
-        "| parameters | form | backend | µs (p25–p75) | × ref | × foreach | in-place µs | GB/s | % copy | ops |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in data["results"]:
-        f, ip = r["fwd"], r["inplace"]
-        lines.append(
-            f"| {SET_LABELS.get(r['set'], r['set'])} | {r['form']} | {r['backend']} "
-            f"| {f['median_us']:.0f} ({f['p25_us']:.0f}–{f['p75_us']:.0f}) "
-            f"| {r.get('speedup_vs_reference', float('nan')):.2f} | {r.get('speedup_vs_foreach', float('nan')):.2f} "
-            f"| {ip['median_us']:.0f} | {r['gb_s']:.1f} | {100 * r['frac_of_copy']:.0f}% | {r['aten_ops']} |"
-        )
-    return "\n".join(lines)
+    return _inner_update_markdown(
+        path,
+        "median µs per update (out of place, allocating its outputs; in place); ×: speedup over "
+        "reference / foreach; GB/s of the in-place update and as a fraction of a plain copy_ in the "
+        "same run; ops: ATen ops dispatched per update.",
+        ["µs (p25–p75)", "× ref", "× foreach", "in-place µs", "GB/s", "% copy", "ops"],
+        lambda r: [f"{_us(r['fwd'])} ({r['fwd']['p25_us']:.0f}–{r['fwd']['p75_us']:.0f})",
+                   _x(r, "speedup_vs_reference"), _x(r, "speedup_vs_foreach"), _us(r["inplace"]),
+                   f"{r['gb_s']:.1f}", f"{100 * r['frac_of_copy']:.0f}%", str(r["aten_ops"])],
+    )
 
 
 def inner_update_fwd_bwd_table(path: Path = RESULTS / "inner_update.json") -> str:
-    data = json.loads(Path(path).read_text())
-    lines = [
-        _inner_update_caption(data, (
-            "the differentiable update (params, a and gamma requiring grad), median µs: forward then "
-            "`torch.autograd.grad` (grad), the same through the autograd engine's entry point without "
-            "autograd.grad's Python (engine), the backward alone; ×: speedup over reference; floor: "
-            "`torch.autograd.grad` with as many outputs and inputs and no node between them, so best × "
-            "is the most any backend could gain over reference's grad column.")),
-        "",
-        "| parameters | form | backend | grad µs | × ref | engine µs | × ref | backward µs | × ref | floor µs | best × |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in data["results"]:
-        nan = float("nan")
-        lines.append(
-            f"| {SET_LABELS.get(r['set'], r['set'])} | {r['form']} | {r['backend']} "
-            f"| {r['fwd_bwd']['median_us']:.0f} | {r.get('fwd_bwd_speedup_vs_reference', nan):.2f} "
-            f"| {r['fwd_bwd_engine']['median_us']:.0f} | {r.get('fwd_bwd_engine_speedup_vs_reference', nan):.2f} "
-            f"| {r['bwd']['median_us']:.0f} | {r.get('bwd_speedup_vs_reference', nan):.2f} "
-            f"| {r['grad_floor']['median_us']:.0f} | {r.get('best_fwd_bwd_speedup_vs_reference', nan):.2f} |"
-        )
-    return "\n".join(lines)
+    return _inner_update_markdown(
+        path,
+        "the differentiable update (params, a and gamma requiring grad), median µs: forward then "
+        "`torch.autograd.grad` (grad), the same through the autograd engine's entry point without "
+        "autograd.grad's Python (engine), the backward alone; ×: speedup over reference; floor: "
+        "`torch.autograd.grad` with as many outputs and inputs and no node between them, so best × "
+        "is the most any backend could gain over reference's grad column.",
+        ["grad µs", "× ref", "engine µs", "× ref", "backward µs", "× ref", "floor µs", "best ×"],
+        lambda r: [_us(r["fwd_bwd"]), _x(r, "fwd_bwd_speedup_vs_reference"),
+                   _us(r["fwd_bwd_engine"]), _x(r, "fwd_bwd_engine_speedup_vs_reference"),
+                   _us(r["bwd"]), _x(r, "bwd_speedup_vs_reference"),
+                   _us(r["grad_floor"]), _x(r, "best_fwd_bwd_speedup_vs_reference")],
+    )
 
 
 def peers_table(data=RESULTS / "peers.json") -> str:
