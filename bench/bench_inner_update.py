@@ -173,7 +173,7 @@ def bench_case(set_name, form, backends, device, rounds, inner):
         jobs[f"{b}/fwd+bwd engine"] = repeat(forward_backward_engine(mod))
         jobs[f"{b}/bwd"] = repeat(backward(mod))
     samples = {k: [] for k in jobs}
-    for k, fn in jobs.items():  # warm up
+    for fn in jobs.values():  # warm up
         fn()
     # Each round starts one job later: what a job leaves behind (the heap's state, so whether the
     # next out-of-place update reuses warm memory or faults fresh pages in) falls on every job alike.

@@ -191,7 +191,7 @@ def run_config(name: str, names: list[str], rounds: int, min_rounds: int, budget
                          "agrees": check[peer] <= CHECK_TOL}
     if "fastmaml" in results:
         base = results["fastmaml"]["median_ms"]
-        for peer, res in results.items():
+        for res in results.values():
             res["ratio_to_fastmaml"] = res["median_ms"] / base
     out.update(results=results, fastmaml_batching=fast, threads=torch.get_num_threads(),
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(), commit=_commit())

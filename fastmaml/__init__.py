@@ -1,12 +1,24 @@
 """fastmaml: gradient-based meta-learning (MAML and its family) on fused compiled kernels."""
 
 from fastmaml.algorithms import (
-    ANIL, BOIL, CAVIA, FOMAML, IMAML, L2F, MAML, MAMLpp, MetaLearner, MetaSGD, MTNet, Reptile, WarpGrad,
+    ANIL,
+    BOIL,
+    CAVIA,
+    FOMAML,
+    IMAML,
+    L2F,
+    MAML,
+    MAMLpp,
+    MetaLearner,
+    MetaSGD,
+    MTNet,
+    Reptile,
+    WarpGrad,
 )
 from fastmaml.boml import Init
-from fastmaml.kata import maml_inner_update, maml_outer_update
 from fastmaml.functional import adapt, buffers_of, functional_forward, inner_update, params_of
 from fastmaml.hvp import hvp
+from fastmaml.kata import maml_inner_update, maml_outer_update
 from fastmaml.ops import get_backend, set_backend, use_backend
 
 __version__ = "0.1.0"

@@ -10,7 +10,7 @@ across tasks and meta-learned (through the context's inner steps, second order b
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fastmaml import functional as F
 from fastmaml.algorithms._util import check_int

@@ -54,14 +54,13 @@ def parse_steps(text: str) -> list[int]:
 
 
 def run(args) -> int:
+    from fastmaml.commands.train import set_threads
     from fastmaml.tasks.omniglot import OmniglotError
     from fastmaml.tasks.sampler import SamplerError
     from fastmaml.train.checkpoint import CheckpointError, load_checkpoint
     from fastmaml.train.experiment import build
     from fastmaml.train.registry import AlgorithmUnavailable
     from fastmaml.train.trainer import evaluate
-
-    from fastmaml.commands.train import set_threads
 
     set_threads(args.threads)
     if args.tasks < 1:

@@ -26,10 +26,12 @@ from torch import _C, Tensor
 from torch._C._functorch import TransformType, peek_interpreter_stack
 from torch._C._functorch import (
     get_single_level_autograd_function_allowed as _allowed,
+)
+from torch._C._functorch import (
     set_single_level_autograd_function_allowed as _set_allowed,
 )
-from torch.autograd import forward_ad as _forward_ad
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+from torch.autograd import forward_ad as _forward_ad
 from torch.autograd.function import _SingleLevelFunction
 from torch.compiler import is_compiling as _is_compiling
 

@@ -1,5 +1,11 @@
 from fastmaml.tasks.omniglot import Omniglot, OmniglotError, load_split
-from fastmaml.tasks.sampler import FewShotBatch, FewShotSampler, SamplerError, split_by_group, split_classes
+from fastmaml.tasks.sampler import (
+    FewShotBatch,
+    FewShotSampler,
+    SamplerError,
+    split_by_group,
+    split_classes,
+)
 from fastmaml.tasks.sine import SineBatch, SineTasks, sine_mlp
 
 __all__ = [

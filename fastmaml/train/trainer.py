@@ -36,7 +36,12 @@ from torch import Tensor, nn
 
 from fastmaml import distributed
 from fastmaml.train.checkpoint import (
-    load_checkpoint, load_sampler_state, rng_state, sampler_state, save_checkpoint, set_rng_state,
+    load_checkpoint,
+    load_sampler_state,
+    rng_state,
+    sampler_state,
+    save_checkpoint,
+    set_rng_state,
 )
 from fastmaml.train.metrics import MetricsLogger, mean_ci95
 

@@ -3,13 +3,11 @@ unrolled-autograd reference, and the short sine meta-training run of the learnin
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as Fn
 from torch import nn
 
 from fastmaml.tasks.sine import SineTasks, sine_mlp
-
 
 DT = torch.float64
 

@@ -3,7 +3,16 @@ import torch
 import torch.nn.functional as Fn
 
 from fastmaml import ANIL, BOIL
-from tests.algorithms._algo_helpers import assert_close_all, batch, grads_of, learns, leaves, mlp, sine_net, tiny
+from tests.algorithms._algo_helpers import (
+    assert_close_all,
+    batch,
+    grads_of,
+    learns,
+    leaves,
+    mlp,
+    sine_net,
+    tiny,
+)
 
 
 def reference(model, adapted, sx, sy, qx, qy, lr, steps, first_order):

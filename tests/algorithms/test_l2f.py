@@ -3,7 +3,16 @@ import torch
 import torch.nn.functional as Fn
 
 from fastmaml.algorithms.l2f import L2F
-from tests.algorithms._algo_helpers import assert_close_all, batch, grads_of, learns, leaves, mlp, sine_net, tiny
+from tests.algorithms._algo_helpers import (
+    assert_close_all,
+    batch,
+    grads_of,
+    learns,
+    leaves,
+    mlp,
+    sine_net,
+    tiny,
+)
 
 
 def reference(learner, sx, sy, qx, qy, lr, steps, first_order):

@@ -21,7 +21,7 @@ def make(batching, iteration=3, **kw):
                      first_order_iterations=kw.pop("first_order_iterations", 0), **kw)
     learner.set_iteration(iteration)
     with torch.no_grad():  # distinct per-step values so a wrong index shows
-        for i, r in enumerate(learner.lslr.values()):
+        for r in learner.lslr.values():
             r.add_(0.05 * torch.rand_like(r))
         bn = model[1]
         bn.step_weight.add_(0.3 * torch.randn_like(bn.step_weight))

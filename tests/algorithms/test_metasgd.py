@@ -3,13 +3,22 @@ import torch
 import torch.nn.functional as Fn
 
 from fastmaml import MetaSGD
-from tests.algorithms._algo_helpers import assert_close_all, batch, grads_of, learns, leaves, mlp, sine_net, tiny
+from tests.algorithms._algo_helpers import (
+    assert_close_all,
+    batch,
+    grads_of,
+    learns,
+    leaves,
+    mlp,
+    sine_net,
+    tiny,
+)
 
 
 def reference(model, lrs, sx, sy, qx, qy, steps, first_order):
     """Plain unrolled autograd: phi <- phi - lr * g, per-param rate tensors."""
     p = leaves(model)
-    a = [l.detach().clone().requires_grad_() for l in lrs]
+    a = [lr.detach().clone().requires_grad_() for lr in lrs]
     total = 0
     for t in range(sx.shape[0]):
         phi = p

@@ -3,7 +3,15 @@ import torch
 import torch.nn.functional as Fn
 
 from fastmaml import MTNet, WarpGrad
-from tests.algorithms._algo_helpers import DT, assert_close_all, batch, grads_of, learns, sine_net, tiny
+from tests.algorithms._algo_helpers import (
+    DT,
+    assert_close_all,
+    batch,
+    grads_of,
+    learns,
+    sine_net,
+    tiny,
+)
 
 
 def transformed(p, x, t1, t2=None):

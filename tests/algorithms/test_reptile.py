@@ -3,7 +3,15 @@ import torch
 import torch.nn.functional as Fn
 
 from fastmaml import Reptile
-from tests.algorithms._algo_helpers import assert_close_all, batch, learns, leaves, mlp, sine_net, tiny
+from tests.algorithms._algo_helpers import (
+    assert_close_all,
+    batch,
+    learns,
+    leaves,
+    mlp,
+    sine_net,
+    tiny,
+)
 
 
 def reference_direction(model, sx, sy, lr, steps):

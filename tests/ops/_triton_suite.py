@@ -56,7 +56,7 @@ def test_nested_and_forward_mode_differentiation_refused():
     def loss(p):
         return (backend.update([p], [g], None, None, 0.1)[0].sin() * g).sum()
 
-    for name, fn in (("grad(grad)", lambda: grad(lambda p: grad(loss)(p).sum())(p)),
+    for _name, fn in (("grad(grad)", lambda: grad(lambda p: grad(loss)(p).sum())(p)),
                      ("jacrev(jacrev)", lambda: jacrev(jacrev(loss))(p)),
                      ("jacfwd", lambda: jacfwd(loss)(p)), ("hessian", lambda: hessian(loss)(p))):
         with pytest.raises(NotImplementedError, match="forward-mode or nested torch.func differentiation"):

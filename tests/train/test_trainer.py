@@ -13,7 +13,14 @@ import torch.nn.functional as F
 from fastmaml.algorithms import MAML
 from fastmaml.models import Conv4, mlp
 from fastmaml.tasks import FewShotSampler, SineTasks
-from fastmaml.train import CheckpointError, MetaTrainer, TrainingDiverged, evaluate, load_checkpoint, mean_ci95
+from fastmaml.train import (
+    CheckpointError,
+    MetaTrainer,
+    TrainingDiverged,
+    evaluate,
+    load_checkpoint,
+    mean_ci95,
+)
 from fastmaml.train.metrics import MetricsLogger, read_jsonl, tensorboard_available
 
 
