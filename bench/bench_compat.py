@@ -46,10 +46,12 @@ import torch.nn.functional as F
 import fastmaml
 from bench._common import cpu_name
 from fastmaml import ops
-from fastmaml.compat import _peers
-from fastmaml.compat import higher as face_higher
-from fastmaml.compat import learn2learn as face_l2l
-from fastmaml.compat import torchopt as face_torchopt
+from fastmaml.compat import (
+    _peers,
+    higher as face_higher,
+    learn2learn as face_l2l,
+    torchopt as face_torchopt,
+)
 from fastmaml.tasks.sine import SineTasks, sine_mlp
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "compat.json"

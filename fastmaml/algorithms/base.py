@@ -23,8 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from fastmaml import batched
-from fastmaml import functional as F
+from fastmaml import batched, functional as F
 from fastmaml._batchnorm import DecomposedBatchNorm, has_batch_norm
 from fastmaml.algorithms.hvp_meta_grad import check_second_order, hvp_meta_losses
 from fastmaml.functional import LossFn, Params

@@ -19,8 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from fastmaml import functional as F
-from fastmaml import ops
+from fastmaml import functional as F, ops
 from fastmaml.algorithms.base import MetaLearner, _check_batch
 from fastmaml.algorithms.hvp_meta_grad import HandGradLosses, TaskMap, mapper_for
 from fastmaml.cg import ON_FAIL, CGReport, batched_cg

@@ -15,8 +15,7 @@ import contextlib
 import torch
 from torch import Tensor
 
-from fastmaml import functional as F
-from fastmaml import ops
+from fastmaml import functional as F, ops
 from fastmaml._batchnorm import DecomposedBatchNorm, has_batch_norm
 from fastmaml.algorithms.base import MetaLearner, _check_batch
 

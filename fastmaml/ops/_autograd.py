@@ -23,11 +23,10 @@ import functools
 
 import torch
 from torch import _C, Tensor
-from torch._C._functorch import TransformType, peek_interpreter_stack
 from torch._C._functorch import (
+    TransformType,
     get_single_level_autograd_function_allowed as _allowed,
-)
-from torch._C._functorch import (
+    peek_interpreter_stack,
     set_single_level_autograd_function_allowed as _set_allowed,
 )
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
