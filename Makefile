@@ -31,6 +31,7 @@ demo: $(EXT_STAMP)
 
 test: $(EXT_STAMP)
 	$(PY) -m fastmaml info
+	$(PY) -m ruff check fastmaml tests bench
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: $(EXT_STAMP)
