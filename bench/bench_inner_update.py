@@ -13,8 +13,8 @@ many elements into an existing tensor timed in the same run, ratios to `referenc
 the differentiable update (params, a and gamma requiring grad) forward+backward through
 torch.autograd.grad and through the autograd engine's entry point, and its backward alone; the
 floor under any forward+backward (torch.autograd.grad with as many outputs and inputs and no node
-between them) and so the most any backend could gain over reference there; and the ATen ops dispatched per update
-(a TorchDispatchMode count, the proxy for GPU launches). Providers take turns within each round, in an
+between them) and so the most any backend could gain over reference there; and the ATen ops
+dispatched per update (a TorchDispatchMode count, the proxy for GPU launches). Providers take turns within each round, in an
 order rotated every round, so drift and allocator state on a shared machine hit all alike; compare ratios, not absolute times, across runs.
 
     python bench/bench_inner_update.py            # writes bench/results/inner_update.json
@@ -202,8 +202,8 @@ def bench_case(set_name, form, backends, device, rounds, inner):
         for r in rows:
             if base is None:
                 continue
-            for timing, prefix in (("fwd", ""), ("inplace", "inplace_"), ("fwd_bwd", "fwd_bwd_"),
-                                   ("fwd_bwd_engine", "fwd_bwd_engine_"), ("bwd", "bwd_")):
+            for timing in TIMINGS:  # speedup_vs_reference for fwd, inplace_speedup_vs_reference, ...
+                prefix = "" if timing == "fwd" else f"{timing}_"
                 r[f"{prefix}speedup_vs_{key}"] = base[timing]["median_us"] / r[timing]["median_us"]
             if key == "reference":  # the most any backend could gain under torch.autograd.grad
                 r["best_fwd_bwd_speedup_vs_reference"] = base["fwd_bwd"]["median_us"] / floor["median_us"]
