@@ -17,9 +17,9 @@ from fastmaml.algorithms import (
 )
 from fastmaml.boml import Init
 from fastmaml.functional import adapt, buffers_of, functional_forward, inner_update, params_of
-from fastmaml.hvp import hvp
 from fastmaml.kata import maml_inner_update, maml_outer_update
 from fastmaml.ops import get_backend, set_backend, use_backend
+from fastmaml.secondorder import CGReport, batched_cg, hvp
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,6 @@ __all__ = [
     "MAML", "FOMAML", "MetaLearner",
     "ANIL", "BOIL", "MetaSGD", "Reptile", "MAMLpp", "CAVIA", "L2F", "MTNet", "WarpGrad", "IMAML", "Init",
     "maml_inner_update", "maml_outer_update",
-    "adapt", "inner_update", "hvp", "functional_forward", "params_of", "buffers_of",
+    "adapt", "inner_update", "hvp", "batched_cg", "CGReport", "functional_forward", "params_of", "buffers_of",
     "set_backend", "get_backend", "use_backend",
 ]

@@ -25,7 +25,9 @@ NOTE: [distributed weighting] A rank's loss is the mean over its n_r tasks, so i
 (1/n_r) sum_r grad L_t. Scaling it by w_r = n_r / N before a SUM all-reduce gives
 sum_r (n_r/N)(1/n_r) sum grad L_t = (1/N) sum_t grad L_t: the one-process mean, also when N does not
 divide evenly. Reptile's theta - mean_r phi reduces the same way (the weights sum to 1), and so do
-floating buffers (the vmap path keeps the mean over tasks of BatchNorm statistics).
+floating buffers (every mode keeps the mean over tasks of BatchNorm statistics: NOTE: [buffer
+rule] in fastmaml/execution/buffers.py). Integer buffers (num_batches_tracked) count the batches
+every task saw: each rank's increment over a meta-step is summed over ranks (`meta_step`).
 """
 
 from __future__ import annotations
@@ -235,6 +237,7 @@ class DistContext:
         Reptile) and return the global mean loss. Gradients already in `.grad` are overwritten."""
         for p in learner.parameters():
             p.grad = None
+        counts = [(b, b.clone()) for b in learner.buffers() if not b.is_floating_point()]
         sx, sy, qx, qy = shard.tensors()
         meta_grad = getattr(learner, "meta_grad", None)
         if callable(meta_grad):
@@ -242,8 +245,27 @@ class DistContext:
         else:
             loss = learner.meta_loss(sx, sy, qx, qy, loss_fn)
             loss.backward()
+        self._sum_counts(counts)
         return self.all_reduce_grads(learner.parameters(), shard.weight, loss=float(loss.detach()),
                                      buffers=learner.buffers())
+
+    def _sum_counts(self, counts: list[tuple[Tensor, Tensor]]) -> None:
+        """Integer buffers <- their value before the step + the sum over ranks of each rank's
+        increment (the batches all ranks' tasks saw, as one process over the union counts)."""
+        if not self.enabled or not counts:
+            return
+        delta = torch.cat([(b - before).reshape(-1) for b, before in counts]).to(torch.float64)
+        try:
+            dist.all_reduce(delta)
+        except (RuntimeError, dist.DistBackendError) as err:
+            raise DistributedError(f"rank {self.rank}/{self.world_size}: the buffer-count all-reduce failed "
+                                   f"(a peer rank probably exited or timed out; see its error): {err}") from err
+        offset = 0
+        with torch.no_grad():
+            for b, before in counts:
+                n = b.numel()
+                b.copy_(before + delta[offset: offset + n].view(b.shape).round().to(b.dtype))
+                offset += n
 
     def outer_step(self, learner: nn.Module, shard: Shard, loss_fn, outer_lr: float) -> float:
         """The distributed form of a learner's own in-place outer step (Reptile.step): the global

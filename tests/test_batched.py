@@ -1,4 +1,4 @@
-"""The task-batched fast path (fastmaml/batched.py) against the task loop, in float64."""
+"""The task-batched fast path (fastmaml/execution/batched/) against the task loop, in float64."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastmaml
-from fastmaml import batched
+from fastmaml.execution.batched import layers, plan, run
 from tests.models import image_tasks, regression_tasks, tiny_cnn, tiny_mlp
 
 LR = 0.3
@@ -72,7 +72,7 @@ def loop_loss(learner, batch, loss_fn):
 
 
 def batched_loss(learner, batch, loss_fn):
-    return batched.task_losses(learner, *batch, loss_fn).mean()
+    return run.task_losses(learner, *batch, loss_fn).mean()
 
 
 def assert_same(learner_of, data, loss_fn):
@@ -94,7 +94,7 @@ def assert_same(learner_of, data, loss_fn):
 def test_matches_loop(case, steps, first_order):
     make, data, loss_fn = CASES[case]
     model = make()
-    assert batched.supports(model), batched.why_not(model)
+    assert plan.supports(model), plan.why_not(model)
     assert_same(lambda: fastmaml.MAML(model, inner_lr=LR, inner_steps=steps, first_order=first_order),
                 data, loss_fn)
 
@@ -143,7 +143,7 @@ def test_running_stats_updated_with_the_task_mean():
     with torch.no_grad():
         for n, b in model.named_buffers():
             b.copy_(start[n])
-    batched.task_losses(fastmaml.MAML(model, inner_lr=LR, inner_steps=2), *batch, F.cross_entropy)
+    run.task_losses(fastmaml.MAML(model, inner_lr=LR, inner_steps=2), *batch, F.cross_entropy)
     tasks = batch[0].shape[0]
     for n, b in model.named_buffers():
         if n.endswith("num_batches_tracked"):  # counted as in the loop: one batch per task and forward
@@ -164,7 +164,7 @@ def test_forward_matches_per_task_model():
     x = torch.randn(4, 5, 1, 6, 6, dtype=torch.float64)
     params = {n: p.detach() + 0.1 * torch.randn(4, *p.shape, dtype=p.dtype) for n, p in model.named_parameters()}
     buffers = {n: b.unsqueeze(0).expand(4, *b.shape).clone() for n, b in model.named_buffers()}
-    out = batched.forward(model, params, x, buffers)
+    out = layers.forward(model, params, x, buffers)
     for t in range(4):
         expected = torch.func.functional_call(model, {n: p[t] for n, p in params.items()}, (x[t],))
         torch.testing.assert_close(out[t], expected, rtol=1e-12, atol=1e-12)
@@ -176,14 +176,14 @@ def test_forward_matches_per_task_model():
     (nn.Sequential(nn.Flatten(0)), "example dimension"),
 ])
 def test_unsupported_models_say_why(model, reason):
-    assert not batched.supports(model)
-    assert reason in batched.why_not(model)
+    assert not plan.supports(model)
+    assert reason in plan.why_not(model)
 
 
 def test_hooks_and_control_flow_are_refused():
     model = nn.Sequential(nn.Linear(2, 2))
     model[0].register_forward_hook(lambda m, i, o: o * 2)
-    assert "hooks" in batched.why_not(model)
+    assert "hooks" in plan.why_not(model)
 
     class Branchy(nn.Module):
         def __init__(self):
@@ -193,16 +193,16 @@ def test_hooks_and_control_flow_are_refused():
         def forward(self, x):
             return self.lin(x) if x.sum() > 0 else x
 
-    assert "fx" in batched.why_not(Branchy())
+    assert "fx" in plan.why_not(Branchy())
     with pytest.raises(ValueError, match="not supported"):
-        batched.task_losses(fastmaml.MAML(Branchy()), *regression_tasks(), F.mse_loss)
+        run.task_losses(fastmaml.MAML(Branchy()), *regression_tasks(), F.mse_loss)
 
 
-def test_learner_supported_refuses_overridden_hooks():
-    assert batched.learner_supported(fastmaml.MAML(tiny_mlp()))
+def test_learners_overriding_a_replaced_hook_are_refused():
+    assert run.why_not_learner(fastmaml.MAML(tiny_mlp())) is None
 
     class Custom(fastmaml.MAML):
         def task_forward(self, params, x, buffers, step):
             return super().task_forward(params, x, buffers, step)
 
-    assert not batched.learner_supported(Custom(tiny_mlp()))
+    assert "overrides task_forward" in run.why_not_learner(Custom(tiny_mlp()))

@@ -1,4 +1,4 @@
-"""The explicit gradients of Linear/ReLU chains (fastmaml/batched_mlp.py) against the task loop and
+"""The explicit gradients of Linear/ReLU chains (fastmaml/execution/chain.py) against the task loop and
 finite differences, in float64; and the models, losses and data it must leave to autograd."""
 
 import pytest
@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastmaml
-from fastmaml import batched, batched_mlp
-from fastmaml.ops import native
+from fastmaml.execution import chain as chain_mod
+from fastmaml.execution.batched.plan import plan_of, supports
+from fastmaml.ops import chain as chain_ops, native
 
 pytestmark = pytest.mark.skipif(native.import_error is not None, reason=f"fastmaml._C not built: {native.import_error}")
 LR = 0.3
@@ -85,7 +86,7 @@ def assert_matches_loop(learner_of, batch, loss_fn=F.mse_loss):
 
 
 def explicit_used(learner, batch, loss_fn=F.mse_loss) -> bool:
-    return batched._explicit(learner, loss_fn, *batch) is not None
+    return loss_fn is F.mse_loss and chain_mod.explicit(plan_of(learner.module).chain, *batch) is not None
 
 
 @pytest.mark.parametrize("name", CHAINS)
@@ -117,7 +118,7 @@ def test_meta_sgd_rates_and_adapt_names():
 ])
 def test_other_models_fall_back_to_autograd(model):
     model = make(model)
-    assert batched.supports(model) and batched._plan(model).chain is None
+    assert supports(model) and plan_of(model).chain is None
     batch = tasks(model)
     learner = lambda: fastmaml.MAML(model, inner_lr=LR, inner_steps=2)
     assert not explicit_used(learner(), batch)
@@ -150,14 +151,14 @@ def test_chain_ops_backward_against_finite_differences():
     """The ops' whole VJP (Hessian-vector product and the losses' own term) by gradcheck, and its
     own derivative (the recomputing backward) by gradgradcheck."""
     model = make("some_bias")
-    chain = batched._plan(model).chain
+    chain = plan_of(model).chain
     sx, sy, _, _ = tasks(model)
     params = [p.detach().expand(sx.shape[0], *p.shape).clone().requires_grad_() for p in model.parameters()]
     fn = chain_op(chain, sx, sy)
     assert torch.autograd.gradcheck(fn, params)
     assert torch.autograd.gradcheck(chain_op(chain, sx, sy, "chain_loss"), params)
     small = [p[:2, :2] if p.dim() == 2 else p[:2, :2, :2] for p in params]  # 2 tasks, 2 units: cheap
-    sfn = chain_op(batched_mlp.Chain(chain.layers, 2, 2), sx[:2, :, :2], sy[:2, :, :2])
+    sfn = chain_op(chain_mod.Chain(chain.layers, 2, 2), sx[:2, :, :2], sy[:2, :, :2])
     assert torch.autograd.gradgradcheck(sfn, [p.detach().clone().requires_grad_() for p in small])
     # Some outputs unused (None cotangents) and no cotangent on the losses:
     _, gw, gb = fn(*params)[:3]
@@ -172,7 +173,7 @@ def test_chain_ops_backward_against_finite_differences():
 
 def test_chain_ops_bad_input():
     model = make("some_bias")
-    chain = batched._plan(model).chain
+    chain = plan_of(model).chain
     sx, sy, _, _ = tasks(model)
     ps = [p.detach().expand(sx.shape[0], *p.shape).clone() for p in model.parameters()]
     weights, biases = chain.split(ps)
@@ -193,14 +194,18 @@ def test_chain_ops_bad_input():
         op(sx.clone().requires_grad_(), sy, weights, biases, chain.flags)
 
 
-def test_without_the_extension_chains_use_autograd(monkeypatch):
-    monkeypatch.setattr(native, "import_error", "ImportError: not built")
+@pytest.mark.parametrize("backend", ["reference", "foreach"])
+def test_the_backend_choice_switches_the_chain_ops(backend):
+    """use_backend obeys for the chain ops too: a backend the chain family lacks runs its reference
+    (plain autograd), with the same meta-gradient as the loop."""
     model = make("sine")
-    assert batched.supports(model) and batched._plan(model).chain is None
     batch = tasks(model)
     learner = lambda: fastmaml.MAML(model, inner_lr=LR, inner_steps=2)
-    assert not explicit_used(learner(), batch)
-    assert_matches_loop(learner, batch)
+    assert chain_ops.resolve_backend(torch.device("cpu")) == "native"
+    with fastmaml.use_backend(backend):
+        assert chain_ops.resolve_backend(torch.device("cpu")) == "reference"
+        assert explicit_used(learner(), batch)
+        assert_matches_loop(learner, batch)
 
 
 def test_third_order_through_the_meta_gradient():
@@ -220,7 +225,7 @@ def test_third_order_through_the_meta_gradient():
 def test_chain_node_releases_what_it_saved():
     """A second backward through the ops' node without retain_graph raises, as for ATen's nodes."""
     model = make("sine")
-    chain = batched._plan(model).chain
+    chain = plan_of(model).chain
     sx, sy, _, _ = tasks(model)
     params = [p.detach().expand(sx.shape[0], *p.shape).clone().requires_grad_() for p in model.parameters()]
     losses, *grads = chain_op(chain, sx, sy)(*params)

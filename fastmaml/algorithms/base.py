@@ -1,4 +1,4 @@
-"""The one inner loop of the whole MAML family.
+"""The base of the whole MAML family: a model, its settings, and the hooks an algorithm overrides.
 
 A MetaLearner wraps a model. Its meta-parameters are the model's parameters plus whatever an
 algorithm adds (learned rates, forget nets, ...). For one task it runs
@@ -6,33 +6,33 @@ algorithm adds (learned rates, forget nets, ...). For one task it runs
     phi_0 = theta;  phi_{k+1} = update(phi_k, grad L_support(phi_k))      k = 0 .. K-1
     L_task = L_query(phi_K)
 
-and `meta_loss` reduces L_task over a batch of tasks, task by task ("loop"), all tasks in one
-torch.func.vmap pass ("vmap"), or with the task dimension written into the layers ("batched",
-fastmaml/batched.py: params [T, ...], bmm / grouped conv, one autograd.grad for all tasks).
-Algorithms change the loop only through the hooks below (`inner_rates`, `inner_gammas`, `task_forward`, `support_loss`, `query_loss`, `is_first_order`,
-`task_loss`); the update itself
+and `meta_loss` reduces L_task over a batch of tasks. Algorithms change this only through the
+hooks below (`inner_rates`, `inner_gammas`, `is_first_order`, `task_forward`, `support_loss`,
+`query_loss`, `task_loss`, `inner_loop`); how the tasks are executed (task by task, vmap, the
+task-batched layers, the hvp mode) is the execution layer's (fastmaml/execution/), which reads the
+hooks a class overrides from `overridden_hooks` and never patches a learner. The update itself
 always goes through fastmaml.ops (the fused-kernel dispatcher).
 """
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from fastmaml import batched, functional as F
-from fastmaml._batchnorm import DecomposedBatchNorm, has_batch_norm
-from fastmaml.algorithms.hvp_meta_grad import check_second_order, hvp_meta_losses
+from fastmaml import execution, functional as F
+from fastmaml.execution.hooks import HOOKS
+from fastmaml.execution.inner import GradsFn, unroll
 from fastmaml.functional import LossFn, Params
+from fastmaml.secondorder.hvp import METHODS as HVP_METHODS
 
-BATCHING = ("auto", "batched", "vmap", "loop")
-GradsFn = Callable[..., tuple[Tensor, Params]]
+BATCHING = execution.MODES
 
 
 class MetaLearner(nn.Module):
+    overridden_hooks: frozenset[str] = frozenset()  # set per subclass by __init_subclass__
+
     def __init__(
         self,
         model: nn.Module,
@@ -43,6 +43,7 @@ class MetaLearner(nn.Module):
         batching: str = "auto",
         *,
         second_order: str = "autograd",
+        hvp_method: str = "auto",
     ):
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -61,11 +62,23 @@ class MetaLearner(nn.Module):
         if batching not in BATCHING:
             raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
         self.batching = batching
-        self.batching_used: str | None = None
         # "autograd": differentiate through the inner steps; "hvp": the same meta-gradient by a
-        # reverse recursion of batched HVPs, O(K |theta|) memory (fastmaml/algorithms/hvp_meta_grad.py).
-        self.second_order = check_second_order(second_order)
-        self._auto_choice: dict[tuple, str] = {}
+        # reverse recursion of batched HVPs, O(K |theta|) memory (fastmaml/execution/hvp_mode.py).
+        self.second_order = execution.check_second_order(second_order)
+        if hvp_method not in HVP_METHODS:
+            raise ValueError(f"hvp_method must be one of {HVP_METHODS}, got {hvp_method!r}")
+        self.hvp_method = hvp_method  # NOTE: [hvp methods] in fastmaml/secondorder/hvp.py
+        self.execution_state = execution.ExecutionState()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # The hooks this class overrides, read by the execution layer (fastmaml/execution/hooks.py).
+        cls.overridden_hooks = frozenset(h for h in HOOKS if getattr(cls, h) is not getattr(MetaLearner, h))
+
+    @property
+    def batching_used(self) -> str | None:
+        """The mode the last meta-step ran in ("batched", "vmap", "loop"), None before the first."""
+        return self.execution_state.used
 
     # ---- hooks an algorithm may override -------------------------------------------------
     def inner_rates(self, step: int):
@@ -104,17 +117,11 @@ class MetaLearner(nn.Module):
                    grads_fn: GradsFn = F.autograd_grads) -> list[Params]:
         """Run the inner steps on one task; return the iterates [phi_0, ..., phi_K]."""
         steps = self.inner_steps if steps is None else steps
-        trajectory = [params]
-        for step in range(steps):
-            order = self.is_first_order(step) if first_order is None else first_order
 
-            def support_loss(p, buffers, step=step):
-                return self.support_loss(p, support_x, support_y, loss_fn, buffers, step)
+        def support_loss(p, buffers, step):
+            return self.support_loss(p, support_x, support_y, loss_fn, buffers, step)
 
-            _, grads = grads_fn(support_loss, params, self.adapt_names, order, buffers)
-            params = F.inner_update(params, grads, self.inner_rates(step), self.inner_gammas(step, params, grads))
-            trajectory.append(params)
-        return trajectory
+        return unroll(self, params, support_loss, steps, first_order, grads_fn, buffers)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, loss_fn: LossFn, steps: int | None = None,
               first_order: bool | None = None) -> Params:
@@ -135,97 +142,8 @@ class MetaLearner(nn.Module):
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         _check_batch(support_x, support_y, query_x, query_y)
-        if self.second_order == "hvp" and torch.is_grad_enabled():
-            losses = hvp_meta_losses(self, support_x, support_y, query_x, query_y, loss_fn)
-            return losses.mean() if reduction == "mean" else losses.sum()
-        if self.batching == "batched" or (self.batching == "auto" and batched.learner_supported(self)):
-            mode = "batched"  # "auto": the task-batched layers when they cover the model and hooks
-        else:
-            mode = self._batching_for(support_x, support_y, query_x, query_y, loss_fn)
-        self.batching_used = mode
-        # Under no_grad (evaluation) the inner loop still needs gradients, but no graph through them.
-        outer_grad = torch.is_grad_enabled()
-        run = {"batched": self._batched_losses, "vmap": self._vmap_losses}.get(mode, self._loop_losses)
-        with torch.enable_grad():
-            losses = run(support_x, support_y, query_x, query_y, loss_fn, None if outer_grad else True)
-        loss = losses.mean() if reduction == "mean" else losses.sum()
-        return loss if outer_grad else loss.detach()
-
-    def _loop_losses(self, sx, sy, qx, qy, loss_fn, first_order=None) -> Tensor:
-        params = self.params()
-        losses = []
-        for t in range(sx.shape[0]):
-            trajectory = self.inner_loop(params, sx[t], sy[t], loss_fn, first_order=first_order)
-            losses.append(self.task_loss(trajectory, qx[t], qy[t], loss_fn, None))
-        return torch.stack(losses)
-
-    def _batched_losses(self, sx, sy, qx, qy, loss_fn, first_order=None) -> Tensor:
-        if not batched.learner_supported(self):
-            why = batched.why_not(self.module) or "the learner overrides a per-task hook"
-            raise ValueError(f"batching='batched': {type(self).__name__} has no task-batched form here: {why}")
-        return batched.task_losses(self, sx, sy, qx, qy, loss_fn, first_order)
-
-    def _vmap_losses(self, sx, sy, qx, qy, loss_fn, first_order=None) -> Tensor:
-        params = self.params()
-        # Each task gets its own copy of the buffers (BatchNorm running statistics update in
-        # place); afterwards the module keeps the mean over tasks of the updated statistics.
-        buffers = {n: b.unsqueeze(0).expand(sx.shape[0], *b.shape).clone() for n, b in self.module.named_buffers()}
-
-        def one_task(sx, sy, qx, qy, buffers):
-            trajectory = self.inner_loop(params, sx, sy, loss_fn, buffers, first_order=first_order,
-                                         grads_fn=F.func_grads)
-            return self.task_loss(trajectory, qx, qy, loss_fn, buffers)
-
-        # NOTE: [vmap batch norm] in fastmaml/_batchnorm.py.
-        mode = DecomposedBatchNorm() if has_batch_norm(self.module) else contextlib.nullcontext()
-        with mode:
-            losses = torch.func.vmap(one_task, randomness="different")(sx, sy, qx, qy, buffers)
-        with torch.no_grad():
-            for name, b in self.module.named_buffers():
-                new = buffers[name]
-                b.copy_(new.mean(0) if b.is_floating_point() else new[0])
-        return losses
-
-    def _batching_for(self, *batch) -> str:
-        if self.batching != "auto":
-            return self.batching
-        key = tuple((tuple(t.shape), t.dtype, t.device) for t in batch[:4]) + (self.training,)
-        if key not in self._auto_choice:
-            self._auto_choice[key] = self._measure_batching(*batch)
-        return self._auto_choice[key]
-
-    def _measure_batching(self, sx, sy, qx, qy, loss_fn) -> str:
-        """"auto": time one meta-step (loss and gradient) each way on a few tasks and keep the
-        faster; "loop" if the model does not run under vmap. Buffers and RNG are restored."""
-        tasks = slice(0, min(4, sx.shape[0]))
-        sample = (sx[tasks], sy[tasks], qx[tasks], qy[tasks], loss_fn)
-        saved = {n: b.clone() for n, b in self.module.named_buffers()}
-        rng = torch.random.get_rng_state()
-        wrt = [p for p in self.parameters() if p.requires_grad]
-
-        def step(fn):
-            loss = fn(*sample).sum()
-            torch.autograd.grad(loss, wrt, allow_unused=True)
-
-        def timed(fn):
-            start = time.perf_counter()
-            step(fn)
-            return time.perf_counter() - start
-
-        try:
-            try:
-                step(self._vmap_losses)
-            except Exception:  # the model does not support vmap (e.g. data-dependent control flow)
-                return "loop"
-            step(self._loop_losses)
-            vmap_time = min(timed(self._vmap_losses) for _ in range(2))
-            loop_time = min(timed(self._loop_losses) for _ in range(2))
-            return "vmap" if vmap_time <= loop_time else "loop"
-        finally:
-            with torch.no_grad():
-                for n, b in self.module.named_buffers():
-                    b.copy_(saved[n])
-            torch.random.set_rng_state(rng)
+        losses = execution.meta_losses(self, support_x, support_y, query_x, query_y, loss_fn)
+        return losses.mean() if reduction == "mean" else losses.sum()
 
 
 def _check_batch(support_x, support_y, query_x, query_y) -> None:

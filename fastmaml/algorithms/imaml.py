@@ -5,9 +5,10 @@
     g_theta = sum_t (I + H_t / lam)^{-1} grad L_query_t(phi_t)              (H_t: support Hessian at phi_t)
 
 The inner loop keeps no graph, so memory does not grow with the number of inner steps; the solve is
-the batched conjugate gradient of fastmaml/cg.py on batched Hessian-vector products (fastmaml/hvp.py),
+the batched conjugate gradient of fastmaml/secondorder/cg.py on batched Hessian-vector products
+(fastmaml/secondorder/hvp.py),
 all tasks in lockstep. `meta_loss` returns the query losses after adaptation, whose backward puts
-g_theta on the model's parameters (NOTE: [hand meta-gradient] in hvp_meta_grad.py). Parameters
+g_theta on the model's parameters (NOTE: [hand meta-gradient] in fastmaml/execution/hvp_mode.py). Parameters
 outside `adapt_names` stay at theta in the inner loop and get their exact implicit gradient
 d L_q / d theta_f - (1 / lam) H_{f, phi} x, with x the CG solution.
 """
@@ -21,10 +22,12 @@ from torch import Tensor
 
 from fastmaml import functional as F, ops
 from fastmaml.algorithms.base import MetaLearner, _check_batch
-from fastmaml.algorithms.hvp_meta_grad import HandGradLosses, TaskMap, mapper_for
-from fastmaml.cg import ON_FAIL, CGReport, batched_cg
+from fastmaml.execution import buffers as B
+from fastmaml.execution.hvp_mode import HandGradLosses, map_tasks
+from fastmaml.execution.taskmap import TaskMap
 from fastmaml.functional import LossFn, Params
-from fastmaml.hvp import METHODS, hvp_and_grad
+from fastmaml.secondorder.cg import ON_FAIL, CGReport, batched_cg
+from fastmaml.secondorder.hvp import hvp_and_grad
 
 
 class IMAML(MetaLearner):
@@ -41,14 +44,14 @@ class IMAML(MetaLearner):
 
     cg_steps, cg_tol, cg_damping: the CG budget, relative residual tolerance and damping of
     ((1 + damping) I + H / lam) x = grad L_query. `last_cg_report` holds the last solve's
-    per-task report (fastmaml.cg.CGReport); tasks missing the tolerance warn (on_cg_fail="warn"),
+    per-task report (fastmaml.secondorder.CGReport); tasks missing the tolerance warn (on_cg_fail="warn"),
     raise ("raise") or are only reported ("ignore")."""
 
     def __init__(self, model, lam: float = 1.0, inner_lr: float = 0.01, inner_steps: int = 10,
                  inner_optimizer=None, cg_steps: int = 5, cg_tol: float = 1e-3, cg_damping: float = 0.0,
                  adapt_names=None, batching: str = "auto", hvp_method: str = "auto", on_cg_fail: str = "warn",
                  inner_optimizer_kwargs: dict | None = None):
-        super().__init__(model, inner_lr, inner_steps, False, adapt_names, batching)
+        super().__init__(model, inner_lr, inner_steps, False, adapt_names, batching, hvp_method=hvp_method)
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0 or lam == float("inf"):
             raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
         if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 0:
@@ -56,8 +59,6 @@ class IMAML(MetaLearner):
         for arg, value in (("cg_tol", cg_tol), ("cg_damping", cg_damping)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{arg} must be a number >= 0, got {value!r}")
-        if hvp_method not in METHODS:
-            raise ValueError(f"hvp_method must be one of {METHODS}, got {hvp_method!r}")
         if on_cg_fail not in ON_FAIL:
             raise ValueError(f"on_cg_fail must be one of {ON_FAIL}, got {on_cg_fail!r}")
         if not (inner_optimizer is None or callable(inner_optimizer)):
@@ -67,7 +68,6 @@ class IMAML(MetaLearner):
         self.inner_optimizer = inner_optimizer
         self.inner_optimizer_kwargs = dict(inner_optimizer_kwargs or {})
         self.cg_steps, self.cg_tol, self.cg_damping = cg_steps, float(cg_tol), float(cg_damping)
-        self.hvp_method = hvp_method
         self.on_cg_fail = on_cg_fail
         self.last_cg_report: CGReport | None = None
 
@@ -120,13 +120,13 @@ class IMAML(MetaLearner):
                    steps: int | None = None, first_order: bool | None = None,
                    grads_fn=F.autograd_grads) -> list[Params]:
         """One task (no task dimension): [theta, phi], phi the approximate proximal minimiser."""
-        mapper = TaskMap(self, False)
+        mapper = TaskMap(self.module, False)
         b = None if buffers is None else {n: t.unsqueeze(0) for n, t in buffers.items()}
         if b is None:
-            b = mapper.task_buffers(1)
+            b = B.task_copies(self.module, 1)
         phi = self.solve_inner(mapper, params, support_x.unsqueeze(0), support_y.unsqueeze(0), loss_fn, b, steps)
         if buffers is None:
-            mapper.store_buffers(b)
+            B.merge(self.module, b)
         return [params, {**params, **{n: p[0] for n, p in phi.items()}}]
 
     # ---- the meta-loss ------------------------------------------------------------------------
@@ -146,7 +146,7 @@ class IMAML(MetaLearner):
                 return solver.forward()
             return HandGradLosses.apply(solver, *theta.values())
 
-        losses = mapper_for(self, run)
+        losses = map_tasks(self, run)
         return losses.mean() if reduction == "mean" else losses.sum()
 
 
@@ -160,7 +160,7 @@ class _Implicit:
         learner, loss_fn = self.learner, self.loss_fn
         sx, sy, qx, qy = self.batch
         T = sx.shape[0]
-        buffers = self.map.task_buffers(T)
+        buffers = B.task_copies(learner.module, T)
         phi = learner.solve_inner(self.map, self.theta, sx, sy, loss_fn, buffers)
         rest = {n: p.detach().expand(T, *p.shape) for n, p in self.theta.items() if n not in phi}
 
@@ -171,7 +171,7 @@ class _Implicit:
         with torch.enable_grad():
             g, losses = self.map(lambda p, x, y, b: torch.func.grad(query, has_aux=True)(p, x, y, b),
                                  {**rest, **phi}, qx, qy, buffers)
-        self.map.store_buffers(buffers)
+        B.merge(learner.module, buffers)
         self.phi, self.query_grads = phi, g
         return losses.detach()
 
@@ -182,14 +182,16 @@ class _Implicit:
         adapt = learner.adapt_names
         fixed = [n for n in self.theta if n not in self.phi]
         point = {**{n: self.theta[n].detach().expand(T, *self.theta[n].shape) for n in fixed}, **self.phi}
-        buffers = self.map.recompute_buffers()
+        buffers = B.for_recompute(learner.module)
+        state = learner.execution_state
 
         def support(p, x, y):
             return learner.support_loss(p, x, y, loss_fn, buffers, learner.inner_steps)
 
         def matvec(p):
-            _, hp, learner.hvp_method = hvp_and_grad(support, point, p, sx, sy, method=learner.hvp_method,
-                                                      context=self.map.context)
+            _, hp, state.hvp_method = hvp_and_grad(support, point, p, sx, sy,
+                                                    method=state.hvp_method or learner.hvp_method,
+                                                    context=self.map.context)
             return hp
 
         w = lambda t: grad_losses.reshape(T, *[1] * (t.dim() - 1)).to(t.dtype) * t
@@ -201,7 +203,8 @@ class _Implicit:
         if fixed:
             # d L / d theta_f = dL_q/d theta_f - (1/lam) H_{f, phi} x   (implicit function theorem)
             vec = {**x, **{n: torch.zeros_like(point[n]) for n in fixed}}
-            _, hx, _ = hvp_and_grad(support, point, vec, sx, sy, method=learner.hvp_method, context=self.map.context)
+            _, hx, _ = hvp_and_grad(support, point, vec, sx, sy, method=state.hvp_method or learner.hvp_method,
+                                    context=self.map.context)
             for n in fixed:
                 grads[n] = (w(self.query_grads[n]) - hx[n] / learner.lam).sum(0)
         self.phi = self.query_grads = None

@@ -10,13 +10,9 @@ any torch optimizer can apply it (`torch.optim.SGD(lr=eps)` gives exactly Reptil
 
 from __future__ import annotations
 
-import contextlib
-
-import torch
 from torch import Tensor
 
-from fastmaml import functional as F, ops
-from fastmaml._batchnorm import DecomposedBatchNorm, has_batch_norm
+from fastmaml import execution, functional as F, ops
 from fastmaml.algorithms.base import MetaLearner, _check_batch
 
 
@@ -34,34 +30,8 @@ class Reptile(MetaLearner):
         """The adapted params of every task, stacked: name -> [tasks, *shape] (no graph), and the
         mean post-adaptation support loss."""
         _check_batch(support_x, support_y, support_x, support_y)
-        mode = self._batching_for(support_x, support_y, support_x, support_y, loss_fn)
-        self.batching_used = mode
-        theta = {n: p.detach().requires_grad_() for n, p in self.params().items()}
-        with torch.enable_grad():
-            if mode == "loop":
-                phis, losses = [], []
-                for t in range(support_x.shape[0]):
-                    phi = self.inner_loop(theta, support_x[t], support_y[t], loss_fn)[-1]
-                    phis.append({n: phi[n].detach() for n in self.adapt_names})
-                    with torch.no_grad():
-                        losses.append(self.support_loss(phi, support_x[t], support_y[t], loss_fn, None, self.inner_steps))
-                stacked = {n: torch.stack([phi[n] for phi in phis]) for n in self.adapt_names}
-                return stacked, torch.stack(losses).mean()
-            buffers = {n: b.unsqueeze(0).expand(support_x.shape[0], *b.shape).clone()
-                       for n, b in self.module.named_buffers()}
-
-            def one_task(sx, sy, buffers):
-                phi = self.inner_loop(theta, sx, sy, loss_fn, buffers, grads_fn=F.func_grads)[-1]
-                loss = self.support_loss(phi, sx, sy, loss_fn, buffers, self.inner_steps)
-                return {n: phi[n].detach() for n in self.adapt_names}, loss.detach()
-
-            bn = DecomposedBatchNorm() if has_batch_norm(self.module) else contextlib.nullcontext()
-            with bn:
-                stacked, losses = torch.func.vmap(one_task, randomness="different")(support_x, support_y, buffers)
-            with torch.no_grad():
-                for name, b in self.module.named_buffers():
-                    b.copy_(buffers[name].mean(0) if b.is_floating_point() else buffers[name][0])
-            return stacked, losses.mean()
+        phis, losses = execution.adapted(self, support_x, support_y, loss_fn)
+        return phis, losses.mean()
 
     def _direction(self, support_x, support_y, loss_fn):
         phis, loss = self.adapted_params(support_x, support_y, loss_fn)

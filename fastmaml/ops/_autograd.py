@@ -34,6 +34,8 @@ from torch.autograd import forward_ad as _forward_ad
 from torch.autograd.function import _SingleLevelFunction
 from torch.compiler import is_compiling as _is_compiling
 
+from fastmaml.ops import operands
+
 # Libraries holding our kernel registrations: a Library deregisters its kernels when collected.
 _libraries: list[torch.library.Library] = []
 
@@ -42,26 +44,14 @@ _libraries: list[torch.library.Library] = []
 _functions: dict = {}
 
 
-def _join(params, grads, lrs, gammas) -> list[Tensor]:
-    return [*params, *grads, *(lrs or ()), *(gammas or ())]
-
-
-def _split(n: int, has_lrs: bool, has_gammas: bool, flat):
-    """Inverse of _join: (params, grads, lrs or None, gammas or None)."""
-    params, grads, rest = list(flat[:n]), list(flat[n : 2 * n]), flat[2 * n :]
-    lrs = list(rest[:n]) if has_lrs else None
-    gammas = list(rest[n if has_lrs else 0 :][:n]) if has_gammas else None
-    return params, grads, lrs, gammas
-
-
 def _setup_context(ctx, inputs, output):
     """Saves only what the wanted gradients read: gamma for d p, a for d g, g for d a, p for d gamma
     (NOTE: [update forms]), so that g, the inner gradient, is not kept alive when d a is not wanted.
     a and gamma also go with their own gradients (the fused backward takes them for their shapes)."""
     n, has_lrs, has_gammas, alpha = inputs[1:5]
     flat, need = inputs[5:], ctx.needs_input_grad[5:]
-    params, grads, lrs, gammas = _split(n, has_lrs, has_gammas, flat)
-    need_p, need_g, need_a, need_gam = _split(n, has_lrs, has_gammas, need)
+    params, grads, lrs, gammas = operands.split(n, has_lrs, has_gammas, flat)
+    need_p, need_g, need_a, need_gam = operands.split(n, has_lrs, has_gammas, need)
     want = (any(need_p), any(need_g), has_lrs and any(need_a), has_gammas and any(need_gam))
     ctx.layout = (n, has_lrs, has_gammas, alpha, want)
     ctx.shapes = ([a.shape for a in lrs] if want[2] else None, [g.shape for g in gammas] if want[3] else None)
@@ -130,9 +120,9 @@ def _function(op):
         def forward(keyset, n, has_lrs, has_gammas, alpha, *flat):
             with _C._AutoDispatchBelowAutograd():
                 if keyset is None:  # applied by call(), outside any transform
-                    return tuple(op(*_split(n, has_lrs, has_gammas, flat), alpha))
+                    return tuple(op(*operands.split(n, has_lrs, has_gammas, flat), alpha))
                 return tuple(op.redispatch(keyset & _C._after_autograd_keyset,
-                                           *_split(n, has_lrs, has_gammas, flat), alpha))
+                                           *operands.split(n, has_lrs, has_gammas, flat), alpha))
 
         setup_context = staticmethod(_setup_context)
 
@@ -161,7 +151,7 @@ def _autograd_kernel(op, function, keyset, params, grads, lrs, gammas, alpha):
             f"{op.name()}: forward-mode or nested torch.func differentiation (jvp, jacfwd, hessian, "
             "grad(grad), jacrev(jacrev)) would give wrong gradients through this backend's Python "
             "autograd; use the 'native', 'foreach' or 'reference' backend for it")
-    flat = _join(params, grads, lrs, gammas)
+    flat = operands.join(params, grads, lrs, gammas)
     if _C.is_grad_enabled() and _C._any_requires_grad(*flat):
         return _apply(function, keyset, params, grads, lrs, gammas, alpha, flat)
     with _C._AutoDispatchBelowAutograd():
@@ -177,7 +167,7 @@ def call(op, params, grads, lrs, gammas, alpha) -> list[Tensor]:
     if peek_interpreter_stack() is not None or _is_compiling() or _forward_ad._current_level >= 0:
         return op(params, grads, lrs, gammas, alpha)
     if _C.is_grad_enabled():
-        flat = _join(params, grads, lrs, gammas)
+        flat = operands.join(params, grads, lrs, gammas)
         if _C._any_requires_grad(*flat):
             function = _functions.get(op)
             if function is not None:
@@ -244,7 +234,7 @@ def _vmap_update_(op, info, in_dims, params, grads, lrs, gammas, alpha):
 def _check(fn, params, grads, lrs, gammas, alpha):
     # The fake kernels also run, as the Meta kernels, when a meta tensor is mixed with real ones:
     # they check the input as the device kernels do (NOTE: [validation fast path] in __init__.py).
-    from fastmaml.ops import check_update_args
+    from fastmaml.ops.checks import check_update_args
 
     check_update_args(fn, params, grads, lrs, gammas, alpha)
 

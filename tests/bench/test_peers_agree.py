@@ -54,7 +54,7 @@ def test_meta_gradient_matches_fastmaml(peer, case):
     assert all(g is not None for g in got), f"{peer} left some parameters without a gradient"
     diff = rel_diff(got, expected)
     if peer == "torchfunc_vmap" and kind == "conv" and order == "so" and diff > TOL:
-        # NOTE: [vmap batch norm] in fastmaml/_batchnorm.py: torch's batch norm double backward under
+        # NOTE: [vmap batch norm] in fastmaml/execution/batchnorm.py: torch's batch norm double backward under
         # vmap(grad) is wrong; the benchmark reports this implementation as disagreeing.
         pytest.xfail(f"torch.func vmap with BatchNorm, second order: off by {diff:.1e} (torch bug)")
     assert diff <= TOL, f"{peer} {case}: meta-gradient differs from fastmaml's by {diff:.2e} (relative)"

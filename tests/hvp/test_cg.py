@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fastmaml import use_backend
-from fastmaml.cg import batched_cg
 from fastmaml.ops import cg as cg_ops
+from fastmaml.secondorder.cg import batched_cg
 from tests.hvp import _cg_cases as cases
 
 CPU = torch.device("cpu")

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from fastmaml.hvp import hvp, hvp_and_grad
+from fastmaml.secondorder.hvp import hvp, hvp_and_grad
 from tests.models import image_tasks, regression_tasks, tiny_cnn, tiny_mlp
 
 METHODS = ["forward", "reverse", "loop"]
@@ -64,7 +64,7 @@ def test_shared_params_block_and_batch_norm(method):
     def loss_of(p, x, y):
         return F.cross_entropy(functional_call(model, {**p, **nobuf}, (x,)), y)
 
-    from fastmaml._batchnorm import DecomposedBatchNorm
+    from fastmaml.execution.batchnorm import DecomposedBatchNorm
 
     hv = hvp(loss_of, theta, vectors, sx, sy, params_batched=False, method=method, context=DecomposedBatchNorm)
     assert list(hv) == wrt

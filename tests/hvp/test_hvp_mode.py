@@ -1,4 +1,4 @@
-"""second_order="hvp" (fastmaml/algorithms/hvp_meta_grad.py): the same meta-gradient as unrolled
+"""second_order="hvp" (fastmaml/execution/hvp_mode.py): the same meta-gradient as unrolled
 autograd, in float64, for MAML and Meta-SGD."""
 
 import copy

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from fastmaml.algorithms.hvp_meta_grad import TaskMap
 from fastmaml.algorithms.imaml import IMAML
+from fastmaml.execution.taskmap import TaskMap
 from fastmaml.tasks.sine import SineTasks
 from tests.models import regression_tasks, tiny_mlp
 
@@ -18,7 +18,7 @@ def _dense_meta_grad(im, batch, lam):
     model = im.module
     theta = dict(model.named_parameters())
     sx, sy, qx, qy = batch
-    phi = im.solve_inner(TaskMap(im, True), theta, sx, sy, F.mse_loss, {})
+    phi = im.solve_inner(TaskMap(im.module, True), theta, sx, sy, F.mse_loss, {})
     names = list(theta)
     shapes = [theta[n].shape for n in names]
 

@@ -1,4 +1,4 @@
-"""The fused vector algebra of the batched conjugate gradient (fastmaml/cg.py), one dispatcher
+"""The fused vector algebra of the batched conjugate gradient (fastmaml/secondorder/cg.py), one dispatcher
 over the same backends as the fused update ("reference", "foreach", "native", "triton").
 
 Vectors are lists of tensors with a leading task dimension T (the parameters of T tasks); every
@@ -13,8 +13,8 @@ The per-task results and `alpha`/`beta` are [T] tensors of the opmath type (floa
 types and float32, float64 for float64). None of these ops is differentiable: CG runs on
 detached tensors inside hand-written backward passes.
 
-The backend is the update's choice (fastmaml.set_backend / FASTMAML_BACKEND); "auto" takes native
-where its CG ops run, then triton on CUDA, then foreach.
+The backend is the one choice of every family (ops/dispatch.py: fastmaml.set_backend /
+FASTMAML_BACKEND); "auto" takes native where its CG ops run, then triton on CUDA, then foreach.
 """
 
 from __future__ import annotations
@@ -24,23 +24,48 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fastmaml import ops as _ops
+from fastmaml.ops.dispatch import BACKENDS as BACKENDS, Family
 
-BACKENDS = _ops.BACKENDS
-_FAMILY = "fastmaml.ops.cg"
+
+def _reference():
+    from fastmaml.ops.cg import reference
+
+    return reference
+
+
+def _foreach():
+    from fastmaml.ops.cg import foreach
+
+    return foreach
+
+
+def _native():
+    from fastmaml.ops.cg import native
+
+    return native
+
+
+def _triton():
+    from fastmaml.ops.cg import triton
+
+    return triton
+
+
+CG = Family("batched CG", {"reference": _reference, "foreach": _foreach, "native": _native, "triton": _triton},
+            auto={"cpu": ("native", "foreach"), "cuda": ("native", "triton", "foreach")})
 
 
 def backend_module(name: str):
-    return _ops.backend_module(name, _FAMILY)
+    return CG.load(name)
 
 
 def is_available(name: str, device: torch.device | str = "cpu") -> bool:
     """Whether the CG ops of backend `name` run on `device` (each backend runs a tiny dot)."""
-    return _ops.is_available(name, device, _FAMILY)
+    return CG.is_available(name, device)
 
 
 def resolve_backend(device: torch.device) -> str:
-    return _ops.resolve_backend(device, _FAMILY, "batched CG")
+    return CG.resolve(device)
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -88,7 +113,7 @@ def check_vectors(fn: str, lists: dict[str, Sequence[Tensor]], coefs: dict[str, 
 
 
 def _backend(t: Tensor):
-    return backend_module(resolve_backend(t.device))
+    return CG.backend(t.device)
 
 
 def dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:

@@ -1,6 +1,6 @@
 """Explicit inner gradients for task-batched Linear/ReLU chains under the mean squared error.
 
-The batched path (fastmaml/batched.py) gets the inner gradients from torch.autograd.grad with
+The batched mode (execution/batched/) gets the inner gradients from torch.autograd.grad with
 create_graph, and the outer backward then differentiates that recorded backward graph. For the small
 MLPs of sine regression every one of those ops costs more in dispatch and autograd bookkeeping than in
 arithmetic. For a chain (all tensors task-batched, [T, N, features])
@@ -8,19 +8,20 @@ arithmetic. For a chain (all tensors task-batched, [T, N, features])
     z_0 = x,   h_l = z_{l-1} W_l^T + b_l,   z_l = relu(h_l) or h_l,   out = z_L
     losses_t = mean over (n, j) of (out - y)^2,   summed over tasks for one gradient
 
-`explicit` gives the learner's inner loop a `grads_fn` that computes the support losses and their
-gradients with no autograd recording, in one C++ op, fastmaml::chain_loss_and_grad (csrc/chain.cpp,
-whose NOTE: [chain maths] writes the gradient and its backward out), with its own autograd node: the
-Hessian-vector product by the R-operator plus v_t g_t for a cotangent v on the losses
-(d losses_t / dP_t = g_t). The query losses are fastmaml::chain_loss (backward: the gradient,
-scaled per task). Exactly the autograd path's meta-gradient, in a fraction of the ops.
-
-Under create_graph (differentiating the meta-gradient again) the node recomputes the activations
-from the saved parameters with autograd recording, so third order stays exact too. Without the
-compiled extension, or inside a torch.func transform, the batched path differentiates with autograd.
+`explicit` gives the inner loop a `grads_fn` that computes the support losses and their gradients
+with the chain ops of the dispatcher (fastmaml.ops.chain): natively one C++ op,
+fastmaml::chain_loss_and_grad (csrc/chain.cpp, whose NOTE: [chain maths] writes the gradient and its
+backward out), with its own autograd node: the Hessian-vector product by the R-operator plus v_t g_t
+for a cotangent v on the losses (d losses_t / dP_t = g_t). The query losses are
+fastmaml::chain_loss (backward: the gradient, scaled per task). Exactly the autograd path's
+meta-gradient, in a fraction of the ops. Under `use_backend("reference")` the same ops run as plain
+autograd (ops/chain/reference.py). Inside a torch.func transform the batched mode differentiates its
+layers with autograd instead.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as TF
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from torch._C._functorch import peek_interpreter_stack
 
 from fastmaml.functional import Params
+from fastmaml.ops import chain as chain_ops
 
 
 class Chain:
@@ -49,7 +51,7 @@ class Chain:
         return weights, biases
 
 
-def chain(plan) -> Chain | None:
+def chain_of(plan) -> Chain | None:
     """The batched plan as a Chain, or None when it is anything else."""
     gm, layers, last = plan.graph_module, [], plan.steps[0][0]
     for name, kind, target, args in plan.steps[1:]:
@@ -63,16 +65,10 @@ def chain(plan) -> Chain | None:
             layers[-1][2] = True
         else:
             return None
-    if not layers or last != plan.output or not _ops_available():
+    if not layers or last != plan.output:
         return None
     first, final = gm.get_submodule(layers[0][0]), gm.get_submodule(layers[-1][0])
     return Chain([tuple(layer) for layer in layers], first.in_features, final.out_features)
-
-
-def _ops_available() -> bool:
-    from fastmaml.ops import native
-
-    return native.import_error is None
 
 
 def _fits(chain: Chain, x: Tensor, y: Tensor) -> bool:
@@ -80,26 +76,31 @@ def _fits(chain: Chain, x: Tensor, y: Tensor) -> bool:
             and x.dtype == y.dtype and not x.requires_grad and not y.requires_grad)
 
 
-def explicit(chain: Chain, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor):
-    """(grads_fn, query_losses) for a learner whose support and query losses are the plain MSE of
-    the model's output (`batched.task_losses` checks that), or None when the data do not fit the
-    chain ([T, N, in_features] inputs, [T, N, out_features] targets, no gradients wanted):
+class Explicit(NamedTuple):
+    grads_fn: object      # (loss_of, params, names, first_order, buffers) -> (losses, grads), for unroll()
+    query_losses: object  # params -> [T] query losses
 
-      grads_fn(loss_of, params, names, first_order, buffers) -> (losses, grads)   for
-          MetaLearner.inner_loop; `loss_of` is not called: the support set is (support_x, support_y)
-      query_losses(params) -> [T] query losses at params."""
-    if not (_fits(chain, support_x, support_y) and _fits(chain, query_x, query_y)) or peek_interpreter_stack():
+
+def explicit(chain: Chain | None, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+             query_y: Tensor) -> Explicit | None:
+    """The support step and query loss by the chain ops, for a learner whose losses are the plain
+    MSE of the model's output (the batched mode checks that), or None when the model is not a chain
+    or the data do not fit it ([T, N, in_features] inputs, [T, N, out_features] targets, no
+    gradients wanted). `loss_of` is not called: the support set is (support_x, support_y)."""
+    if chain is None or peek_interpreter_stack() is not None:
+        return None
+    if not (_fits(chain, support_x, support_y) and _fits(chain, query_x, query_y)):
         return None
 
     def grads_fn(loss_of, params: Params, names: list[str], first_order: bool, buffers=None):
         weights, biases = chain.split([params[n] for n in chain.names])
         with torch.set_grad_enabled(not first_order):
-            losses, gs = torch.ops.fastmaml.chain_loss_and_grad(support_x, support_y, weights, biases, chain.flags)
+            losses, gs = chain_ops.loss_and_grad(support_x, support_y, weights, biases, chain.flags)
         by_name = dict(zip(chain.names, gs))
         return losses, {n: by_name[n] for n in names}
 
     def query_losses(params: Params) -> Tensor:
         weights, biases = chain.split([params[n] for n in chain.names])
-        return torch.ops.fastmaml.chain_loss(query_x, query_y, weights, biases, chain.flags)
+        return chain_ops.loss(query_x, query_y, weights, biases, chain.flags)
 
-    return grads_fn, query_losses
+    return Explicit(grads_fn, query_losses)

@@ -1,10 +1,10 @@
 """Batched conjugate gradient: solve (I + H_t / lam) x_t = b_t for every task t in lockstep.
 
-    x, report = fastmaml.cg.batched_cg(lambda p: hvp(loss_of, phi, p, *data), b, lam=1.0,
+    x, report = fastmaml.batched_cg(lambda p: hvp(loss_of, phi, p, *data), b, lam=1.0,
                                        max_iter=10, tol=1e-6)
 
 `matvec(p)` returns H_t p_t for all tasks at once (a dict or list of [T, ...] tensors, e.g.
-fastmaml.hvp.hvp); `b` is a dict or list of [T, ...] tensors. The operator is
+fastmaml.hvp); `b` is a dict or list of [T, ...] tensors. The operator is
 
     A_t = (1 + damping) I + H_t / lam
 

@@ -141,9 +141,9 @@ def hvp_and_grad(loss_of: Callable[..., Tensor], params: Mapping[str, Tensor], v
     """(grads, hvps, method_used): the per-task gradient of `loss_of` w.r.t. `vectors`' names and
     H_t v_t, both dicts of [T, ...] tensors, computed in the same pass (the gradient is the primal
     output of the jvp/vjp). `context` is a callable returning a context manager entered around
-    the computation (e.g. fastmaml._batchnorm.DecomposedBatchNorm for models with batch norm).
+    the computation (e.g. fastmaml.execution.batchnorm.DecomposedBatchNorm for models with batch norm).
     The results are detached: this is for meta-gradients computed by hand (see
-    fastmaml/algorithms/hvp_meta_grad.py), not for differentiating through."""
+    fastmaml/execution/hvp_mode.py), not for differentiating through."""
     if method not in METHODS:
         raise ValueError(f"hvp: method must be one of {METHODS}, got {method!r}")
     T = _check(params, vectors, data, params_batched)

@@ -1,6 +1,7 @@
-"""Meta-gradients computed by hand from batched Hessian-vector products, with memory that does not
-grow with the activations of the inner steps: `second_order="hvp"` for MAML and Meta-SGD, and the
-machinery IMAML shares (fastmaml/algorithms/imaml.py).
+"""The "hvp" mode: meta-gradients computed by hand from batched Hessian-vector products, with memory
+that does not grow with the activations of the inner steps: `second_order="hvp"` for MAML and
+Meta-SGD, and the machinery iMAML shares (fastmaml/algorithms/imaml.py): `HandGradLosses`,
+`map_tasks`.
 
 NOTE: [hand meta-gradient] The per-task losses come out of `HandGradLosses`, an autograd.Function
 whose forward runs the inner loop with no graph (torch.func.grad per step, first order) and whose
@@ -24,18 +25,17 @@ gradient next to their direct query gradient.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from fastmaml import functional as F
-from fastmaml._batchnorm import DecomposedBatchNorm, has_batch_norm
+from fastmaml.execution import buffers as B, hooks
+from fastmaml.execution.taskmap import TaskMap
 from fastmaml.functional import Params
-from fastmaml.hvp import hvp_and_grad
+from fastmaml.secondorder.hvp import hvp_and_grad
 
 SECOND_ORDER = ("autograd", "hvp")
 
@@ -56,69 +56,18 @@ class HandGradLosses(torch.autograd.Function):
         return (None, *solver.backward(grad_losses))
 
 
-class TaskMap:
-    """Runs a per-task function over a batch of tasks by torch.func.vmap or by a Python loop, with
-    batch norm decomposed under vmap (NOTE: [vmap batch norm]), and per-task buffers."""
-
-    def __init__(self, learner, vmapped: bool):
-        self.learner, self.vmapped = learner, vmapped
-        self.module = learner.module
-        self.bn = vmapped and has_batch_norm(self.module)
-
-    def context(self):
-        return DecomposedBatchNorm() if self.bn else contextlib.nullcontext()
-
-    def __call__(self, fn: Callable, *args):
-        """fn over dim 0 of every tensor in args (nested dicts allowed); outputs stacked on dim 0."""
-        if self.vmapped:
-            with self.context():
-                return torch.func.vmap(fn, randomness="different")(*args)
-        flat, spec = tree_flatten(args)
-        T = next(t.shape[0] for t in flat if isinstance(t, Tensor))
-        outs = [fn(*tree_unflatten([t[i] if isinstance(t, Tensor) else t for t in flat], spec)) for i in range(T)]
-        out_flat = [tree_flatten(o) for o in outs]
-        spec_out = out_flat[0][1]
-        return tree_unflatten([torch.stack(col) for col in zip(*[f for f, _ in out_flat])], spec_out)
-
-    def task_buffers(self, T: int) -> Params:
-        """A copy of the module's buffers per task (BatchNorm updates them in place)."""
-        return {n: b.unsqueeze(0).expand(T, *b.shape).clone() for n, b in self.module.named_buffers()}
-
-    def store_buffers(self, buffers: Params) -> None:
-        """The module keeps the mean over tasks of the updated statistics (as the vmap path does)."""
-        with torch.no_grad():
-            for name, b in self.module.named_buffers():
-                new = buffers[name]
-                b.copy_(new.mean(0) if b.is_floating_point() else new[0])
-
-    def recompute_buffers(self):
-        """Buffers for recomputing a loss (HVPs): in training mode batch norm normalises with batch
-        statistics and running statistics are not read, so None (nothing is updated twice); in
-        eval mode the module's own, which are only read."""
-        if self.module.training:
-            return {n: None for n, _ in self.module.named_buffers()}
-        return None
-
-
 def check_second_order(value) -> str:
     if value not in SECOND_ORDER:
         raise ValueError(f"second_order must be one of {SECOND_ORDER}, got {value!r}")
     return value
 
 
-def _overridden(learner, hooks) -> list[str]:
-    from fastmaml.algorithms.base import MetaLearner
-
-    return [h for h in hooks if getattr(type(learner), h) is not getattr(MetaLearner, h)]
-
-
 def check_hvp_mode(learner) -> None:
-    """second_order="hvp" covers the updates phi - a (.) g (MAML, FOMAML-free Meta-SGD) with the
-    plain task loss: refuse learners whose hooks change that."""
-    bad = _overridden(learner, ("inner_gammas", "task_loss", "is_first_order", "inner_loop"))
-    if bad:
-        raise ValueError(f"second_order='hvp' supports MAML and Meta-SGD (updates phi - a * g); "
-                         f"{type(learner).__name__} overrides {bad}")
+    """second_order="hvp" covers the updates phi - a (.) g (MAML, Meta-SGD) with the plain task
+    loss: refuse learners whose hooks change that."""
+    why = hooks.why_not(learner, "hvp")
+    if why:
+        raise ValueError(f"second_order='hvp' supports MAML and Meta-SGD (updates phi - a * g); {why}")
     if learner.first_order:
         raise ValueError("second_order='hvp' computes the second-order meta-gradient; it needs first_order=False")
 
@@ -136,7 +85,7 @@ class _Unrolled:
         T = sx.shape[0]
         theta = {n: p.detach() for n, p in self.theta.items()}
         adapt = learner.adapt_names
-        buffers = self.map.task_buffers(T)
+        buffers = B.task_copies(learner.module, T)
 
         def one_task(sx, sy, qx, qy, buffers):
             trajectory = learner.inner_loop(theta, sx, sy, loss_fn, buffers, first_order=True, grads_fn=F.func_grads)
@@ -151,7 +100,7 @@ class _Unrolled:
 
         with torch.enable_grad():
             self.iterates, self.query_grads, losses = self.map(one_task, sx, sy, qx, qy, buffers)
-        self.map.store_buffers(buffers)
+        B.merge(learner.module, buffers)
         return losses.detach()
 
     def backward(self, grad_losses: Tensor) -> list[Tensor | None]:
@@ -164,8 +113,9 @@ class _Unrolled:
         v = {n: scale(g) for n, g in self.query_grads.items()}  # dL/dphi_K (and the fixed params' direct terms)
         rate_grads = {id(r): torch.zeros_like(r) for r in self.rates}
         theta_T = {n: self.theta[n].detach().expand(T, *self.theta[n].shape) for n in fixed}
-        buffers = self.map.recompute_buffers()
-        method = getattr(learner, "hvp_method", "auto")
+        buffers = B.for_recompute(learner.module)
+        state = learner.execution_state
+        method = state.hvp_method or learner.hvp_method
         for k in reversed(range(len(self.iterates))):
             rates = learner.inner_rates(k)
             a = {n: rates[n] if isinstance(rates, dict) else rates for n in learner.adapt_names}
@@ -177,7 +127,7 @@ class _Unrolled:
                 return learner.support_loss(p, x, y, loss_fn, buffers, k)
 
             g, hu, used = hvp_and_grad(support, phi, u, sx, sy, method=method, context=self.map.context)
-            learner.hvp_method = used
+            state.hvp_method = used
             for n in learner.adapt_names:
                 if isinstance(a[n], Tensor) and id(a[n]) in rate_grads:
                     # d phi_{k+1} / d a_k = -g_k
@@ -203,20 +153,21 @@ def _rates_of(learner) -> list[Tensor]:
     return out
 
 
-def mapper_for(learner, run: Callable[[TaskMap], Tensor]) -> Tensor:
-    """Run `run(mapper)` by vmap, or by the task loop when batching is "loop" or the model does not
-    vmap ("auto" remembers the choice in learner._hand_batching)."""
-    choice = learner.batching if learner.batching != "auto" else getattr(learner, "_hand_batching", "auto")
-    if choice in ("vmap", "loop"):
-        learner.batching_used = choice
-        return run(TaskMap(learner, choice == "vmap"))
+def map_tasks(learner, run: Callable[[TaskMap], Tensor]) -> Tensor:
+    """`run(mapper)` by vmap, or by the task loop when batching is "loop" or the model does not
+    vmap ("auto" remembers which ran in the learner's execution state)."""
+    state = learner.execution_state
+    choice = learner.batching if learner.batching in ("vmap", "loop") else state.map_mode
+    if choice is not None:
+        state.used = choice
+        return run(TaskMap(learner.module, choice == "vmap"))
     try:
-        out = run(TaskMap(learner, True))
-        learner._hand_batching = "vmap"
+        out = run(TaskMap(learner.module, True))
+        state.map_mode = "vmap"
     except Exception:  # noqa: BLE001 - the model does not run under vmap; the loop always does
-        out = run(TaskMap(learner, False))
-        learner._hand_batching = "loop"
-    learner.batching_used = learner._hand_batching
+        out = run(TaskMap(learner.module, False))
+        state.map_mode = "loop"
+    state.used = state.map_mode
     return out
 
 
@@ -231,4 +182,4 @@ def hvp_meta_losses(learner, support_x, support_y, query_x, query_y, loss_fn) ->
         solver = _Unrolled(learner, mapper, (support_x, support_y, query_x, query_y), loss_fn, theta, rates)
         return HandGradLosses.apply(solver, *theta.values(), *rates)
 
-    return mapper_for(learner, run)
+    return map_tasks(learner, run)

@@ -1,0 +1,44 @@
+"""The Linear/ReLU chain ops, one dispatcher over their backends ("native": the C++ ops of
+csrc/chain.cpp; "reference": the same maths by plain autograd, the oracle). NOTE: [chain maths]:
+
+    loss_and_grad(x, y, weights, biases, layers) -> (losses [T], grads)   the support step
+    loss(x, y, weights, biases, layers) -> losses [T]                     the query loss
+
+x [T, N, in], y [T, N, out], weights[l] [T, out_l, in_l], biases[l] [T, out_l] or None; layers[l] =
+1 if layer l has a bias, + 2 if a ReLU follows it; losses_t the mean squared error of task t; grads
+per parameter in order (each layer's weight, then its bias). Both are differentiable (second and
+third order) w.r.t. the weights and biases.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastmaml.ops.dispatch import Family
+
+
+def _reference():
+    from fastmaml.ops.chain import reference
+
+    return reference
+
+
+def _native():
+    from fastmaml.ops.chain import native
+
+    return native
+
+
+CHAIN = Family("chain", {"reference": _reference, "native": _native}, auto={"cpu": ("native",), "cuda": ("native",)})
+
+
+def loss_and_grad(x, y, weights, biases, layers):
+    return CHAIN.backend(x.device).loss_and_grad(x, y, list(weights), list(biases), list(layers))
+
+
+def loss(x, y, weights, biases, layers):
+    return CHAIN.backend(x.device).loss(x, y, list(weights), list(biases), list(layers))
+
+
+def resolve_backend(device: torch.device) -> str:
+    return CHAIN.resolve(device)
