@@ -127,6 +127,34 @@ def test_any_loss_fn_through_vmap():
     assert_same(lambda: fastmaml.MAML(model, inner_lr=LR, inner_steps=2), regression_tasks, huber)
 
 
+@pytest.mark.parametrize("loss_fn", [F.cross_entropy, nn.CrossEntropyLoss(), nn.CrossEntropyLoss(ignore_index=1)],
+                         ids=["function", "module", "module-ignore-1"])
+def test_cross_entropy_ignores_what_the_loss_ignores(loss_fn):
+    """Targets equal to ignore_index (-100 by default, in support and query labels) count in
+    neither the sum nor the mean, as F.cross_entropy task by task has it (issue #20)."""
+    ignore = getattr(loss_fn, "ignore_index", -100)
+
+    def data():
+        sx, sy, qx, qy = image_tasks()
+        sy, qy = sy.clone(), qy.clone()
+        sy[0, :2] = ignore
+        qy[1, ::2] = ignore
+        return sx, sy, qx, qy
+
+    assert_same(lambda: fastmaml.MAML(tiny_cnn(), inner_lr=LR, inner_steps=2), data, loss_fn)
+
+
+def test_mse_with_targets_of_another_shape_broadcasts_as_f_mse_loss():
+    """[T, N] targets against [T, N, 1] outputs: F.mse_loss broadcasts per task (with its warning);
+    the batched MSE must give the loop's numbers, also when T == N (issue #20)."""
+    def data():
+        sx, sy, qx, qy = regression_tasks(tasks=5, support=5, query=5)
+        return sx, sy[..., 0], qx, qy[..., 0]
+
+    with pytest.warns(UserWarning, match="target size"):
+        assert_same(lambda: fastmaml.MAML(tiny_mlp(), inner_lr=LR, inner_steps=2), data, F.mse_loss)
+
+
 def test_zero_steps_and_unused_param():
     model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
     assert_same(lambda: fastmaml.MAML(model, inner_lr=LR, inner_steps=0), regression_tasks, F.mse_loss)
