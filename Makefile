@@ -31,7 +31,7 @@ demo: $(EXT_STAMP)
 
 test: $(EXT_STAMP)
 	$(PY) -m fastmaml info
-	$(PY) -m ruff check fastmaml tests bench
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: $(EXT_STAMP)
@@ -46,8 +46,10 @@ bench-kernels: $(EXT_STAMP)
 info: $(EXT_STAMP)
 	$(PY) -m fastmaml info
 
+# ruff, and the import-linter contract of pyproject.toml (NOTE: [the house]: one way through the layers)
 lint: $(VENV)/.installed
 	$(PY) -m ruff check fastmaml tests bench
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf build fastmaml/*.so *.egg-info

@@ -1,4 +1,3 @@
-import os
 import warnings
 
 import pytest
@@ -7,8 +6,6 @@ import torch
 # The suite runs on whatever backend `auto` resolves to; a missing extension is reported by
 # `fastmaml info`, not as a warning in every test.
 warnings.filterwarnings("ignore", message="fastmaml: the compiled extension", category=RuntimeWarning)
-
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
 @pytest.fixture(autouse=True)
