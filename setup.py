@@ -60,6 +60,7 @@ def _extensions():
     root = os.path.dirname(os.path.abspath(__file__))
     rel = lambda paths: sorted(os.path.relpath(p, root) for p in paths)  # noqa: E731
     sources = rel(glob.glob(os.path.join(root, "csrc", "*.cpp")))
+    sources += rel(glob.glob(os.path.join(root, "csrc", "autograd", "*.cpp")))
     sources += rel(glob.glob(os.path.join(root, "csrc", "cpu", "*.cpp")))
     cuda_sources = rel(glob.glob(os.path.join(root, "csrc", "cuda", "*.cu")))
     include_dirs = [os.path.join(root, "csrc", "include")]

@@ -1,7 +1,8 @@
-// The schemas of the fastmaml operators; implementations live per device in cpu/ and cuda/, the
-// autograd formula of fused_update in autograd.cpp, and the fake and vmap rules in
-// fastmaml/ops/_autograd.py. The Linear/ReLU chain ops (schemas, kernels, node) are in chain.cpp.
-// Forms and maths: NOTE: [update forms] in include/fastmaml/update.h.
+// The schemas of every fastmaml operator. Implementations: the update and CG kernels per device in
+// cpu/ and cuda/, the chain maths in chain.cpp; the autograd nodes in autograd/ (update.cpp,
+// chain.cpp); the fake and vmap rules in fastmaml/ops/_autograd.py. The update's operands: NOTE:
+// [update operands] (fastmaml/ops/operands.py); its forms and maths: NOTE: [update forms] in
+// include/fastmaml/update.h.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -25,6 +26,15 @@ TORCH_LIBRARY(fastmaml, m) {
   m.def("cg_matvec_dot_(Tensor(a!)[] hp, Tensor[] p, float c0, float c1) -> Tensor");
   m.def("cg_step_(Tensor(a!)[] x, Tensor(b!)[] r, Tensor[] p, Tensor[] q, Tensor alpha) -> Tensor");
   m.def("cg_direction_(Tensor(a!)[] p, Tensor[] r, Tensor beta) -> ()");
+
+  // ---- the Linear/ReLU chain: NOTE: [chain maths] in chain.cpp ------------------------------------
+  // layers[l] = 1 if layer l has a bias, + 2 if a ReLU follows it. The per-task support losses [T]
+  // and their gradients w.r.t. the parameters (gradient order); backward: the Hessian-vector
+  // product plus the losses' own term.
+  m.def("chain_loss_and_grad(Tensor x, Tensor y, Tensor[] weights, Tensor?[] biases, int[] layers)"
+        " -> (Tensor losses, Tensor[] grads)");
+  // The per-task query losses [T]; backward: their gradients scaled per task.
+  m.def("chain_loss(Tensor x, Tensor y, Tensor[] weights, Tensor?[] biases, int[] layers) -> Tensor");
 }
 
 // `import fastmaml._C` loads this library, which registers the operators above. The module itself
