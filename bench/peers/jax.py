@@ -134,13 +134,24 @@ def make(model, cfg):
 
     meta_grad = jax.jit(jax.grad(meta_loss))
     named = list(model.named_parameters())
+    last = []
+
+    def inputs(batch):
+        params = {n: jax.dlpack.from_dlpack(p.detach()) for n, p in named}
+        return params, *(jax.dlpack.from_dlpack(t.contiguous()) for t in batch)
 
     def step(batch):
         zero_grads(model)
-        params = {n: jax.dlpack.from_dlpack(p.detach()) for n, p in named}
-        grads = meta_grad(params, *(jax.dlpack.from_dlpack(t.contiguous()) for t in batch))
+        grads = meta_grad(*inputs(batch))
         for n, p in named:
             p.grad = torch.from_dlpack(grads[n])
+        last[:] = [grads]
 
-    step.meta_grad = meta_grad
+    def memory_bytes(batch):
+        """XLA's memory analysis of the compiled step: arguments + outputs + temporaries."""
+        m = meta_grad.lower(*inputs(batch)).compile().memory_analysis()
+        return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+
+    step.sync = lambda: jax.block_until_ready(last)  # JAX's work runs on its own stream
+    step.memory_bytes = memory_bytes
     return step
