@@ -100,8 +100,19 @@ def distributed_table(path: Path = RESULTS / "distributed.json") -> str:
     return render_table(json.loads(Path(path).read_text()))
 
 
+def _gpu(name):
+    """bench/gpu/report.py's tables of bench/results/gpu.json (a note until a device run exists)."""
+    def render(data=RESULTS / "gpu.json"):
+        from bench.gpu import report
+
+        return getattr(report, f"{name}_table")(data)
+
+    return render
+
+
 TABLES = {"inner_update": inner_update_table, "inner_update_fwd_bwd": inner_update_fwd_bwd_table, "peers": peers_table, "memory": memory_table,
-          "compat": compat_table, "distributed": distributed_table}
+          "compat": compat_table, "distributed": distributed_table,
+          **{f"gpu_{name}": _gpu(name) for name in ("run", "goals", "update", "metastep")}}
 
 
 def rewrite_readme(path: Path) -> list[str]:

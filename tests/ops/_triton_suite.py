@@ -7,8 +7,11 @@ import os
 import pytest
 import torch
 
+from fastmaml.ops import reference
 from tests.ops import _suite
 from tests.ops._cases import DTYPES, FORMS, SMALL_SHAPES
+from tests.ops._compare import assert_all_close
+from tests.ops._triton_cases import MANY_FORMS, many_case
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/ops/test_update_triton.py"
 fastmaml_triton = pytest.importorskip("fastmaml.ops.triton")
@@ -62,3 +65,40 @@ def test_nested_and_forward_mode_differentiation_refused():
         with pytest.raises(NotImplementedError, match="forward-mode or nested torch.func differentiation"):
             fn()
     torch.testing.assert_close(grad(loss)(p), torch.cos(p - 0.1 * g) * g)  # one level stays right
+
+
+class _CountLaunches:
+    """Stands in for the kernel and counts its launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize("form", MANY_FORMS)
+@dtypes
+def test_one_launch_for_many_tensors(form, dtype, atol, rtol, monkeypatch):
+    """Many tensors of odd sizes (0 elements, chunk boundaries, a misaligned view): one launch per
+    update, out of place and in place, and the reference's numbers."""
+    params, grads, lrs, gammas = many_case(form, dtype, chunk=fastmaml_triton._CHUNK)
+    expected = reference.update(params, grads, lrs, gammas, 0.37)
+    for inplace in (False, True):
+        counter = _CountLaunches(fastmaml_triton._multi_update_kernel)
+        monkeypatch.setattr(fastmaml_triton, "_multi_update_kernel", counter)
+        actual = _suite._call(fastmaml_triton, params, grads, lrs, gammas, 0.37, inplace)
+        assert counter.launches == 1, f"{form} inplace={inplace}: {counter.launches} launches"
+        assert_all_close(actual, expected, atol=atol, rtol=rtol, what=f"triton many {form} inplace={inplace}")
+
+
+def test_one_launch_per_dtype_in_a_mixed_list(monkeypatch):
+    params, grads, lrs, gammas = many_case("scaled-channel", torch.float32, count=12)
+    for i in range(0, 12, 2):  # every other tensor in float64
+        params[i], grads[i], lrs[i] = params[i].double(), grads[i].double(), lrs[i].double()
+    counter = _CountLaunches(fastmaml_triton._multi_update_kernel)
+    monkeypatch.setattr(fastmaml_triton, "_multi_update_kernel", counter)
+    actual = fastmaml_triton.update(params, grads, lrs, gammas, 0.37)
+    assert counter.launches == 2
+    assert_all_close(actual, reference.update(params, grads, lrs, gammas, 0.37), atol=1e-6, rtol=1e-5, what="mixed")

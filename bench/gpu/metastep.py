@@ -1,0 +1,198 @@
+"""Section "metastep": one second-order MAML meta-step (forward, inner SGD steps, meta-gradient of
+the mean query loss; the outer optimizer step left out) with fastmaml, plain torch.func vmap and
+JAX (jit + vmap + grad), the implementations of bench/peers, on the same data and weights:
+sine MLP 1-40-40-1 at T = 25, 1,000 and 10,000 tasks with 1 and 5 inner steps, Conv-4 5-way
+1-shot at T = 32 and 256 (1 step; the torch.func task loop too at T = 32).
+
+Per config: the meta-gradients are checked first (float64 on the first 4 tasks against fastmaml's,
+max |a - b| / max |b|, above CHECK_TOL a disagreement; float32 on the whole batch reported), then
+timed (float32, TF32 off everywhere: wall ms per meta-step over runs of consecutive steps, the
+device waited for at the end of each run), then the peak device memory of one meta-step (torch:
+the caching allocator's peak over what was allocated before; JAX: XLA's memory analysis of the
+compiled step, arguments + outputs + temporaries).
+
+    python -m bench.gpu.metastep --out PART.json --budget SECONDS [--cpu-dry-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import torch
+
+from bench import peers as P
+from bench.gpu._common import Section, device_of, sync, time_steps
+
+CHECK_TOL = 1e-8
+CHECK_TASKS = 4
+PEERS = ("fastmaml", "torchfunc_vmap", "jax")
+# name -> (model, tasks, inner steps, extra peers)
+CONFIGS = {
+    "sine-T25-1": ("sine", 25, 1, ()),
+    "sine-T25-5": ("sine", 25, 5, ()),
+    "sine-T1000-1": ("sine", 1000, 1, ()),
+    "sine-T1000-5": ("sine", 1000, 5, ()),
+    "sine-T10000-1": ("sine", 10000, 1, ()),
+    "sine-T10000-5": ("sine", 10000, 5, ()),
+    "conv4-T32-1": ("conv4", 32, 1, ("torchfunc_loop",)),
+    "conv4-T256-1": ("conv4", 256, 1, ()),
+}
+DRY_CONFIGS = {
+    "sine-T6-2": ("sine", 6, 2, ()),
+    "conv4-T5-1": ("conv4", 5, 1, ("torchfunc_loop",)),
+}
+
+
+def problem(model_name: str, tasks: int, steps: int, device, dtype, dry_run: bool):
+    """(model, step config, two batches) on `device`; the same for every implementation."""
+    torch.manual_seed(0)
+    if model_name == "sine":
+        from fastmaml.tasks.sine import SineTasks, sine_mlp
+
+        model = sine_mlp()
+        sampler = SineTasks(k_shot=10, q_query=10, seed=0, dtype=dtype)
+        batches = [sampler.sample(tasks).tensors() for _ in range(2)]
+        cfg = P.StepConfig(steps, False, 0.01, "mse")
+    else:
+        from fastmaml.models import conv4
+
+        size = 16 if dry_run else 28
+        model = conv4(n_way=5, hidden=8 if dry_run else 64, image_size=size)
+        g = torch.Generator().manual_seed(0)
+        batches = []
+        for _ in range(2):
+            x = torch.rand(tasks, 10, 1, size, size, generator=g, dtype=dtype)
+            y = torch.arange(5).repeat(tasks, 2)
+            batches.append((x[:, :5], y[:, :5], x[:, 5:], y[:, 5:]))
+        cfg = P.StepConfig(steps, False, 0.4, "ce")
+    batches = [tuple(t.to(device) for t in b) for b in batches]
+    return model.to(device=device, dtype=dtype), cfg, batches
+
+
+def grads_of(model):
+    return [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
+
+
+def rel_diff(a, b) -> float:
+    scale = max(y.abs().max().item() for y in b)
+    return max((x - y).abs().max().item() for x, y in zip(a, b)) / max(scale, 1e-30)
+
+
+def finisher(step, device):
+    """Waits for everything `step` queued: the device, and JAX's own stream through its result."""
+    wait = getattr(step, "sync", None)
+
+    def finish():
+        if wait is not None:
+            wait()
+        sync(device)
+
+    return finish
+
+
+def peak_memory_mib(step, batch, device) -> dict:
+    if hasattr(step, "memory_bytes"):  # JAX: XLA's analysis of the compiled step
+        return {"peak_mib": step.memory_bytes(batch) / 2**20, "memory_source": "xla memory_analysis"}
+    if device.type != "cuda":
+        return {"peak_mib": None, "memory_source": None}
+    sync(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step(batch)
+    sync(device)
+    return {"peak_mib": (torch.cuda.max_memory_allocated(device) - before) / 2**20,
+            "memory_source": "torch.cuda.max_memory_allocated"}
+
+
+def run_config(sec: Section, name: str, spec, device, dry_run: bool, peers) -> dict:
+    model_name, tasks, steps, extra = spec
+    names = list(peers) + [p for p in extra if P.load(p).available() is None]
+    out = {"config": name, "model": model_name, "tasks": tasks, "steps": steps, "second_order": True, "results": {}}
+    # 1. agreement, float64 on the first tasks
+    model64, cfg, batches64 = problem(model_name, tasks, steps, device, torch.float64, dry_run)
+    small = tuple(t[:CHECK_TASKS] for t in batches64[0])
+    ref = None
+    for peer in names:
+        m = copy.deepcopy(model64)
+        P.load(peer).make(m, cfg)(small)
+        g = grads_of(m)
+        ref = g if ref is None else ref
+        out["results"][peer] = {"name": P.load(peer).NAME, "grad_rel_diff_f64": rel_diff(g, ref)}
+    del model64, batches64
+    # 2. float32: the warm-up step's meta-gradient, then timing, then memory
+    model, cfg, batches = problem(model_name, tasks, steps, device, torch.float32, dry_run)
+    ref = None
+    for peer in names:
+        res = out["results"][peer]
+        res["agrees"] = res["grad_rel_diff_f64"] <= CHECK_TOL
+        m = copy.deepcopy(model)
+        step = P.load(peer).make(m, cfg)
+        finish = finisher(step, device)
+        step(batches[0])
+        finish()
+        g = grads_of(m)
+        ref = g if ref is None else ref
+        res["grad_rel_diff_f32"] = rel_diff(g, ref)
+        if peer == "fastmaml":
+            out["fastmaml_batching"] = step.learner.batching_used
+        if sec.left() < 0:
+            sec.skip(f"{name} {peer} timing", "section budget spent")
+            continue
+        step(batches[1])  # warm
+        finish()
+        per_sample = 1 if dry_run else 5
+        res.update(time_steps(step, batches[1], finish, samples=3 if dry_run else 10, per_sample=per_sample,
+                              budget_s=min(8.0, max(sec.left(), 1.0))))
+        res.update(peak_memory_mib(step, batches[0], device))
+        print(f"  {name:14s} {res['name']:18s} {res['median_ms']:8.2f} ms  f64 diff {res['grad_rel_diff_f64']:.1e}"
+              f"{'' if res['agrees'] else ' [DISAGREES]'}  peak {res['peak_mib']} MiB", flush=True)
+        del step, m
+    base = out["results"].get("fastmaml", {}).get("median_ms")
+    for res in out["results"].values():
+        if base and "median_ms" in res:
+            res["ratio_to_fastmaml"] = res["median_ms"] / base
+    return out
+
+
+def run(out: Path, budget: float, dry_run: bool) -> None:
+    device = device_of(dry_run)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    sec = Section(out, "metastep", budget)
+    peers, missing = [], {}
+    for peer in PEERS:
+        why = P.load(peer).available()
+        if why is None:
+            peers.append(peer)
+        else:
+            missing[peer] = why
+            sec.skip(peer, why)
+    if "jax" in peers:
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")  # no TF32, as torch here
+        sec.data["jax_devices"] = [str(d) for d in jax.devices()]
+    sec.data.update(dtype="float32", tf32=False, check_tolerance_f64=CHECK_TOL, check_tasks=CHECK_TASKS,
+                    peers_missing=missing, configs=[])
+    for name, spec in (DRY_CONFIGS if dry_run else CONFIGS).items():
+        if sec.left() < 0:
+            sec.skip(name, "section budget spent")
+            continue
+        try:
+            sec.data["configs"].append(run_config(sec, name, spec, device, dry_run, peers))
+        except torch.OutOfMemoryError as error:
+            sec.skip(name, f"out of memory: {str(error)[:200]}")
+            torch.cuda.empty_cache()
+        sec.save()
+    sec.done()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--budget", type=float, default=150)
+    ap.add_argument("--cpu-dry-run", action="store_true")
+    args = ap.parse_args()
+    run(args.out, args.budget, args.cpu_dry_run)
