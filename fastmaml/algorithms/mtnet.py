@@ -26,7 +26,6 @@ from fastmaml import functional as F
 from fastmaml.algorithms._util import attach_transform, layer_names, safe_names
 from fastmaml.algorithms.base import MetaLearner
 
-
 MASKS = (False, "sampled", "deterministic")
 
 
