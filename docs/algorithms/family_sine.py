@@ -7,7 +7,8 @@ report the query MSE over 100 held-out tasks before adaptation and after 1 and 5
 
 Recipe (RECIPES below): MLP 1-40-40-1, inner lr 0.01, 5 inner steps in training, 10 tasks a
 meta-step (K = 10 support, 10 query points), Adam; the learned inner-loop machinery (ALFA's
-generator and per-step values, WarpGrad's warp layers) at its own, smaller rate; every
+generator and per-step values, MT-net's T-layers and mask logits, WarpGrad's warp layers) at its
+own, smaller rate; every
 meta-gradient clipped to norm 10.
 """
 
@@ -27,7 +28,8 @@ RECIPES = {
     "l2f": (lambda m: fastmaml.L2F(m, 0.01, 5, batching="vmap"), 3e-3, None, lambda a: []),
     "alfa": (lambda m: fastmaml.ALFA(m, 0.01, 5, batching="vmap"), 3e-3, 3e-4,
              lambda a: [*a.generator.parameters(), a.alpha0, a.beta0]),
-    "mtnet": (lambda m: fastmaml.MTNet(m, 0.01, 5, mask="sampled", batching="vmap"), 3e-3, None, lambda a: []),
+    "mtnet": (lambda m: fastmaml.MTNet(m, 0.01, 5, mask="sampled", batching="vmap"), 3e-3, 3e-4,
+              lambda a: [*(dict(a.module.named_parameters())[n] for n in a.transform_names), *a.mask_logits.values()]),
     "warpgrad": (lambda m: fastmaml.WarpGrad(m, 0.01, 5, batching="vmap", buffer_size=100), 3e-3, 1e-3,
                  lambda a: a.warp_parameters()),
 }

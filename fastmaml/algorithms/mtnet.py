@@ -20,13 +20,21 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributions import RelaxedBernoulli
 
 from fastmaml import functional as F
 from fastmaml.algorithms._util import attach_transform, layer_names, safe_names
 from fastmaml.algorithms.base import MetaLearner
 
 MASKS = (False, "sampled", "deterministic")
+
+
+def relaxed_bernoulli(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """A reparameterised binary Concrete sample, sigmoid((logits + log u - log(1 - u)) / temperature),
+    u ~ U(0, 1): torch.distributions.RelaxedBernoulli's, written on the logits (torch's goes through
+    sigmoid(logits) and its clamp, which loses the tails and validates with data-dependent checks)."""
+    eps = torch.finfo(logits.dtype).eps
+    u = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device).clamp(eps, 1 - eps)
+    return torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
 
 
 class MTNet(MetaLearner):
@@ -76,8 +84,7 @@ class MTNet(MetaLearner):
         for layer, key in self._mask_keys.items():
             logits = self.mask_logits[key]
             if sample:
-                out[layer] = RelaxedBernoulli(torch.tensor(self.temperature, dtype=logits.dtype, device=logits.device),
-                                              logits=logits, validate_args=False).rsample()
+                out[layer] = relaxed_bernoulli(logits, self.temperature)
             else:
                 soft = torch.sigmoid(logits)
                 out[layer] = (logits > 0).to(soft.dtype) + soft - soft.detach()

@@ -28,7 +28,7 @@ def own(model):
 def relaxed_bernoulli(logits, temperature):
     """A binary Concrete sample written out: sigmoid((zeta + log u - log(1 - u)) / temperature)."""
     u = torch.rand(logits.shape, dtype=logits.dtype)
-    return torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
+    return torch.sigmoid((logits + torch.log(u) - torch.log(1 - u)) / temperature)
 
 
 def mtnet_reference(model, t, logits, sx, sy, qx, qy, lr, steps, first_order, mask="deterministic", temperature=1.0):
@@ -76,6 +76,17 @@ def test_mtnet_meta_gradient_matches_unrolled_reference(mask, first_order, batch
                                     lr=0.3, steps=2, first_order=first_order)
     torch.testing.assert_close(loss, ref_loss)
     assert_close_all(grads, ref, what="grads")
+
+
+def test_relaxed_bernoulli_matches_torch_distribution():
+    """The sampler has torch.distributions.RelaxedBernoulli's law: the same draws give the same sample."""
+    from fastmaml.algorithms.mtnet import relaxed_bernoulli
+    logits = torch.tensor([-2.0, 0.0, 0.5, 3.0], dtype=DT)
+    torch.manual_seed(5)
+    ours = relaxed_bernoulli(logits, 0.7)
+    torch.manual_seed(5)
+    theirs = torch.distributions.RelaxedBernoulli(torch.tensor(0.7, dtype=DT), logits=logits).rsample()
+    torch.testing.assert_close(ours, theirs)
 
 
 @pytest.mark.parametrize("first_order", [False, True])
