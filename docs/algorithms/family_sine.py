@@ -3,7 +3,8 @@ algorithm on the sine family per seed (the seed draws the initialisation and the
 report the query MSE over 100 held-out tasks before adaptation and after 1 and 5 inner steps.
 
     python docs/algorithms/family_sine.py --algo l2f --seeds 0,1,2 --iters 2000
-    python docs/algorithms/family_sine.py --algo warpgrad --seeds 0,1,2 --iters 2000 --json out.json
+    python docs/algorithms/family_sine.py --algo warpgrad --seeds 0,1,2 --iters 2000 --json out.jsonl
+    python docs/algorithms/family_sine.py --table out.jsonl          # the markdown table of docs/results.md
 
 Recipe (RECIPES below): MLP 1-40-40-1, inner lr 0.01, 5 inner steps in training, 10 tasks a
 meta-step (K = 10 support, 10 query points), Adam; the learned inner-loop machinery (ALFA's
@@ -63,14 +64,29 @@ def run(algo, seed, iters, tasks):
     return {k: query_mse(learner, ev, k) for k in (0, 1, 5)}
 
 
+def table(path):
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    print("| algorithm | seed | iterations | query MSE, 0 steps | 1 step | 5 steps | ratio 1 step / 0 | ratio 5 steps / 0 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in sorted(rows, key=lambda r: (list(RECIPES).index(r["algo"]), r["seed"])):
+        m = r["mse"]
+        print(f"| {r['algo']} | {r['seed']} | {r['iters']} | {m['0']:.3f} | {m['1']:.3f} | {m['5']:.3f} | "
+              f"{r['ratio_1']:.3f} | {r['ratio_5']:.3f} |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--algo", choices=list(RECIPES), required=True)
+    p.add_argument("--algo", choices=list(RECIPES))
+    p.add_argument("--table", metavar="JSONL", help="print the table of a --json file and exit")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--tasks", type=int, default=10)
     p.add_argument("--json", help="append one JSON line per seed to this file")
     args = p.parse_args()
+    if args.table:
+        return table(args.table)
+    if args.algo is None:
+        p.error("--algo is required")
     torch.set_num_threads(1)
     for seed in map(int, args.seeds.split(",")):
         start = time.perf_counter()
