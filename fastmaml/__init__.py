@@ -1,6 +1,7 @@
 """fastmaml: gradient-based meta-learning (MAML and its family) on fused compiled kernels."""
 
 from fastmaml.algorithms import (
+    ALFA,
     ANIL,
     BOIL,
     CAVIA,
@@ -25,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MAML", "FOMAML", "MetaLearner",
-    "ANIL", "BOIL", "MetaSGD", "Reptile", "MAMLpp", "CAVIA", "L2F", "MTNet", "WarpGrad", "IMAML", "Init",
+    "ANIL", "BOIL", "MetaSGD", "Reptile", "MAMLpp", "CAVIA", "L2F", "ALFA", "MTNet", "WarpGrad", "IMAML", "Init",
     "maml_inner_update", "maml_outer_update",
     "adapt", "inner_update", "hvp", "batched_cg", "CGReport", "functional_forward", "params_of", "buffers_of",
     "set_backend", "get_backend", "use_backend",

@@ -9,17 +9,26 @@ objectives over a `state` dict, built on the algorithm classes.
         loss = init.optimize(x_train, y_train, x_val, y_val)
     opt.step(); opt.zero_grad()
 
-Each objective is called with a dict state: "data", "target" (the task's train or validation
-split), "model" (a callable running the model with the current weights: state["model"](x)) and
-"updated_weights" (those weights, name -> tensor), and returns a scalar loss, e.g.
+Each objective is called with a dict state and returns a scalar loss:
+
+    "data", "target"     the task's train (inner) or validation (outer) split
+    "model"              the meta model, an nn.Module with the model's parameter names, running with
+                         the updated weights: state["model"](x); state["model"](x, weights) with
+                         weights a list (model.parameters() order) or a dict; or
+                         torch.func.functional_call(state["model"], dict (or tuple of dicts), x)
+    "updated_weights"    the current weights, a list in model.parameters() order
 
     def inner_objective(state):
         return F.mse_loss(state["model"](state["data"]), state["target"])
 
-learn_lr -> MetaSGD (elementwise rates), use_t -> MTNet (T-layers), use_warp -> WarpGrad (warp
-layers, its trajectory objective), use_forget -> L2F (learned attenuation); none -> MAML. At most
-one of the four. use_second_order=False is first order (ignored by WarpGrad, first order by
-construction).
+Switches (at most one of the four; each combines with use_second_order):
+
+    none        MAML                       use_second_order: second order, else first order (FOMAML)
+    learn_lr    MetaSGD (elementwise)      the same
+    use_t       MTNet (T-layers)           the same
+    use_forget  L2F (Baik et al. CVPR 2020: the initialisation attenuated per task; not ALFA)
+    use_warp    WarpGrad (warp layers)     use_second_order=True: the "unrolled" objective (through
+                                           the inner loop); False: the paper's "trajectory" objective
 """
 
 from __future__ import annotations
@@ -37,14 +46,52 @@ from fastmaml.algorithms.warpgrad import WarpGrad
 _OBJECTIVE_CLASSES: dict[type, type] = {}
 
 
+class StateModel(nn.Module):
+    """state["model"]: the learner's model running with one task's weights. Its submodules are
+    the model's own (so names resolve as in the model); called plainly it uses the weights it was
+    made with, under torch.func.functional_call the ones passed there."""
+
+    def __init__(self, learner, weights: dict[str, Tensor], buffers, step):
+        super().__init__()
+        model = learner.module
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        for name, p in model.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        self._meta = (learner, weights, buffers, step, {n: p for n, p in model.named_parameters()})
+
+    def forward(self, x: Tensor, weights=None) -> Tensor:
+        learner, own, buffers, step, originals = self._meta
+        if weights is not None:
+            params = as_dict(weights, list(originals), "weights")
+        else:
+            current = dict(self.named_parameters())
+            swapped = any(current[n] is not p for n, p in originals.items())
+            params = current if swapped else own  # swapped: inside functional_call
+        return learner.task_forward({**own, **params}, x, buffers, step)
+
+
+def as_dict(weights, names: list[str], arg: str) -> dict[str, Tensor]:
+    """A list of tensors in model.parameters() order, or a dict, as a dict name -> tensor."""
+    if isinstance(weights, dict):
+        return weights
+    if not isinstance(weights, (list, tuple)):
+        raise TypeError(f"{arg} must be a list of tensors in model.parameters() order or a dict, "
+                        f"got {type(weights).__name__}")
+    if len(weights) != len(names):
+        raise ValueError(f"{arg} has {len(weights)} tensors but the model has {len(names)} parameters")
+    return dict(zip(names, weights))
+
+
 def _with_objectives(cls: type) -> type:
     """A subclass of `cls` whose support/query losses are the Init objectives of a state dict."""
     if cls not in _OBJECTIVE_CLASSES:
 
         class WithObjectives(cls):
             def _state(self, params, x, y, buffers, step):
-                return {"data": x, "target": y, "updated_weights": params,
-                        "model": lambda inp: self.task_forward(params, inp, buffers, step)}
+                names = [n for n, _ in self.module.named_parameters()]
+                return {"data": x, "target": y, "updated_weights": [params[n] for n in names],
+                        "model": StateModel(self, params, buffers, step)}
 
             def support_loss(self, params, x, y, loss_fn, buffers, step):
                 return _scalar(self.inner_objective(self._state(params, x, y, buffers, step)), "inner_objective")
@@ -91,7 +138,8 @@ class Init(nn.Module):
         elif use_t:
             learner = _with_objectives(MTNet)(model, first_order=first_order, **kw)
         elif use_warp:
-            learner = _with_objectives(WarpGrad)(model, **kw)
+            objective = "unrolled" if use_second_order else "trajectory"
+            learner = _with_objectives(WarpGrad)(model, objective=objective, **kw)
         elif use_forget:
             learner = _with_objectives(L2F)(model, first_order=first_order, **kw)
         else:
@@ -104,13 +152,19 @@ class Init(nn.Module):
     def model(self) -> nn.Module:
         return self.learner.module
 
-    def adapt(self, train_data: Tensor, train_target: Tensor) -> dict[str, Tensor]:
-        """The task's updated weights after the inner loop (differentiable)."""
+    def adapt(self, train_data: Tensor, train_target: Tensor) -> list[Tensor]:
+        """The task's updated weights after the inner loop (differentiable), a list in
+        model.parameters() order like state["updated_weights"]."""
         F.check_task(train_data, train_target, "train")
         with torch.enable_grad():
-            return self.learner.inner_loop(self.learner.params(), train_data, train_target, _unused_loss)[-1]
+            phi = self.learner.inner_loop(self.learner.params(), train_data, train_target, _unused_loss)[-1]
+        return [phi[n] for n, _ in self.model.named_parameters()]
 
     def forward(self, x: Tensor, updated_weights=None) -> Tensor:
+        """The model on `x` with `updated_weights` (a list as `adapt` returns, or a dict; None: the
+        meta-parameters)."""
+        if updated_weights is not None:
+            updated_weights = as_dict(updated_weights, [n for n, _ in self.model.named_parameters()], "updated_weights")
         return self.learner(x, updated_weights)
 
     def optimize(self, train_data: Tensor, train_target: Tensor, validate_data: Tensor,

@@ -5,9 +5,11 @@
     assert next(model.parameters()).grad is not None
 
 `fast` is a copy of `model` (same class, same modules, own buffers) whose parameters are replaced
-by the adapted tensors phi = theta - inner_lr * grad L_support(theta): plain (non-leaf) tensor
-attributes still connected to `model`'s parameters, so the query loss differentiates back to
-them (second order unless first_order=True).
+by the adapted tensors phi = theta - inner_lr * grad L_support(theta): plain (non-leaf) tensors,
+still listed by `fast.parameters()` and connected to `model`'s parameters, so the query loss
+differentiates back to them (second order unless first_order=True). The support pass runs on the
+copy, so `model`'s BatchNorm running statistics are untouched; `maml_inner_update(fast, ...)`
+chains (a further step from phi, still differentiable back to `model`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import torch
 from torch import Tensor, nn
 
 from fastmaml import functional as F
-
-_FAST_MARK = "_fastmaml_original_params"
 
 
 def maml_inner_update(model: nn.Module, support_x: Tensor, support_y: Tensor, loss_fn, inner_lr: float,
@@ -35,18 +35,15 @@ def maml_inner_update(model: nn.Module, support_x: Tensor, support_y: Tensor, lo
     if not params:
         raise ValueError("model has no parameters to adapt")
     F.check_floating(params)
+    # Share (not copy) the parameters while copying the modules and buffers; adapt on the copy, so
+    # the support pass updates its BatchNorm statistics, not model's; then swap in phi.
+    fast = copy.deepcopy(model, {id(p): p for p in params.values()})
     with torch.enable_grad():
-        phi = F.adapt(model, params, support_x, support_y, loss_fn, lr=inner_lr, steps=steps,
+        phi = F.adapt(fast, params, support_x, support_y, loss_fn, lr=inner_lr, steps=steps,
                       first_order=first_order)
-    # Share (not copy) the parameters while copying the modules, then swap them for phi.
-    memo = {id(p): p for p in model.parameters()}
-    fast = copy.deepcopy(model, memo)
     for name, tensor in phi.items():
         owner, _, leaf = name.rpartition(".")
-        module = fast.get_submodule(owner)
-        del module._parameters[leaf]
-        setattr(module, leaf, tensor)
-    object.__setattr__(fast, _FAST_MARK, params)
+        fast.get_submodule(owner)._parameters[leaf] = tensor  # a plain tensor, as functional_call puts it
     return fast
 
 

@@ -1,3 +1,4 @@
+from fastmaml.algorithms.alfa import ALFA
 from fastmaml.algorithms.anil import ANIL, BOIL
 from fastmaml.algorithms.base import MetaLearner
 from fastmaml.algorithms.cavia import CAVIA
@@ -10,5 +11,5 @@ from fastmaml.algorithms.mtnet import MTNet
 from fastmaml.algorithms.reptile import Reptile
 from fastmaml.algorithms.warpgrad import WarpGrad
 
-__all__ = ["MetaLearner", "MAML", "FOMAML", "MetaSGD", "ANIL", "BOIL", "Reptile", "MAMLpp", "CAVIA", "L2F", "MTNet", "WarpGrad",
+__all__ = ["MetaLearner", "MAML", "FOMAML", "MetaSGD", "ANIL", "BOIL", "Reptile", "MAMLpp", "CAVIA", "L2F", "ALFA", "MTNet", "WarpGrad",
            "IMAML"]

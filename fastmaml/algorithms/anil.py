@@ -19,26 +19,31 @@ def _head(model, head):
 
 
 class ANIL(MAML):
-    """`ANIL(model, inner_lr=0.01, inner_steps=1, first_order=False, head=None, batching="auto")`.
+    """`ANIL(model, inner_lr=0.01, inner_steps=1, first_order=False, head=None, batching="auto",
+    second_order="autograd")`.
 
     `head`: names/patterns of the adapted parameters (default: the parameters of the model's last
     module that has any, e.g. the final nn.Linear)."""
 
-    def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, head=None, batching="auto"):
-        super().__init__(model, inner_lr, inner_steps, first_order, _head(model, head), batching)
+    def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, head=None, batching="auto", *,
+                 second_order="autograd"):
+        super().__init__(model, inner_lr, inner_steps, first_order, _head(model, head), batching,
+                         second_order=second_order)
         self.head = list(self.adapt_names)
 
 
 class BOIL(MAML):
-    """`BOIL(model, inner_lr=0.01, inner_steps=1, first_order=False, head=None, batching="auto")`.
+    """`BOIL(model, inner_lr=0.01, inner_steps=1, first_order=False, head=None, batching="auto",
+    second_order="autograd")`.
 
     Adapts every parameter except the head (`head` as in ANIL); the head is frozen in the inner
     loop and meta-learned in the outer loop."""
 
-    def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, head=None, batching="auto"):
+    def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, head=None, batching="auto", *,
+                 second_order="autograd"):
         frozen = _head(model, head)
         body = [n for n in F.params_of(model) if n not in frozen]
         if not body:
             raise ValueError(f"head {frozen} covers every parameter; BOIL needs a body to adapt")
-        super().__init__(model, inner_lr, inner_steps, first_order, body, batching)
+        super().__init__(model, inner_lr, inner_steps, first_order, body, batching, second_order=second_order)
         self.head = frozen

@@ -1,9 +1,15 @@
-"""L2F, learning to forget (Baik et al., 2020), in its per-step form (as in ALFA):
+"""L2F, learning to forget (Baik et al., "Learning to Forget for Meta-Learning", CVPR 2020): a
+task-conditioned, layer-wise attenuation of the initialisation, then plain adaptation.
 
-    gamma_k = sigmoid(h_k([mean grad_l, mean phi_l]_{l=1..L}))        one factor per layer l
-    phi_{k+1,l} = gamma_{k,l} * phi_{k,l} - alpha * grad_l L_support(phi_k)     ("forget" fused form)
-The attenuator h_k (a small MLP per inner step) is meta-learned with theta; nothing but theta is
-adapted. The statistics are detached when the step is first order (so loop and vmap agree).
+    g = grad L_support(theta)                               the task's support gradient at theta
+    gamma = sigmoid(h([mean g_l]_{l=1..L}))                 one factor per adapted tensor l
+    theta~_l = gamma_l * theta_l                            the attenuated initialisation
+    phi_0 = theta~;  phi_{k+1} = phi_k - alpha grad L_support(phi_k)      (k = 0 .. K-1, fused update)
+
+The attenuator h (a 3-layer ReLU MLP) is meta-learned with theta; nothing but theta is adapted.
+The meta-gradient flows through gamma's dependence on g (second order), or treats g as a constant
+(first order). The inner loop's trajectory starts at theta~. The per-step form that fastmaml
+called L2F before is ALFA's forget factor (fastmaml/algorithms/alfa.py).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from fastmaml import functional as F
 from fastmaml.algorithms._util import check_int
 from fastmaml.algorithms.base import MetaLearner
 
@@ -21,9 +28,10 @@ class L2F(MetaLearner):
     """`L2F(model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
     batching="auto", hidden=None, init_gamma=0.99)`.
 
-    `forget_nets[k]`: Linear(2L, hidden) - ReLU - Linear(hidden, L) for the L adapted tensors
-    (hidden defaults to 2L); its output bias starts at logit(init_gamma), so gamma starts near
-    init_gamma for every layer."""
+    `l2f.attenuator`: Linear(L, h) - ReLU - Linear(h, h) - ReLU - Linear(h, L) for the L adapted
+    tensors (h defaults to 2L); its last layer starts at small weights and bias logit(init_gamma),
+    so gamma starts near init_gamma for every layer. `attenuate(params, x, y, loss_fn)` gives
+    (theta~, gamma) for one task."""
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
                  batching="auto", hidden=None, init_gamma=0.99):
@@ -33,19 +41,28 @@ class L2F(MetaLearner):
         n = len(self.adapt_names)
         hidden = 2 * n if hidden is None else check_int(hidden, "hidden", 1)
         p = next(iter(self.params().values()))
-        nets = []
-        for _ in range(max(inner_steps, 1)):
-            net = nn.Sequential(nn.Linear(2 * n, hidden), nn.ReLU(), nn.Linear(hidden, n))
-            with torch.no_grad():
-                net[2].weight.mul_(0.1)
-                net[2].bias.fill_(math.log(init_gamma / (1 - init_gamma)))
-            nets.append(net.to(dtype=p.dtype, device=p.device))
-        self.forget_nets = nn.ModuleList(nets)
+        net = nn.Sequential(nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n))
+        with torch.no_grad():
+            net[4].weight.mul_(0.1)
+            net[4].bias.fill_(math.log(init_gamma / (1 - init_gamma)))
+        self.attenuator = net.to(dtype=p.dtype, device=p.device)
 
-    def inner_gammas(self, step, params, grads):
-        names = list(grads)
-        stats = torch.stack([grads[n].mean() for n in names] + [params[n].mean() for n in names])
-        if self.is_first_order(step):
-            stats = stats.detach()
-        gamma = torch.sigmoid(self.forget_nets[min(step, len(self.forget_nets) - 1)](stats))
-        return {n: gamma[i] for i, n in enumerate(names)}
+    def attenuate(self, params, support_x, support_y, loss_fn, buffers=None, first_order=None,
+                  grads_fn=F.autograd_grads):
+        """(theta~, gamma): the attenuated initialisation of one task and its factors (name -> scalar)."""
+        order = self.first_order if first_order is None else first_order
+
+        def support_loss(p, b):
+            return self.support_loss(p, support_x, support_y, loss_fn, b, 0)
+
+        _, grads = grads_fn(support_loss, params, self.adapt_names, order, buffers)
+        names = self.adapt_names
+        stats = torch.stack([grads[n].mean() for n in names])
+        gamma = torch.sigmoid(self.attenuator(stats.detach() if order else stats))
+        gamma = {n: gamma[i] for i, n in enumerate(names)}
+        return {**params, **{n: gamma[n] * params[n] for n in names}}, gamma
+
+    def inner_loop(self, params, support_x, support_y, loss_fn, buffers=None, steps=None, first_order=None,
+                   grads_fn=F.autograd_grads):
+        start, _ = self.attenuate(params, support_x, support_y, loss_fn, buffers, first_order, grads_fn)
+        return super().inner_loop(start, support_x, support_y, loss_fn, buffers, steps, first_order, grads_fn)

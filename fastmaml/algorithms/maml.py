@@ -19,7 +19,9 @@ class MAML(MetaLearner):
 
 
 class FOMAML(MAML):
-    """First-order MAML: MAML with first_order=True."""
+    """First-order MAML: MAML with first_order=True. `second_order` is MAML's keyword: "autograd";
+    "hvp" is refused with a message (first order has no second-order term to compute)."""
 
-    def __init__(self, model, inner_lr=0.01, inner_steps=1, adapt_names=None, batching="auto"):
-        super().__init__(model, inner_lr, inner_steps, True, adapt_names, batching)
+    def __init__(self, model, inner_lr=0.01, inner_steps=1, adapt_names=None, batching="auto", *,
+                 second_order="autograd"):
+        super().__init__(model, inner_lr, inner_steps, True, adapt_names, batching, second_order=second_order)

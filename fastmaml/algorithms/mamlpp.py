@@ -9,8 +9,12 @@
 Iterate indexing: the support loss at phi_k (inner step k) and the query loss at phi_k both use
 BatchNorm set k (k = 0..K, K + 1 sets; the query after all steps uses set K).
 
-The counter i is whatever the caller advances with `set_iteration(i)` (MAML++ counts epochs: MSL
-for 10, first order for 50 in the paper); it is saved in `state_dict()`.
+The counter i advances by one after every training `meta_loss` (module in training mode, grad
+enabled) unless `iteration_counter="manual"`; `set_iteration(i)` sets it either way (the trainer
+sets it to the epoch, iteration // epoch_length, before each step: MAML++ counts epochs, MSL for 10
+and first order for 50 in the paper, 500 iterations an epoch). Counting meta-steps, the paper's
+schedule is msl_iterations=5000, first_order_iterations=25000. The counter is saved in
+`state_dict()`.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from fastmaml import functional as F
 from fastmaml.algorithms._util import check_int, safe_names
 from fastmaml.algorithms.base import MetaLearner
 
+COUNTERS = ("meta_loss", "manual")
+
 
 class MAMLpp(MetaLearner):
     """`MAMLpp(model, inner_lr=0.01, inner_steps=5, adapt_names=None, batching="auto",
-    msl_iterations=10, first_order_iterations=50, per_step_bn=True, learn_rates=True)`.
+    msl_iterations=10, first_order_iterations=50, per_step_bn=True, learn_rates=True,
+    iteration_counter="meta_loss")`.
 
     `per_step_bn=True` gives every nn.BatchNorm layer K + 1 sets of running statistics (buffers
     `step_running_mean/var`, [K + 1, C]) and of affine parameters (`step_weight/bias`, [K + 1, C],
@@ -33,7 +40,10 @@ class MAMLpp(MetaLearner):
     by default. `adapt(..., steps=n)` with n > K reuses the last rate and BN set."""
 
     def __init__(self, model, inner_lr=0.01, inner_steps=5, adapt_names=None, batching="auto",
-                 msl_iterations=10, first_order_iterations=50, per_step_bn=True, learn_rates=True):
+                 msl_iterations=10, first_order_iterations=50, per_step_bn=True, learn_rates=True,
+                 iteration_counter="meta_loss"):
+        if iteration_counter not in COUNTERS:
+            raise ValueError(f"iteration_counter must be one of {COUNTERS}, got {iteration_counter!r}")
         check_int(inner_steps, "inner_steps", 1)
         self_bn = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         bn_params = [f"{n}.{p}" if n else p for n, m in self_bn for p, _ in m.named_parameters(recurse=False)]
@@ -44,6 +54,7 @@ class MAMLpp(MetaLearner):
             names = [n for n in F.params_of(model) if n not in bn_params and not _is_step_bn(n)]
             adapt_names = names or None
         super().__init__(model, inner_lr, inner_steps, False, adapt_names, batching)
+        self.iteration_counter = iteration_counter
         self.msl_iterations = check_int(msl_iterations, "msl_iterations")
         self.first_order_iterations = check_int(first_order_iterations, "first_order_iterations")
         self.per_step_bn = bool(per_step_bn)
@@ -62,6 +73,12 @@ class MAMLpp(MetaLearner):
     def set_iteration(self, iteration: int) -> None:
         """Set the annealing counter (epoch or iteration, as long as you are consistent)."""
         self.iteration = check_int(iteration, "iteration")
+
+    def meta_loss(self, *args, **kwargs):
+        loss = super().meta_loss(*args, **kwargs)
+        if self.iteration_counter == "meta_loss" and self.training and torch.is_grad_enabled():
+            self.iteration += 1
+        return loss
 
     def get_extra_state(self):
         return {"iteration": self.iteration}

@@ -1,9 +1,11 @@
 """WarpGrad (Flennerhag et al., 2020): warp layers interleaved with the task layers.
 
-Every chosen layer's output goes through a warp layer omega_l (a square matrix on its output
-features/channels, identity at start; default: after every nn.Linear/nn.Conv except the last).
-The inner loop adapts only the task parameters theta (plain SGD through the fused update); the
-warp layers precondition its gradients and are meta-learned, never adapted.
+The warp layers omega are meta-learned and never adapted; the inner loop adapts only the task
+parameters theta (plain SGD through the fused update), and the warps precondition its gradients.
+Either WarpGrad attaches them (`warp_after`: a square matrix on the output features/channels of
+each chosen nn.Linear/nn.Conv, identity at start; default after every such layer but the last), or
+the model has them already (`warp_names`: e.g. `fastmaml.models.conv4(warp=True)`, whose blocks
+carry identity-initialised 3x3 convolutional warps, the paper's CNN warp layers).
 
 objective="trajectory" (default, the paper's objective): with the task trajectory theta_0..theta_K
 held fixed (first-order inner loop, stop-gradient),
@@ -13,6 +15,11 @@ held fixed (first-order inner loop, stop-gradient),
 and the initialisation theta_0 gets the first-order (FOMAML) gradient of L_query(theta_K), with
 omega held fixed in that term. meta_loss's *value* is L_query(theta_K); its gradient is the sum
 of the two (the J term enters as J - stopgrad(J)).
+
+buffer_size > 0 (the paper's replay buffer): each meta_loss stores the points (theta_k, task) of its
+tasks' trajectories in a buffer of the last `buffer_size` points, and J is the mean over `replay`
+points drawn uniformly from the buffer (default: as many as the batch added) instead of over the
+batch's own trajectories; the warps thus learn from the trajectories of earlier meta-steps too.
 
 objective="unrolled": backpropagate through the whole inner loop (second order), like MAML with
 the warp layers in the forward.
@@ -26,38 +33,54 @@ meta-steps (measurements in docs/algorithms/warpgrad.md).
 
 from __future__ import annotations
 
+import collections
+
 import torch
 
 from fastmaml import functional as F
-from fastmaml.algorithms._util import attach_transform, layer_names
+from fastmaml.algorithms._util import attach_transform, check_int, layer_names
 from fastmaml.algorithms.base import MetaLearner
+from fastmaml.execution.batchnorm import has_batch_norm
 
 OBJECTIVES = ("trajectory", "unrolled")
 
 
 class WarpGrad(MetaLearner):
     """`WarpGrad(model, inner_lr=0.01, inner_steps=5, warp_after=None, objective="trajectory",
-    batching="auto")`.
+    batching="auto", warp_names=None, buffer_size=0, replay=None)`.
 
-    The warp layers are registered on `model` itself (a parameter `warp` on each chosen layer and
-    a forward hook applying it), so `model` changes in place."""
+    `warp_after` registers the warp layers on `model` itself (a parameter `warp` on each chosen
+    layer and a forward hook applying it), so `model` changes in place; `warp_names` (names or
+    globs, e.g. "*warp*") instead names the warp parameters the model already has."""
 
     def __init__(self, model, inner_lr=0.01, inner_steps=5, warp_after=None, objective="trajectory",
-                 batching="auto"):
+                 batching="auto", warp_names=None, buffer_size=0, replay=None):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        own = list(F.params_of(model))
-        if warp_after is None:
-            found = layer_names(model, None, "warp_after")
-            if len(found) < 2:
-                raise ValueError("warp_after: the model has a single layer; name the layer(s) to warp")
-            warp_after = found[:-1]
-        warp_after = layer_names(model, warp_after, "warp_after")
-        warps = [attach_transform(model, layer, "warp") for layer in warp_after]
-        super().__init__(model, inner_lr, inner_steps, objective == "trajectory", own, batching)
+        self_made = warp_names is None
+        if not self_made:
+            if warp_after is not None:
+                raise ValueError("give warp_after (layers to attach warps to) or warp_names (warps the model has), not both")
+            warps = F.select_names(F.params_of(model), warp_names, "warp_names")
+        else:
+            if warp_after is None:
+                found = layer_names(model, None, "warp_after")
+                if len(found) < 2:
+                    raise ValueError("warp_after: the model has a single layer; name the layer(s) to warp")
+                warp_after = found[:-1]
+            warp_after = layer_names(model, warp_after, "warp_after")
+            own = list(F.params_of(model))
+            warps = [attach_transform(model, layer, "warp") for layer in warp_after]
+        task = [n for n in F.params_of(model) if n not in warps]
+        if not task:
+            raise ValueError(f"warp_names {warp_names!r} cover every parameter; WarpGrad needs task parameters to adapt")
+        super().__init__(model, inner_lr, inner_steps, objective == "trajectory", own if self_made else task, batching)
         self.warp_after = warp_after
         self.objective = objective
         self.warp_names = warps
+        self.buffer_size = check_int(buffer_size, "buffer_size")
+        self.replay = None if replay is None else check_int(replay, "replay", 1)
+        self.buffer: collections.deque = collections.deque(maxlen=max(self.buffer_size, 1))
         self._support = None
 
     def warp_parameters(self) -> list:
@@ -69,23 +92,65 @@ class WarpGrad(MetaLearner):
         self._support = (support_x, support_y)  # the trajectory objective re-evaluates the support loss
         return super().inner_loop(params, support_x, support_y, loss_fn, *args, **kwargs)
 
+    def lookahead(self, phi, support_x, support_y, query_x, query_y, loss_fn, buffers=None, step=0):
+        """L_query(phi - alpha grad L_support(phi; omega); omega) with phi (the task parameters)
+        fixed: the term of J for one trajectory point; differentiable w.r.t. the warps."""
+        adapted = set(self.adapt_names)
+        start = {n: p.detach() if n in adapted else p for n, p in phi.items()}
+
+        def support(p, b):
+            return self.support_loss(p, support_x, support_y, loss_fn, b, step)
+
+        _, grads = F.func_grads(support, start, self.adapt_names, False, buffers)
+        ahead = F.inner_update(start, grads, self.inner_rates(step))
+        return self.query_loss(ahead, query_x, query_y, loss_fn, buffers, step + 1)
+
     def task_loss(self, trajectory, query_x, query_y, loss_fn, buffers):
         if self.objective == "unrolled" or len(trajectory) == 1:
             return super().task_loss(trajectory, query_x, query_y, loss_fn, buffers)
         warps = set(self.warp_names)
-        adapted = set(self.adapt_names)
         last = {n: p.detach() if n in warps else p for n, p in trajectory[-1].items()}
         final = self.query_loss(last, query_x, query_y, loss_fn, buffers, None)
+        if self.buffer_size:
+            return final  # meta_loss adds J over the replay buffer
         support_x, support_y = self._support
-        terms = []
-        for k, phi in enumerate(trajectory[:-1]):
-            start = {n: p.detach() if n in adapted else p for n, p in phi.items()}
-
-            def support(p, b, k=k):
-                return self.support_loss(p, support_x, support_y, loss_fn, b, k)
-
-            _, grads = F.func_grads(support, start, self.adapt_names, False, buffers)
-            ahead = F.inner_update(start, grads, self.inner_rates(k))
-            terms.append(self.query_loss(ahead, query_x, query_y, loss_fn, buffers, k + 1))
-        warp = torch.stack(terms).mean()
+        warp = torch.stack([self.lookahead(phi, support_x, support_y, query_x, query_y, loss_fn, buffers, k)
+                            for k, phi in enumerate(trajectory[:-1])]).mean()
         return final + (warp - warp.detach())
+
+    # ---- the replay buffer -------------------------------------------------------------------
+    def meta_loss(self, support_x, support_y, query_x, query_y, loss_fn, reduction="mean"):
+        loss = super().meta_loss(support_x, support_y, query_x, query_y, loss_fn, reduction)
+        if not (self.buffer_size and self.objective == "trajectory" and torch.is_grad_enabled() and self.inner_steps):
+            return loss
+        added = self._record(support_x, support_y, query_x, query_y, loss_fn)
+        warp = self.replay_objective(loss_fn, self.replay or added)
+        return loss + (warp - warp.detach()) * (1.0 if reduction == "mean" else support_x.shape[0])
+
+    def _record(self, sx, sy, qx, qy, loss_fn) -> int:
+        """Push the points theta_0..theta_{K-1} of each task's trajectory (detached); return how many."""
+        theta = {n: p.detach() for n, p in self.params().items()}
+        count = 0
+        with torch.enable_grad():
+            for t in range(sx.shape[0]):
+                trajectory = self.inner_loop(theta, sx[t], sy[t], loss_fn, first_order=True, grads_fn=F.func_grads)
+                for k, phi in enumerate(trajectory[:-1]):
+                    point = {n: phi[n].detach() for n in self.adapt_names}
+                    self.buffer.append((k, point, sx[t], sy[t], qx[t], qy[t]))
+                    count += 1
+        return count
+
+    def replay_objective(self, loss_fn, count: int):
+        """J over `count` points drawn uniformly (with replacement) from the buffer."""
+        points = [self.buffer[i] for i in torch.randint(len(self.buffer), (count,)).tolist()]
+        params = self.params()
+        if self.batching == "loop" or has_batch_norm(self.module) or len({p[2].shape for p in points}) > 1:
+            return torch.stack([self.lookahead({**params, **phi}, sx, sy, qx, qy, loss_fn, None, k)
+                                for k, phi, sx, sy, qx, qy in points]).mean()
+        stacked = [torch.stack([p[i] for p in points]) for i in range(2, 6)]
+        phis = {n: torch.stack([p[1][n] for p in points]) for n in self.adapt_names}
+
+        def one(phi, sx, sy, qx, qy):  # step 0 for every point: WarpGrad's rate and forward do not depend on k
+            return self.lookahead({**params, **phi}, sx, sy, qx, qy, loss_fn, None, 0)
+
+        return torch.func.vmap(one, randomness="different")(phis, *stacked).mean()

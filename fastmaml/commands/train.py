@@ -42,7 +42,7 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", help="sine or omniglot (default: sine)")
     p.add_argument("--algo", help="maml, fomaml, metasgd, anil, boil, reptile, mamlpp, cavia, mtnet, warpgrad, "
-                                  "l2f, imaml (default: maml)")
+                                  "l2f, alfa, imaml (default: maml)")
     p.add_argument("--run-dir", help="output folder (default: runs/<task>-<algo>[-<N>way<K>shot])")
     p.add_argument("--resume", action="store_true",
                    help="continue RUN_DIR/checkpoint.pt with the config saved in it (only --iterations, "

@@ -29,12 +29,13 @@ ALGORITHMS = {a.name: a for a in (
     Algorithm("anil", ("ANIL",), "Raghu et al. 2020"),
     Algorithm("boil", ("BOIL",), "Oh et al. 2021"),
     Algorithm("reptile", ("Reptile",), "Nichol et al. 2018", outer="meta_grad"),
-    Algorithm("mamlpp", ("MAMLpp", "MAMLPlusPlus"), "Antoniou et al. 2019"),
+    Algorithm("mamlpp", ("MAMLpp",), "Antoniou et al. 2019"),
     Algorithm("cavia", ("CAVIA",), "Zintgraf et al. 2019"),
     Algorithm("mtnet", ("MTNet",), "Lee & Choi 2018"),
     Algorithm("warpgrad", ("WarpGrad",), "Flennerhag et al. 2020"),
-    Algorithm("l2f", ("L2F",), "Baik et al. 2020"),
-    Algorithm("imaml", ("iMAML", "IMAML"), "Rajeswaran et al. 2019"),
+    Algorithm("l2f", ("L2F",), "Baik et al. CVPR 2020"),
+    Algorithm("alfa", ("ALFA",), "Baik et al. NeurIPS 2020"),
+    Algorithm("imaml", ("IMAML",), "Rajeswaran et al. 2019"),
 )}
 
 

@@ -73,3 +73,18 @@ def test_learns_sine(cls):
     learner = cls(sine_net(), inner_lr=lr, inner_steps=5, batching="vmap")
     pre, post = learns(learner)
     assert post <= 0.5 * pre, (pre, post)
+
+
+@pytest.mark.parametrize("cls", [ANIL, BOIL])
+def test_second_order_hvp_matches_autograd(cls):
+    data = batch()
+    grads = [grads_of(cls(tiny(), inner_lr=0.3, inner_steps=2, batching="loop", second_order=mode), *data)[1]
+             for mode in ("autograd", "hvp")]
+    assert_close_all(grads[1], grads[0], what=f"{cls.__name__} hvp vs autograd")
+
+
+def test_fomaml_keeps_second_order():
+    from fastmaml import FOMAML
+    assert FOMAML(tiny(), second_order="autograd").second_order == "autograd"
+    with pytest.raises(ValueError, match="needs first_order=False"):
+        FOMAML(tiny(), second_order="hvp").meta_loss(*batch(), Fn.mse_loss)

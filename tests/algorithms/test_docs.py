@@ -12,7 +12,7 @@ BLOCKS = [(doc.name, i, code) for doc in DOCS
 
 def test_every_algorithm_has_a_page():
     names = {doc.stem for doc in DOCS}
-    assert {"metasgd", "anil", "reptile", "mamlpp", "cavia", "l2f", "mtnet", "warpgrad", "init"} <= names
+    assert {"metasgd", "anil", "reptile", "mamlpp", "cavia", "l2f", "alfa", "mtnet", "warpgrad", "init"} <= names
 
 
 @pytest.mark.parametrize("name, index, code", BLOCKS, ids=[f"{n}-{i}" for n, i, _ in BLOCKS])

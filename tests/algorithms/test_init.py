@@ -11,26 +11,52 @@ def mse(state):
     return Fn.mse_loss(state["model"](state["data"]), state["target"])
 
 
-VARIANTS = {
-    "maml": ({}, fastmaml.MAML, {}),
-    "learn_lr": ({"learn_lr": True}, fastmaml.MetaSGD, {}),
-    "use_t": ({"use_t": True}, fastmaml.MTNet, {}),
-    "use_warp": ({"use_warp": True}, fastmaml.WarpGrad, {}),
-    "use_forget": ({"use_forget": True}, fastmaml.L2F, {}),
+def mse_weights_list(state):  # the objective passes the weights itself, as seed 001 allows
+    assert isinstance(state["model"], torch.nn.Module) and isinstance(state["updated_weights"], list)
+    return Fn.mse_loss(state["model"](state["data"], state["updated_weights"]), state["target"])
+
+
+def mse_functional_call(state):
+    model = state["model"]
+    weights = dict(zip([n for n, _ in model.named_parameters()], state["updated_weights"]))
+    return Fn.mse_loss(torch.func.functional_call(model, weights, (state["data"],)), state["target"])
+
+
+def mse_functional_call_tuple(state):
+    model = state["model"]
+    weights = dict(zip([n for n, _ in model.named_parameters()], state["updated_weights"]))
+    return Fn.mse_loss(torch.func.functional_call(model, (weights, {}), state["data"]), state["target"])
+
+
+OBJECTIVES = {"call": mse, "weights_list": mse_weights_list, "functional_call": mse_functional_call,
+              "functional_call_tuple": mse_functional_call_tuple}
+VARIANTS = {  # Init switches -> (the class, its arguments)
+    "maml": ({}, fastmaml.MAML, {"first_order": False}),
+    "fomaml": ({"use_second_order": False}, fastmaml.MAML, {"first_order": True}),
+    "learn_lr": ({"learn_lr": True}, fastmaml.MetaSGD, {"first_order": False}),
+    "learn_lr_fo": ({"learn_lr": True, "use_second_order": False}, fastmaml.MetaSGD, {"first_order": True}),
+    "use_t": ({"use_t": True}, fastmaml.MTNet, {"first_order": False}),
+    "use_t_fo": ({"use_t": True, "use_second_order": False}, fastmaml.MTNet, {"first_order": True}),
+    "use_warp": ({"use_warp": True, "use_second_order": False}, fastmaml.WarpGrad, {"objective": "trajectory"}),
+    "use_warp_so": ({"use_warp": True}, fastmaml.WarpGrad, {"objective": "unrolled"}),
+    "use_forget": ({"use_forget": True}, fastmaml.L2F, {"first_order": False}),
+    "use_forget_fo": ({"use_forget": True, "use_second_order": False}, fastmaml.L2F, {"first_order": True}),
 }
 
 
+@pytest.mark.parametrize("objective", list(OBJECTIVES))
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_optimize_matches_the_algorithm_class(variant):
-    flags, cls, extra = VARIANTS[variant]
+def test_optimize_matches_the_algorithm_class(variant, objective):
+    flags, cls, kw = VARIANTS[variant]
     data = batch(tasks=2)
-    init = fastmaml.Init(tiny(), mse, mse, inner_learning_rate=0.3, inner_loop=2, **flags)
+    fn = OBJECTIVES[objective]
+    init = fastmaml.Init(tiny(), fn, fn, inner_learning_rate=0.3, inner_loop=2, **flags)
+    assert type(init.learner).__mro__[1] is cls
     losses = [init.optimize(*(t[i] for t in data)) for i in range(2)]
     ours = [p.grad for p in init.parameters()]
 
     model = tiny()
-    kw = {} if cls is fastmaml.WarpGrad else {"first_order": False}
-    learner = cls(model, inner_lr=0.3, inner_steps=2, batching="loop", **kw, **extra)
+    learner = cls(model, inner_lr=0.3, inner_steps=2, batching="loop", **kw)
     learner.load_state_dict(init.learner.state_dict())
     ref = learner.meta_loss(*data, Fn.mse_loss, reduction="sum")
     torch.testing.assert_close(sum(losses), ref.detach())
@@ -42,14 +68,23 @@ def test_state_dict_keys_and_adapt():
 
     def inner(state):
         seen.append(set(state))
-        assert isinstance(state["updated_weights"], dict)
+        model, weights = state["model"], state["updated_weights"]
+        assert isinstance(model, torch.nn.Module) and isinstance(weights, list)
+        assert [n for n, _ in model.named_parameters()] == [n for n, _ in init.model.named_parameters()]
+        for w, p in zip(weights, init.model.parameters()):
+            assert w.shape == p.shape
+        x = state["data"]
+        torch.testing.assert_close(model(x), torch.func.functional_call(init.model, dict(zip(names, weights)), x))
         return mse(state)
 
     init = fastmaml.Init(tiny(), inner, mse, inner_loop=1)
+    names = [n for n, _ in init.model.named_parameters()]
     sx, sy, qx, qy = (t[0] for t in batch(tasks=1))
     phi = init.adapt(sx, sy)
     assert seen == [{"data", "target", "model", "updated_weights"}]
-    assert init(qx, phi).shape == (5, 1)
+    assert isinstance(phi, list) and len(phi) == 4
+    torch.testing.assert_close(init(qx, phi), init(qx, dict(zip(names, phi))))
+    assert not torch.allclose(init(qx, phi), init(qx))
     init.optimize(sx, sy, qx, qy)
     assert next(init.model.parameters()).grad is not None
 
@@ -65,6 +100,8 @@ def test_bad_arguments_are_named():
         init.optimize(sx, sy, qx, qy)
     with pytest.raises(ValueError, match="validate_x has 5 examples but validate_y has 4"):
         fastmaml.Init(tiny(), mse, mse).optimize(sx, sy, qx, qy[:4])
+    with pytest.raises(ValueError, match="updated_weights has 3 tensors but the model has 4 parameters"):
+        fastmaml.Init(tiny(), mse, mse)(qx, list(tiny().parameters())[:3])
 
 
 # Per variant: (inner rate, inner steps, outer Adam rate, meta-iterations of 4 tasks). The extra

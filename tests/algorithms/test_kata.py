@@ -61,3 +61,32 @@ def test_bad_inputs_are_named():
         fastmaml.maml_outer_update(model, tiny(seed=3).requires_grad_(False), qx, qy, Fn.mse_loss)
     with pytest.raises(ValueError, match="does not depend on original_model"):
         fastmaml.maml_outer_update(model, tiny(seed=3), qx, qy, Fn.mse_loss)
+
+
+def test_inner_update_chains_and_equals_two_steps():
+    model = tiny()
+    sx, sy, qx, qy = (t[0] for t in batch(tasks=1))
+    fast = fastmaml.maml_inner_update(model, sx, sy, Fn.mse_loss, 0.1)
+    assert len(list(fast.parameters())) == 4
+    fast2 = fastmaml.maml_inner_update(fast, sx, sy, Fn.mse_loss, 0.1)
+    loss = fastmaml.maml_outer_update(model, fast2, qx, qy, Fn.mse_loss)
+    kata = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ref = fastmaml.MAML(model, inner_lr=0.1, inner_steps=2, batching="loop").meta_loss(
+        sx[None], sy[None], qx[None], qy[None], Fn.mse_loss)
+    ref.backward()
+    torch.testing.assert_close(loss, ref.detach())
+    assert_close_all(kata, [p.grad for p in model.parameters()], what="chained kata vs 2-step MAML")
+
+
+def test_inner_update_leaves_the_models_batch_norm_statistics_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1)).double()
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    sx, sy, qx, qy = (t[0] for t in batch(tasks=1))
+    fast = fastmaml.maml_inner_update(model, sx, sy, Fn.mse_loss, 0.1)
+    for n, b in model.named_buffers():
+        assert torch.equal(b, before[n]), n
+    assert not torch.equal(fast[1].running_mean, before["1.running_mean"])  # the copy's own statistics moved
+    fastmaml.maml_outer_update(model, fast, qx, qy, Fn.mse_loss)
+    assert all(p.grad is not None for p in model.parameters())

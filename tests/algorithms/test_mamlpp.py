@@ -18,7 +18,7 @@ def bn_model(seed=0):
 def make(batching, iteration=3, **kw):
     model = bn_model()
     learner = MAMLpp(model, inner_lr=0.2, inner_steps=K, batching=batching, msl_iterations=10,
-                     first_order_iterations=kw.pop("first_order_iterations", 0), **kw)
+                     first_order_iterations=kw.pop("first_order_iterations", 0), iteration_counter="manual", **kw)
     learner.set_iteration(iteration)
     with torch.no_grad():  # distinct per-step values so a wrong index shows
         for r in learner.lslr.values():
@@ -121,6 +121,26 @@ def test_msl_schedule_and_counter():
         learner.set_iteration(-1)
 
 
+def test_counter_advances_per_training_meta_loss():
+    data = batch()
+    learner = MAMLpp(bn_model(), inner_steps=2, first_order_iterations=2)
+    assert learner.is_first_order(0)
+    for expected in (1, 2):
+        learner.meta_loss(*data, Fn.mse_loss)
+        assert learner.iteration == expected
+    assert not learner.is_first_order(0)
+    with torch.no_grad():  # evaluation does not count
+        learner.meta_loss(*data, Fn.mse_loss)
+    learner.eval()
+    learner.meta_loss(*data, Fn.mse_loss)
+    assert learner.iteration == 2
+    manual = MAMLpp(bn_model(), inner_steps=2, iteration_counter="manual")
+    manual.meta_loss(*data, Fn.mse_loss)
+    assert manual.iteration == 0
+    with pytest.raises(ValueError, match="iteration_counter must be one of"):
+        MAMLpp(bn_model(), iteration_counter="epoch")
+
+
 def test_bn_params_not_adapted_by_default():
     learner = MAMLpp(bn_model(), inner_steps=2)
     assert learner.adapt_names == ["0.weight", "0.bias", "3.weight", "3.bias"]
@@ -131,13 +151,7 @@ def test_learns_sine():
     # LSLR, MSL and DA are all active during the run (BN is checked exactly above; on sine
     # regression a BN net learns too slowly for a short test).
     learner = MAMLpp(sine_net(), inner_lr=0.01, inner_steps=5, batching="vmap", msl_iterations=20,
-                     first_order_iterations=20)
-    it = iter(range(10**6))
-
-    def train_step(b):
-        learner.set_iteration(next(it))
-        learner.meta_loss(*b.tensors(), Fn.mse_loss).backward()
-
-    pre, post = learns(learner, train_step=train_step, slow=learner.lslr.parameters(), slow_lr=1e-4)
-    assert learner.iteration == 99 and not learner.is_first_order(0)
+                     first_order_iterations=20)  # the counter advances by itself, one per meta_loss
+    pre, post = learns(learner, slow=learner.lslr.parameters(), slow_lr=1e-4)
+    assert learner.iteration >= 100 and not learner.is_first_order(0)
     assert post <= 0.5 * pre, (pre, post)

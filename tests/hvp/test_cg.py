@@ -1,4 +1,4 @@
-"""The batched conjugate gradient (fastmaml/cg.py) and its fused vector algebra
+"""The batched conjugate gradient (fastmaml/secondorder/cg.py) and its fused vector algebra
 (fastmaml/ops/cg/): every backend against reference, convergence, and the report of failures."""
 
 import os

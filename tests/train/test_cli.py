@@ -83,13 +83,9 @@ def test_unavailable_algorithm_is_named(tmp_path, capsys, monkeypatch):
           r"algorithm 'cavia' \(Zintgraf et al. 2019\) is not available yet.*available now: maml, fomaml")
 
 
-def test_every_listed_algorithm_resolves_or_says_why():
-    for name in registry.ALGORITHMS:
-        if registry.is_available(name):
-            assert registry.algorithm_class(name).__name__ in registry.ALGORITHMS[name].classes
-        else:
-            with pytest.raises(registry.AlgorithmUnavailable, match="not available yet"):
-                registry.algorithm_class(name)
+def test_every_listed_algorithm_resolves():
+    for name, algo in registry.ALGORITHMS.items():
+        assert registry.algorithm_class(name).__name__ in algo.classes, name
 
 
 def test_omniglot_episode_errors(tmp_path, capsys, omniglot_root):
@@ -112,9 +108,7 @@ def test_omniglot_tiny_run(tmp_path, capsys, omniglot_root):
 
 
 @pytest.mark.parametrize("algo", list(registry.ALGORITHMS))
-def test_every_available_algorithm_trains_and_evaluates_on_sine(tmp_path, capsys, algo):
-    if not registry.is_available(algo):
-        pytest.skip(f"{algo} is not in fastmaml.algorithms yet")
+def test_every_algorithm_trains_and_evaluates_on_sine(tmp_path, capsys, algo):
     run = tmp_path / algo
     assert main(["train", "--task", "sine", "--algo", algo, "--iterations", "2", "--meta-batch", "2",
                  "--eval-every", "2", "--eval-tasks", "2", "--batching", "loop", "--no-progress",
@@ -126,8 +120,6 @@ def test_every_available_algorithm_trains_and_evaluates_on_sine(tmp_path, capsys
 
 @pytest.mark.parametrize("algo", ["cavia", "reptile", "mamlpp", "warpgrad", "mtnet", "anil", "imaml"])
 def test_structured_algorithms_run_on_omniglot(tmp_path, capsys, omniglot_root, algo):
-    if not registry.is_available(algo):
-        pytest.skip(f"{algo} is not in fastmaml.algorithms yet")
     run = tmp_path / algo
     assert main(["train", "--task", "omniglot", "--algo", algo, "--data-root", str(omniglot_root), "--iterations", "1",
                  "--meta-batch", "1", "--q-query", "1", "--eval-every", "1", "--eval-tasks", "1", "--inner-steps", "1",

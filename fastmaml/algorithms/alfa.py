@@ -1,0 +1,75 @@
+"""ALFA (Baik et al., "Meta-Learning with Adaptive Hyperparameters", NeurIPS 2020): at every inner
+step a meta-learned network generates per-layer learning rates alpha and weight-decay factors beta
+from the task's current state,
+
+    tau_k = [mean grad_l L_support(phi_k), mean phi_{k,l}]_{l=1..L}          (2L numbers)
+    (a_k, b_k) = g(tau_k)                                                    (3-layer ReLU MLP, 2L outputs)
+    alpha_{k,l} = alpha0_{k,l} * a_{k,l},   beta_{k,l} = beta0_{k,l} * b_{k,l}
+    phi_{k+1,l} = beta_{k,l} * phi_{k,l} - alpha_{k,l} * grad_l L_support(phi_k)   ("forget" fused form)
+
+g is shared by the steps; alpha0, beta0 (one per step and layer, starting at inner_lr and 1) and g
+are meta-learned with theta. g's last layer starts at zero weights and bias 1, so the first
+meta-step is exactly MAML. tau is detached in first-order steps, so loop and vmap agree.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastmaml import functional as F
+from fastmaml.algorithms._util import check_int
+from fastmaml.algorithms.base import MetaLearner
+
+
+class ALFA(MetaLearner):
+    """`ALFA(model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
+    batching="auto", hidden=None)`.
+
+    `alfa.generator`: Linear(2L, h) - ReLU - Linear(h, h) - ReLU - Linear(h, 2L) for the L adapted
+    tensors (h defaults to 2L); `alfa.alpha0`, `alfa.beta0`: [K, L]. `hyperparameters(step,
+    params, grads)` gives the step's (alpha, beta) dicts."""
+
+    def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
+                 batching="auto", hidden=None):
+        super().__init__(model, inner_lr, inner_steps, first_order, adapt_names, batching)
+        n = len(self.adapt_names)
+        hidden = 2 * n if hidden is None else check_int(hidden, "hidden", 1)
+        p = next(iter(self.params().values()))
+        kw = dict(dtype=p.dtype, device=p.device)
+        self.generator = nn.Sequential(nn.Linear(2 * n, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                       nn.Linear(hidden, 2 * n)).to(**kw)
+        with torch.no_grad():
+            self.generator[4].weight.zero_()
+            self.generator[4].bias.fill_(1.0)
+        steps = max(inner_steps, 1)
+        self.alpha0 = nn.Parameter(torch.full((steps, n), self.inner_lr, **kw))
+        self.beta0 = nn.Parameter(torch.ones(steps, n, **kw))
+
+    def hyperparameters(self, step: int, params, grads, first_order: bool):
+        """(alpha, beta) of `step`: dicts name -> scalar tensor, from the layer-wise means."""
+        names = list(grads)
+        tau = torch.stack([grads[n].mean() for n in names] + [params[n].mean() for n in names])
+        if first_order:
+            tau = tau.detach()
+        a, b = self.generator(tau).chunk(2)
+        k = min(step, self.alpha0.shape[0] - 1)
+        alpha, beta = self.alpha0[k] * a, self.beta0[k] * b
+        return {n: alpha[i] for i, n in enumerate(names)}, {n: beta[i] for i, n in enumerate(names)}
+
+    def inner_loop(self, params, support_x, support_y, loss_fn, buffers=None, steps=None, first_order=None,
+                   grads_fn=F.autograd_grads):
+        # The base loop asks for the rates before the gradient; ALFA's rates depend on it.
+        steps = self.inner_steps if steps is None else steps
+        trajectory = [params]
+        for step in range(steps):
+            order = self.is_first_order(step) if first_order is None else first_order
+
+            def support_loss(p, b, step=step):
+                return self.support_loss(p, support_x, support_y, loss_fn, b, step)
+
+            _, grads = grads_fn(support_loss, params, self.adapt_names, order, buffers)
+            alpha, beta = self.hyperparameters(step, params, grads, order)
+            params = F.inner_update(params, grads, alpha, beta)
+            trajectory.append(params)
+        return trajectory
