@@ -118,8 +118,12 @@ class MetaLearner(nn.Module):
 
     def adapt(self, support_x: Tensor, support_y: Tensor, loss_fn: LossFn, steps: int | None = None,
               first_order: bool | None = None) -> Params:
-        """Adapt to one task (no task dimension); returns its params dict for `self(x, params)`."""
+        """Adapt to one task (no task dimension: support_x is [N, ...]); returns its params dict for
+        `self(x, params)`. A batch of tasks [T, N, ...] is refused (see `example_rank`)."""
         F.check_task(support_x, support_y)
+        _check_example_rank(self, support_x, 1, "adapt")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+            raise ValueError(f"steps must be an int >= 0 (or None: inner_steps), got {steps!r}")
         with torch.enable_grad():
             return self.inner_loop(self.params(), support_x, support_y, loss_fn,
                                    steps=steps, first_order=first_order)[-1]
@@ -134,7 +138,7 @@ class MetaLearner(nn.Module):
         inputs), "mean" or "sum" over tasks; differentiable w.r.t. self.parameters()."""
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        _check_batch(support_x, support_y, query_x, query_y)
+        _check_batch(support_x, support_y, query_x, query_y, self)
         if self.second_order == "hvp" and torch.is_grad_enabled():
             losses = hvp_meta_losses(self, support_x, support_y, query_x, query_y, loss_fn)
             return losses.mean() if reduction == "mean" else losses.sum()
@@ -228,7 +232,7 @@ class MetaLearner(nn.Module):
             torch.random.set_rng_state(rng)
 
 
-def _check_batch(support_x, support_y, query_x, query_y) -> None:
+def _check_batch(support_x, support_y, query_x, query_y, learner: MetaLearner | None = None) -> None:
     args = {"support_x": support_x, "support_y": support_y, "query_x": query_x, "query_y": query_y}
     for name, t in args.items():
         if not isinstance(t, Tensor):
@@ -245,3 +249,49 @@ def _check_batch(support_x, support_y, query_x, query_y) -> None:
             raise ValueError(f"{what}_x has {x.shape[1]} examples per task but {what}_y has {y.shape[1]}")
     if support_x.shape[1] == 0:
         raise ValueError(f"the support set is empty (support_x has shape {list(support_x.shape)})")
+    if learner is not None:
+        _check_example_rank(learner, support_x, 2, "meta_loss")
+        _check_example_rank(learner, query_x, 2, "meta_loss", "query_x")
+
+
+# NOTE: [example rank] A batch of tasks [T, N, ...] and one task [N, ...] differ only in rank, and most
+# models accept both (nn.Linear takes any leading dimensions), so `adapt` given a batch would merge
+# its tasks and `meta_loss` given one task would split it into N one-example tasks. The rank of one
+# example is therefore known and checked: `learner.example_rank` if set; else from the model's first
+# layer (in registration order): 1 for nn.Linear (a feature vector), d + 1 for a d-dimensional
+# convolution ([C, *spatial]); else the rank of the first examples seen. Models whose examples are,
+# e.g., sequences [L, F] into a Linear set `learner.example_rank = 2`.
+_FIRST_LAYER_RANK = ((nn.Linear, 1), (nn.Conv1d, 2), (nn.Conv2d, 3), (nn.Conv3d, 4))
+
+
+def _example_rank(learner: MetaLearner) -> tuple[int | None, str]:
+    rank = getattr(learner, "example_rank", None)
+    if rank is not None:
+        return rank, "learner.example_rank"
+    first = next((m for m in learner.module.modules() if any(True for _ in m.parameters(recurse=False))), None)
+    for kind, rank in _FIRST_LAYER_RANK:
+        if isinstance(first, kind):
+            return rank, f"the model's first layer, {type(first).__name__}"
+    return getattr(learner, "_seen_example_rank", None), "the examples of an earlier call"
+
+
+def _check_example_rank(learner: MetaLearner, x: Tensor, task_dims: int, where: str, arg: str = "support_x") -> None:
+    """NOTE: [example rank]; `task_dims`: 2 for a batch [T, N, ...], 1 for one task [N, ...]."""
+    rank = x.dim() - task_dims
+    expected, source = _example_rank(learner)
+    if expected is None:
+        learner._seen_example_rank = rank
+        return
+    if rank == expected:
+        return
+    shape = list(x.shape)
+    if where == "adapt":
+        hint = ("it looks like a batch of tasks [T, N, ...]: adapt one task at a time, or use meta_loss"
+                if rank == expected + 1 else "give one task's examples [N, ...]")
+        layout = f"one task [N, ...] with examples of rank {expected}"
+    else:
+        hint = ("it looks like one task's [N, ...]: add the task dimension (x[None]) or use adapt"
+                if rank == expected - 1 else "give a batch of tasks [T, N, ...]")
+        layout = f"a batch of tasks [T, N, ...] with examples of rank {expected}"
+    raise ValueError(f"{where}: {arg} has shape {shape} but takes {layout} (from {source}); {hint}. "
+                     f"Set learner.example_rank if the model's examples have another rank")

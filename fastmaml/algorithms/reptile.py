@@ -33,7 +33,7 @@ class Reptile(MetaLearner):
     def adapted_params(self, support_x: Tensor, support_y: Tensor, loss_fn) -> tuple[dict[str, Tensor], Tensor]:
         """The adapted params of every task, stacked: name -> [tasks, *shape] (no graph), and the
         mean post-adaptation support loss."""
-        _check_batch(support_x, support_y, support_x, support_y)
+        _check_batch(support_x, support_y, support_x, support_y, self)
         mode = self._batching_for(support_x, support_y, support_x, support_y, loss_fn)
         self.batching_used = mode
         theta = {n: p.detach().requires_grad_() for n, p in self.params().items()}

@@ -161,6 +161,23 @@ def test_a_rank_that_raises_fails_the_job_quickly():
     assert "finished without noticing" not in out
 
 
+def test_a_frozen_rank_ends_the_job_in_bounded_time():
+    """SIGSTOP freezes rank 1 whole (its heartbeat too): rank 0 sees its heartbeat stop after
+    $FASTMAML_HEARTBEAT_TIMEOUT and exits, long before the collective timeout (600 s here); torchrun
+    then ends the job (SIGTERM, and SIGKILL for the frozen rank after its 30 s grace)."""
+    env = _env(FASTMAML_DIST_TIMEOUT="600", FASTMAML_HEARTBEAT_TIMEOUT="3")
+    rc, out, wall = _run(TORCHRUN + [str(HERE / "_fail.py"), "stop"], timeout=120, env=env)
+    assert rc != 0, out[-4000:]
+    assert "rank 0 of 2: rank 1 has not answered for" in out, out[-4000:]
+    assert wall < 100, wall
+
+
+def test_heartbeat_timeout_must_be_a_number(monkeypatch):
+    monkeypatch.setenv(distributed.HEARTBEAT_ENV, "-1")
+    with pytest.raises(ValueError, match="FASTMAML_HEARTBEAT_TIMEOUT must be a number of seconds >= 0"):
+        distributed._start_heartbeat(0, 2)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -157,7 +157,9 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path, capsys)
     fails(capsys, ["train", *SINE_TINY, "--init-from", str(tmp_path / "none"), "--run-dir", str(tmp_path / "a")],
           "--init-from: no checkpoint")
     fails(capsys, ["train", *SINE_TINY, "--algo", "metasgd", "--init-from", str(source), "--run-dir",
-                   str(tmp_path / "b")], "do not fit this model and algorithm")
+                   str(tmp_path / "b")], "a sine maml checkpoint; this run is sine metasgd")
+    fails(capsys, ["train", *SINE_TINY, "--algo", "anil", "--init-from", str(source), "--run-dir",
+                   str(tmp_path / "c")], "same task and algorithm")  # its parameters would fit: still refused
 
 
 def test_augment_options(tmp_path, capsys, omniglot_root):
