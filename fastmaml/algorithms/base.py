@@ -239,6 +239,9 @@ def _check_batch(support_x, support_y, query_x, query_y, learner: MetaLearner | 
             raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
         if t.dim() < 2:
             raise ValueError(f"{name} must have a leading task dimension and an example dimension, got shape {list(t.shape)}")
+    if learner is not None:  # first: one task's [N, ...] would otherwise read as a task-count mismatch
+        _check_example_rank(learner, support_x, 2, "meta_loss")
+        _check_example_rank(learner, query_x, 2, "meta_loss", "query_x")
     tasks = {name: t.shape[0] for name, t in args.items()}
     if len(set(tasks.values())) != 1:
         raise ValueError(f"support and query must have the same number of tasks (leading dimension), got {tasks}")
@@ -249,9 +252,6 @@ def _check_batch(support_x, support_y, query_x, query_y, learner: MetaLearner | 
             raise ValueError(f"{what}_x has {x.shape[1]} examples per task but {what}_y has {y.shape[1]}")
     if support_x.shape[1] == 0:
         raise ValueError(f"the support set is empty (support_x has shape {list(support_x.shape)})")
-    if learner is not None:
-        _check_example_rank(learner, support_x, 2, "meta_loss")
-        _check_example_rank(learner, query_x, 2, "meta_loss", "query_x")
 
 
 # NOTE: [example rank] A batch of tasks [T, N, ...] and one task [N, ...] differ only in rank, and most
@@ -264,11 +264,14 @@ def _check_batch(support_x, support_y, query_x, query_y, learner: MetaLearner | 
 _FIRST_LAYER_RANK = ((nn.Linear, 1), (nn.Conv1d, 2), (nn.Conv2d, 3), (nn.Conv3d, 4))
 
 
-def _example_rank(learner: MetaLearner) -> tuple[int | None, str]:
+def _first_layer(learner: MetaLearner) -> nn.Module | None:
+    return next((m for m in learner.module.modules() if any(True for _ in m.parameters(recurse=False))), None)
+
+
+def _example_rank(learner: MetaLearner, first: nn.Module | None) -> tuple[int | None, str]:
     rank = getattr(learner, "example_rank", None)
     if rank is not None:
         return rank, "learner.example_rank"
-    first = next((m for m in learner.module.modules() if any(True for _ in m.parameters(recurse=False))), None)
     for kind, rank in _FIRST_LAYER_RANK:
         if isinstance(first, kind):
             return rank, f"the model's first layer, {type(first).__name__}"
@@ -276,13 +279,31 @@ def _example_rank(learner: MetaLearner) -> tuple[int | None, str]:
 
 
 def _check_example_rank(learner: MetaLearner, x: Tensor, task_dims: int, where: str, arg: str = "support_x") -> None:
-    """NOTE: [example rank]; `task_dims`: 2 for a batch [T, N, ...], 1 for one task [N, ...]."""
+    """NOTE: [example rank]; `task_dims`: 2 for a batch [T, N, ...], 1 for one task [N, ...]. Also
+    checks what the first layer can tell without running it: x's floating dtype and device are the
+    parameters', and its features (Linear) or channels (ConvNd) are the layer's."""
+    first = _first_layer(learner)
+    weight = getattr(first, "weight", None)
+    if isinstance(weight, Tensor):
+        if x.is_floating_point() and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"{where}: {arg} has dtype {x.dtype} but the model's parameters are {weight.dtype}: "
+                             f"convert one of them (e.g. {arg}.to({weight.dtype}))")
+        if x.device != weight.device:
+            raise ValueError(f"{where}: {arg} is on {x.device} but the model is on {weight.device}")
     rank = x.dim() - task_dims
-    expected, source = _example_rank(learner)
+    expected, source = _example_rank(learner, first)
     if expected is None:
         learner._seen_example_rank = rank
         return
     if rank == expected:
+        if type(learner).task_forward is not MetaLearner.task_forward:
+            return  # the input may be changed on its way to the layer (CAVIA concatenates its context)
+        if isinstance(first, nn.Linear) and expected == 1 and x.shape[-1] != first.in_features:
+            raise ValueError(f"{where}: {arg} has {x.shape[-1]} features (shape {list(x.shape)}) but the model's first "
+                             f"layer, Linear, takes {first.in_features}")
+        if isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and x.shape[task_dims] != first.in_channels:
+            raise ValueError(f"{where}: {arg} has {x.shape[task_dims]} channels (shape {list(x.shape)}) but the "
+                             f"model's first layer, {type(first).__name__}, takes {first.in_channels}")
         return
     shape = list(x.shape)
     if where == "adapt":

@@ -91,7 +91,7 @@ def add_parser(subparsers) -> None:
     e.add_argument("--eval-tasks", type=int, help="tasks per evaluation (default 600)")
     e.add_argument("--eval-inner-steps", type=int, help="inner steps at evaluation")
     e.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default --eval-every)")
-    e.add_argument("--log-every", type=int, default=10, help="iterations per train-loss record (default 10)")
+    e.add_argument("--log-every", type=int, help="iterations per train-loss record (default 10)")
     e.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard (needs tensorboard)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -260,6 +260,8 @@ def run(args) -> int:
         raise CommandError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --run-dir")
     _args.device(cfg.get("device"))
     _args.writable_dir("--run-dir", run_dir)
+    for key, default in (("log_every", 10), ("checkpoint_every", None)):  # kept by a resumed run unless given
+        cfg[key] = getattr(args, key) if getattr(args, key) is not None else cfg.get(key, default)
     if args.tensorboard:
         from fastmaml.train.metrics import tensorboard_available
 
@@ -286,7 +288,7 @@ def run(args) -> int:
         exp.learner, exp.train_tasks, exp.loss_fn, metric=exp.metric, optimizer=exp.optimizer(),
         meta_batch=cfg["meta_batch"], iterations=cfg["iterations"], eval_tasks=exp.eval_tasks,
         eval_every=cfg["eval_every"], eval_num_tasks=cfg["eval_tasks"], eval_steps=cfg["eval_inner_steps"],
-        run_dir=run_dir, checkpoint_every=args.checkpoint_every, log_every=args.log_every, config=cfg,
+        run_dir=run_dir, checkpoint_every=cfg["checkpoint_every"], log_every=cfg["log_every"], config=cfg,
         progress=not args.no_progress, tensorboard=args.tensorboard, grad_clip=cfg.get("grad_clip"),
         device=cfg.get("device"), dist=ctx)
     start = time.perf_counter()
