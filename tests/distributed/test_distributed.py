@@ -161,6 +161,7 @@ def test_a_rank_that_raises_fails_the_job_quickly():
     assert "finished without noticing" not in out
 
 
+@pytest.mark.slow
 def test_a_frozen_rank_ends_the_job_in_bounded_time():
     """SIGSTOP freezes rank 1 whole (its heartbeat too): rank 0 sees its heartbeat stop after
     $FASTMAML_HEARTBEAT_TIMEOUT and exits, long before the collective timeout (600 s here); torchrun

@@ -56,6 +56,7 @@ def _same_run(run: Path, reference: Path) -> None:
     assert not list(run.glob(".*.tmp")), "stale temporary files left"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", ["step", "eval", "save"])
 @pytest.mark.parametrize("sig", ["KILL", "TERM", "INT"])
 def test_signal_in_each_phase_then_resume(tmp_path, reference, phase, sig):
@@ -73,6 +74,7 @@ def test_signal_in_each_phase_then_resume(tmp_path, reference, phase, sig):
     _same_run(run, reference)
 
 
+@pytest.mark.slow
 def test_sigstop_then_sigcont_finishes_the_same_run(tmp_path, reference):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
