@@ -372,7 +372,11 @@ def _start_heartbeat(rank: int, world_size: int) -> None:
         raise ValueError(f"${HEARTBEAT_ENV} must be a number of seconds >= 0 (0: off), got {timeout}")
     if timeout == 0 or _HEARTBEAT is not None:
         return
-    _HEARTBEAT = Heartbeat(dist.distributed_c10d._get_default_store(), rank, world_size, timeout)
+    try:
+        store = dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):  # no store to beat into: the collective timeout remains
+        return
+    _HEARTBEAT = Heartbeat(store, rank, world_size, timeout)
     atexit.register(_stop_heartbeat)
 
 
