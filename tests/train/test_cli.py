@@ -168,7 +168,7 @@ def test_augment_options(tmp_path, capsys, omniglot_root):
     fails(capsys, ["train", *SINE_TINY, "--augment-shift", "2", "--run-dir", str(tmp_path / "a")],
           "--augment-shift applies to --task omniglot only")
     fails(capsys, ["train", "--task", "omniglot", "--augment-rotate", "-5", "--run-dir", str(tmp_path / "b")],
-          "--augment-rotate must be >= 0")
+          "--augment-rotate must be a finite number >= 0")
     cfg = {**defaults("omniglot"), "data_root": str(omniglot_root), "augment_shift": 2.0, "augment_rotate": 10.0}
     exp = build(cfg)
     assert repr(exp.train_tasks.transform) == "RandomAffine(shift=2, rotate=10, scale=0)"
