@@ -32,9 +32,11 @@ every task saw: each rank's increment over a meta-step is summed over ranks (`me
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,6 +48,8 @@ from torch import Tensor, nn
 
 TIMEOUT_ENV = "FASTMAML_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0  # torch's own default; evaluation on rank 0 holds the others this long at most
+HEARTBEAT_ENV = "FASTMAML_HEARTBEAT_TIMEOUT"
+DEFAULT_HEARTBEAT_S = 60.0  # a peer silent this long is stalled: the job ends (NOTE: [stalled peer])
 DEFAULT_BUCKET_MB = 25.0    # DDP's bucket_cap_mb
 
 
@@ -316,14 +320,93 @@ class DistContext:
     def destroy(self) -> None:
         """Leave the process group (idempotent)."""
         global _CURRENT
+        if self.enabled:
+            _stop_heartbeat()
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
         if _CURRENT is self:
             _CURRENT = None
 
 
+# NOTE: [stalled peer] A rank that stops without exiting (SIGSTOP, a debugger, swapped out, a dead
+# host whose TCP connections stay open) leaves the others blocked in a collective until the process
+# group's timeout, which must exceed one evaluation on rank 0 (default 1800 s). So every rank also
+# runs a heartbeat thread: it bumps its counter in the job's key-value store (torchrun's, hosted by
+# the launcher) every few seconds and watches the others' counters; a peer whose counter has not
+# moved for $FASTMAML_HEARTBEAT_TIMEOUT seconds (default 60; 0 turns the heartbeat off) is reported
+# on stderr and this rank exits with status 1, so torchrun ends the job (the stalled rank gets
+# SIGTERM, then SIGKILL). A thread keeps beating while its rank computes or evaluates; a rank that
+# leaves normally (destroy() or interpreter exit) marks itself done and is no longer watched.
+class Heartbeat:
+    def __init__(self, store, rank: int, world_size: int, timeout: float, interval: float | None = None):
+        self.store = dist.PrefixStore("fastmaml/heartbeat/", store)
+        self.rank, self.world_size, self.timeout = rank, world_size, float(timeout)
+        self.interval = interval if interval is not None else min(5.0, self.timeout / 4)
+        self._stop = threading.Event()
+        self.store.add(f"beat{rank}", 1)
+        self.thread = threading.Thread(target=self._run, name="fastmaml-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        peers = {r: (-1, time.monotonic()) for r in range(self.world_size) if r != self.rank}
+        try:
+            while not self._stop.wait(self.interval):
+                self.store.add(f"beat{self.rank}", 1)
+                now = time.monotonic()
+                for r, (count, since) in list(peers.items()):
+                    if self.store.check([f"done{r}"]):
+                        del peers[r]
+                        continue
+                    beats = self.store.add(f"beat{r}", 0)
+                    if beats != count:
+                        peers[r] = (beats, now)
+                    elif now - since > self.timeout and not self._stop.is_set():
+                        self._fail(r, now - since)
+        except Exception:  # the store is gone: the job is ending; the collectives' own timeout remains
+            return
+
+    def _fail(self, peer: int, silent: float) -> None:
+        print(f"fastmaml.distributed: rank {self.rank} of {self.world_size}: rank {peer} has not answered for "
+              f"{silent:.0f} s (stopped, hung, or its host is down; ${HEARTBEAT_ENV}={self.timeout:g}); this rank "
+              f"exits so that the job ends", file=sys.stderr, flush=True)
+        os._exit(1)  # the main thread may be blocked inside a collective: nothing else would return
+
+    def stop(self) -> None:
+        """This rank leaves normally: the others stop watching it (idempotent)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        try:
+            self.store.set(f"done{self.rank}", "1")
+        except Exception:  # the store is already gone: the job is over
+            pass
+
+
 _CURRENT: DistContext | None = None
 _HOOKED = False
+_HEARTBEAT: Heartbeat | None = None
+
+
+def _start_heartbeat(rank: int, world_size: int) -> None:
+    global _HEARTBEAT
+    timeout = float(os.environ.get(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_S))
+    if not math.isfinite(timeout) or timeout < 0:
+        raise ValueError(f"${HEARTBEAT_ENV} must be a number of seconds >= 0 (0: off), got {timeout}")
+    if timeout == 0 or _HEARTBEAT is not None:
+        return
+    try:
+        store = dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):  # no store to beat into: the collective timeout remains
+        return
+    _HEARTBEAT = Heartbeat(store, rank, world_size, timeout)
+    atexit.register(_stop_heartbeat)
+
+
+def _stop_heartbeat() -> None:
+    global _HEARTBEAT
+    if _HEARTBEAT is not None:
+        _HEARTBEAT.stop()
+        _HEARTBEAT = None
 
 
 def current() -> DistContext:
@@ -364,7 +447,8 @@ def init_from_env(device: str | torch.device | None = None, backend: str | None 
     MASTER_ADDR, MASTER_PORT) and return its context; WORLD_SIZE unset or 1 gives a one-process
     context and no process group. `device` "cuda" means this rank's GPU, cuda:LOCAL_RANK.
     The backend follows the device: NCCL for CUDA, gloo otherwise. `timeout` (seconds; default
-    $FASTMAML_DIST_TIMEOUT or 1800) bounds every collective: a rank stuck longer fails the job."""
+    $FASTMAML_DIST_TIMEOUT or 1800) bounds every collective: a rank stuck longer fails the job.
+    A peer that stops answering is detected sooner, by a heartbeat: NOTE: [stalled peer]."""
     global _CURRENT
     device = torch.device(device or "cpu")
     world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -392,6 +476,7 @@ def init_from_env(device: str | torch.device | None = None, backend: str | None 
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout),
                                 **kwargs)
+    _start_heartbeat(dist.get_rank(), dist.get_world_size())  # NOTE: [stalled peer]
     _CURRENT = DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device, dist.get_backend(),
                            bucket_cap_mb)
     return _CURRENT

@@ -8,8 +8,10 @@ torch.func.functional_call, buffers pass through and are never adapted.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import math
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -33,11 +35,35 @@ def buffers_of(model: nn.Module) -> Params:
 
 def functional_forward(model: nn.Module, params: Mapping[str, Tensor], *args, buffers=None, **kwargs):
     """Run `model` with `params` in place of its parameters (missing names fall back to the
-    model's own) and `buffers` (default: the model's own, updated in place as usual)."""
+    model's own) and `buffers` (default: the model's own, updated in place as usual). A name that
+    is neither a parameter nor a buffer of `model` (a misspelled key) is a ValueError naming it."""
     tensors = dict(params)
     if buffers is not None:
         tensors.update(buffers)
+    if not torch.compiler.is_compiling():
+        check_names(model, tensors)
     return functional_call(model, tensors, args, kwargs)
+
+
+_KNOWN_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its parameter and buffer names
+
+
+def check_names(model: nn.Module, tensors: Mapping[str, Tensor], arg: str = "params") -> None:
+    """Every key of `tensors` names a parameter or buffer of `model` (cached per model; a miss
+    re-reads the model, which may have gained a parameter since)."""
+    known = _KNOWN_NAMES.get(model)
+    if known is not None and known.issuperset(tensors):
+        return
+    known = frozenset(n for n, _ in model.named_parameters(remove_duplicate=False)) | \
+        frozenset(n for n, _ in model.named_buffers(remove_duplicate=False))
+    _KNOWN_NAMES[model] = known
+    unknown = [n for n in tensors if n not in known]
+    if unknown:
+        names = [n for n, _ in model.named_parameters()]
+        close = {n: difflib.get_close_matches(n, names, 1) for n in unknown}
+        hint = "; ".join(f"did you mean {c[0]!r} for {n!r}?" for n, c in close.items() if c)
+        raise ValueError(f"{arg}: {unknown} {'is' if len(unknown) == 1 else 'are'} not a parameter or buffer of "
+                         f"the {type(model).__name__}; its parameters are {names}" + (f" ({hint})" if hint else ""))
 
 
 def select_names(all_names: Iterable[str], patterns: Iterable[str] | None, arg: str = "adapt_names") -> list[str]:
@@ -67,6 +93,28 @@ def check_lr(lr, arg: str = "inner_lr") -> float:
     if not math.isfinite(lr) or lr < 0:
         raise ValueError(f"{arg} must be a finite number >= 0, got {lr}")
     return float(lr)
+
+
+def check_rates(lr, names: list[str], arg: str = "lr") -> None:
+    """A learning rate given by the user: a number, or a dict name -> number or tensor with a rate
+    for each of `names`, all finite and >= 0. Checked once at entry (a tensor check is one host
+    synchronisation), never per inner step."""
+    if not isinstance(lr, Mapping):
+        check_lr(lr, arg)
+        return
+    lack = [n for n in names if n not in lr]
+    if lack:
+        raise KeyError(f"{arg} has no rate for {lack}")
+    for n in names:
+        rate = lr[n]
+        if isinstance(rate, Tensor):
+            if not rate.is_floating_point():
+                raise TypeError(f"{arg}[{n!r}] must be a floating-point tensor, got {rate.dtype}")
+            bad = rate.detach()
+            if not bool(torch.isfinite(bad).all() & (bad >= 0).all()):
+                raise ValueError(f"{arg}[{n!r}] must be finite and >= 0 everywhere, got {rate.detach().flatten()[:4].tolist()}...")
+        else:
+            check_lr(rate, f"{arg}[{n!r}]")
 
 
 def check_floating(params: Mapping[str, Tensor], arg: str = "model") -> None:
@@ -163,9 +211,8 @@ def adapt(
     check_task(support_x, support_y)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    if not isinstance(lr, Mapping):
-        check_lr(lr, "lr")
     names = select_names(params, adapt_names)
+    check_rates(lr, names)
 
     def loss_of(p, buffers):
         return loss_fn(functional_forward(model, p, support_x, buffers=buffers), support_y)

@@ -202,7 +202,7 @@ class IMAML(MetaLearner):
         the implicit meta-gradient (CG on (I + H / lam) x = grad L_query) on the model's parameters."""
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        _check_batch(support_x, support_y, query_x, query_y)
+        _check_batch(support_x, support_y, query_x, query_y, self)
         theta = self.params()
         outer_grad = torch.is_grad_enabled()
 

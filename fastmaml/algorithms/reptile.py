@@ -29,7 +29,7 @@ class Reptile(MetaLearner):
     def adapted_params(self, support_x: Tensor, support_y: Tensor, loss_fn) -> tuple[dict[str, Tensor], Tensor]:
         """The adapted params of every task, stacked: name -> [tasks, *shape] (no graph), and the
         mean post-adaptation support loss."""
-        _check_batch(support_x, support_y, support_x, support_y)
+        _check_batch(support_x, support_y, support_x, support_y, self)
         phis, losses = execution.adapted(self, support_x, support_y, loss_fn)
         return phis, losses.mean()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import platform
 import time
@@ -20,6 +21,7 @@ from tqdm import tqdm
 import fastmaml
 from fastmaml.functional import functional_forward
 from fastmaml.tasks import SineTasks, sine_mlp
+from fastmaml.train.metrics import mean_ci95
 
 FINE_TUNE_STEPS = (0, 1, 10)
 
@@ -104,10 +106,13 @@ def _figure(path, nets, batch, inner_lr, tasks=3):
 
 def run(args) -> int:
     from fastmaml.cli import CommandError
+    from fastmaml.commands import _args
 
     for name in ("iterations", "meta_batch", "k_shot", "eval_tasks", "threads"):
-        if getattr(args, name) < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        _args.at_least(name, getattr(args, name), 1)
+    _args.number("inner_lr", args.inner_lr)
+    _args.number("outer_lr", args.outer_lr)
+    _args.writable_dir("--out", args.out)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     run_dir = os.path.join(args.out, time.strftime("demo-%Y%m%d-%H%M%S"))
@@ -135,15 +140,17 @@ def run(args) -> int:
     for name, per_step in results.items():
         row = {}
         for k, values in per_step.items():
-            v = torch.tensor(values)
-            row[k] = {"mean": v.mean().item(), "ci95": 1.96 * v.std().item() / len(values) ** 0.5}
+            mean, ci95 = mean_ci95(values)
+            row[k] = {"mean": mean, "ci95": ci95}
         summary[name] = row
-        print(f"{name:<14}" + "".join(f"{row[k]['mean']:>11.3f} ± {row[k]['ci95']:.3f}" for k in FINE_TUNE_STEPS))
+        print(f"{name:<14}" + "".join(f"{row[k]['mean']:>11.3f} ± {row[k]['ci95']:.3f}" if math.isfinite(row[k]["mean"])
+                                      else f"{'diverged':>18}" for k in FINE_TUNE_STEPS))
     ratio = summary["MAML"][1]["mean"] / summary["pre-trained"][1]["mean"]
-    print(f"MAML after 1 step / pre-trained after 1 step: {ratio:.3f}")
+    diverged = not math.isfinite(ratio)
+    print("MAML after 1 step / pre-trained after 1 step: " + ("diverged" if diverged else f"{ratio:.3f}"))
 
     figure = os.path.join(run_dir, "sine_adaptation.png")
-    _figure(figure, nets, held_out, args.inner_lr)
+    _figure(figure, nets, held_out, args.inner_lr, tasks=min(3, args.eval_tasks))
     record = {
         "command": "fastmaml demo", "args": {k: v for k, v in vars(args).items() if k != "func"},
         "query_mse": {name: {str(k): v for k, v in row.items()} for name, row in summary.items()},
@@ -154,4 +161,7 @@ def run(args) -> int:
     with open(os.path.join(run_dir, "results.json"), "w") as f:
         json.dump(record, f, indent=2)
     print(f"wrote {figure} and {os.path.join(run_dir, 'results.json')} ({time.time() - start:.0f} s in all)")
+    if diverged:
+        raise CommandError(f"the query MSE is not finite (NaN or inf): --inner-lr {args.inner_lr} or --outer-lr "
+                           f"{args.outer_lr} is too large for this network")
     return 0

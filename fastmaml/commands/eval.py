@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 from fastmaml.cli import CommandError
+from fastmaml.commands import _args
 
 EPILOG = """\
 Rebuilds the experiment from the config saved in the checkpoint, adapts to --tasks tasks of the
@@ -57,33 +59,41 @@ def run(args) -> int:
     from fastmaml.commands.train import set_threads
     from fastmaml.tasks.omniglot import OmniglotError
     from fastmaml.tasks.sampler import SamplerError
-    from fastmaml.train.checkpoint import CheckpointError, load_checkpoint
+    from fastmaml.train.checkpoint import CheckpointError, load_checkpoint, run_config
     from fastmaml.train.experiment import build
+    from fastmaml.train.metrics import atomic_write_text
     from fastmaml.train.registry import AlgorithmUnavailable
     from fastmaml.train.trainer import evaluate
 
     set_threads(args.threads)
-    if args.tasks < 1:
-        raise CommandError(f"--tasks must be >= 1, got {args.tasks}")
+    _args.at_least("tasks", args.tasks, 1)
+    _args.at_least("inner_steps", args.inner_steps, 0)
+    steps = parse_steps(args.steps) if args.steps is not None else None
     try:
         state = load_checkpoint(args.checkpoint)
+        cfg = run_config(state, args.checkpoint)
     except CheckpointError as err:
         raise CommandError(str(err)) from None
-    cfg = json.loads(state["config"])
+    ckpt = Path(args.checkpoint)
+    run_dir = ckpt if ckpt.is_dir() else ckpt.parent
+    out = Path(args.out) if args.out else run_dir / "eval.json"
+    if out.is_dir():
+        raise CommandError(f"--out {str(out)!r} is a folder; give a file name")
+    _args.writable_dir("--out" if args.out else "the run folder", out.parent)
     if args.data_root is not None:
         cfg["data_root"] = args.data_root
     if args.cache_dir is not None:
         cfg["cache_dir"] = args.cache_dir
     cfg["download"] = False
     main_steps = args.inner_steps if args.inner_steps is not None else cfg["eval_inner_steps"]
-    steps = parse_steps(args.steps) if args.steps else sorted(set(range(11)) | {main_steps})
-    if main_steps not in steps:
-        steps = sorted(set(steps) | {main_steps})
+    steps = sorted(set(steps or range(11)) | {main_steps})
     try:
         exp = build(cfg, eval_split=args.split)
         exp.learner.load_state_dict(state["learner"])
     except (OmniglotError, SamplerError, AlgorithmUnavailable, ValueError, TypeError, RuntimeError) as err:
-        raise CommandError(str(err)) from None
+        raise CommandError(str(err).strip().splitlines()[0]) from None
+    except KeyError as err:
+        raise CommandError(f"the checkpoint's config lacks {err}") from None
     tasks = exp.eval_tasks
     seed = args.seed if args.seed is not None else cfg["seed"] + 2
     tasks.generator.manual_seed(seed)
@@ -92,14 +102,11 @@ def run(args) -> int:
     wall = time.perf_counter() - start
     main = next(c for c in result["curve"] if c["inner_steps"] == main_steps)
     result.update(mean=main["mean"], ci95=main["ci95"], loss=main["loss"], inner_steps=main_steps)
-    ckpt = Path(args.checkpoint)
-    run_dir = ckpt if ckpt.is_dir() else ckpt.parent
-    out = Path(args.out) if args.out else run_dir / "eval.json"
     record = {"checkpoint": str(ckpt), "iteration": int(state["iteration"]), "split": args.split, "seed": seed,
               "task": cfg["task"], "algo": cfg["algo"], "n_way": cfg.get("n_way"), "k_shot": cfg["k_shot"],
               "wall_s": round(wall, 2), **result}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     what = "accuracy" if exp.metric == "accuracy" else "query MSE"
     print(f"{cfg['task']} {cfg['algo']} (iteration {state['iteration']}), {args.tasks} {args.split} tasks:")
     for c in result["curve"]:
@@ -108,4 +115,9 @@ def run(args) -> int:
                  else "diverged (not finite on some task)")
         print(f"  {c['inner_steps']:3d} inner steps: {what} {score}{mark}")
     print(f"wrote {out} ({wall:.0f} s)")
+    if not math.isfinite(main["mean"]):
+        print(f"fastmaml eval: error: the model diverged on some task at {main_steps} inner steps (a NaN or "
+              f"infinite query loss); the run's inner learning rate {cfg['inner_lr']} is probably too large",
+              file=sys.stderr)
+        return 1
     return 0

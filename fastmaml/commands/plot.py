@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from pathlib import Path
 
 from fastmaml.cli import CommandError
+from fastmaml.commands import _args
 
 
 def add_parser(subparsers) -> None:
@@ -29,17 +32,24 @@ def run(args) -> int:
     if not run_dir.is_dir():
         raise CommandError(f"run folder {str(run_dir)!r} does not exist")
     out_dir = Path(args.out_dir) if args.out_dir else run_dir
+    _args.writable_dir("--out-dir" if args.out_dir else "the run folder", out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    made = [plots.learning_curves(run_dir, out_dir / "learning_curves.png"),
-            plots.steps_curve(run_dir, out_dir / "inner_steps.png")]
-    if (run_dir / "checkpoint.pt").is_file():
+    # drawn into a temporary folder and moved into place only when every figure could be drawn
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".plot-") as tmp:
+        tmp = Path(tmp)
         try:
-            made.append(plots.sine_adaptation(run_dir, out_dir / "sine_adaptation.png"))
-        except CheckpointError as err:
+            made = [plots.learning_curves(run_dir, tmp / "learning_curves.png"),
+                    plots.steps_curve(run_dir, tmp / "inner_steps.png")]
+            if (run_dir / "checkpoint.pt").is_file():
+                made.append(plots.sine_adaptation(run_dir, tmp / "sine_adaptation.png"))
+        except (CheckpointError, plots.PlotError) as err:
             raise CommandError(str(err)) from None
-    made = [m for m in made if m is not None]
-    if not made:
-        raise CommandError(f"{run_dir} has nothing to plot (no metrics.jsonl, eval.json or sine checkpoint)")
-    for m in made:
-        print(f"wrote {m}")
+        except KeyError as err:
+            raise CommandError(f"the checkpoint's config lacks {err}") from None
+        made = [m for m in made if m is not None]
+        if not made:
+            raise CommandError(f"{run_dir} has nothing to plot (no metrics.jsonl, eval.json or sine checkpoint)")
+        for m in made:
+            os.replace(m, out_dir / m.name)
+            print(f"wrote {out_dir / m.name}")
     return 0

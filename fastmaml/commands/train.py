@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import time
 from pathlib import Path
 
 from fastmaml.cli import CommandError
+from fastmaml.commands import _args
 
 EPILOG = """\
 defaults (Finn et al. 2017; a flag overrides its default):
@@ -45,8 +46,10 @@ def add_parser(subparsers) -> None:
                                   "l2f, alfa, imaml (default: maml)")
     p.add_argument("--run-dir", help="output folder (default: runs/<task>-<algo>[-<N>way<K>shot])")
     p.add_argument("--resume", action="store_true",
-                   help="continue RUN_DIR/checkpoint.pt with the config saved in it (only --iterations, "
-                        "--eval-every, --no-progress may change)")
+                   help="continue RUN_DIR/checkpoint.pt with the config saved in it: only --iterations and "
+                        "--eval-every (and the logging options) may change; another option given with a "
+                        "different value (e.g. --meta-lr) is refused, since the run would no longer be the "
+                        "one saved: start a new run from its weights with --init-from instead")
     p.add_argument("--init-from", metavar="CHECKPOINT",
                    help="start a new run from the meta-parameters of a checkpoint (a run folder or .pt file) of the "
                         "same task and algorithm; the optimizer, RNGs and iteration count start afresh")
@@ -88,7 +91,7 @@ def add_parser(subparsers) -> None:
     e.add_argument("--eval-tasks", type=int, help="tasks per evaluation (default 600)")
     e.add_argument("--eval-inner-steps", type=int, help="inner steps at evaluation")
     e.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default --eval-every)")
-    e.add_argument("--log-every", type=int, default=10, help="iterations per train-loss record (default 10)")
+    e.add_argument("--log-every", type=int, help="iterations per train-loss record (default 10)")
     e.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard (needs tensorboard)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -98,11 +101,6 @@ CONFIG_KEYS = ("task", "algo", "iterations", "meta_batch", "meta_lr", "meta_opti
                "first_order", "batching", "grad_clip", "seed", "device", "n_way", "k_shot", "q_query", "data_root",
                "download", "cache_dir", "omniglot_split", "eval_every", "eval_tasks", "eval_inner_steps",
                "augment_shift", "augment_rotate", "augment_scale")
-
-
-def positive(name: str, value, low: int = 1) -> None:
-    if value is not None and value < low:
-        raise CommandError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
 
 def config_from_args(args) -> dict:
@@ -131,19 +129,52 @@ def config_from_args(args) -> dict:
     if task == "sine" and args.n_way is not None:
         raise CommandError("--n-way applies to --task omniglot only")
     for key in ("iterations", "meta_batch", "k_shot", "eval_every", "eval_tasks", "n_way"):
-        positive(key, cfg.get(key), 0 if key == "iterations" else 1)
+        _args.at_least(key, cfg.get(key), 0 if key == "iterations" else 1)
     for key in ("q_query", "inner_steps", "eval_inner_steps"):
-        positive(key, cfg.get(key), 0 if key != "q_query" or task == "omniglot" else 1)
+        _args.at_least(key, cfg.get(key), 0 if key != "q_query" or task == "omniglot" else 1)
+    if task == "omniglot" and cfg["n_way"] < 2:
+        raise CommandError(f"--n-way must be >= 2 (a classification task), got {cfg['n_way']}")
     for key in AUGMENT_KEYS:
-        if cfg.get(key) is not None and not cfg[key] >= 0:
-            raise CommandError(f"--{key.replace('_', '-')} must be >= 0, got {cfg[key]}")
+        _args.number(key, cfg.get(key))
         if cfg.get(key) and task != "omniglot":
             raise CommandError(f"--{key.replace('_', '-')} applies to --task omniglot only")
     if cfg["q_query"] < 1 and algo != "reptile":
         raise CommandError(f"--q-query must be >= 1 for {algo} (its outer loss is on the query set)")
     for key in ("inner_lr", "meta_lr"):
-        if not cfg[key] >= 0:
-            raise CommandError(f"--{key.replace('_', '-')} must be >= 0, got {cfg[key]}")
+        _args.number(key, cfg[key])
+    _args.number("grad_clip", cfg.get("grad_clip"), strict=True)  # 0 zeroes the meta-gradient, < 0 ascends
+    return cfg
+
+
+def check_logging(args) -> None:
+    """The options that are not part of the config (and may change on --resume)."""
+    for key in ("log_every", "checkpoint_every", "eval_every", "threads"):
+        _args.at_least(key, getattr(args, key), 1)
+    _args.at_least("iterations", args.iterations, 0)
+
+
+def resume_config(args, cfg: dict) -> dict:
+    """The saved config with --iterations / --eval-every applied. Any other option of the config
+    given with a different value is refused: a resumed run continues the run it was (its rates,
+    optimizer state and RNGs), bit-identically; `--init-from RUN_DIR` starts a new run instead."""
+    changed = []
+    for key in CONFIG_KEYS:
+        value = getattr(args, key, None)
+        if value is None or key in ("iterations", "eval_every"):
+            continue
+        if key in ("data_root", "cache_dir"):
+            value = str(Path(value).expanduser().absolute())
+        if value != cfg.get(key):
+            changed.append(f"{_args.flag(key)} {value} (saved: {cfg.get(key)})")
+    if args.algo_arg and parse_algo_args(args.algo_arg) != cfg.get("algo_args"):
+        changed.append(f"--algo-arg (saved: {cfg.get('algo_args')})")
+    if changed:
+        raise CommandError(f"--resume continues the saved run and cannot change {', '.join(changed)}; only "
+                           f"--iterations and --eval-every may change (start a new run from its weights with "
+                           f"--init-from {args.run_dir} to change the rest)")
+    for key in ("iterations", "eval_every"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
     return cfg
 
 
@@ -169,13 +200,17 @@ def default_run_dir(cfg: dict) -> str:
     return str(Path("runs") / name)
 
 
-def init_from(learner, path: str) -> int:
+def init_from(learner, path: str, cfg: dict) -> int:
     """Load a checkpoint's meta-parameters (and buffers) into `learner`, which they must fit exactly;
-    returns the checkpoint's iteration."""
-    from fastmaml.train.checkpoint import CheckpointError, load_checkpoint
+    the checkpoint must be of the same task and algorithm as `cfg`. Returns its iteration."""
+    from fastmaml.train.checkpoint import CheckpointError, load_checkpoint, run_config
 
     try:
         state = load_checkpoint(path)
+        source = run_config(state, path)
+        if (source.get("task"), source.get("algo")) != (cfg["task"], cfg["algo"]):
+            raise CommandError(f"--init-from {path}: a {source.get('task')} {source.get('algo')} checkpoint; this run "
+                               f"is {cfg['task']} {cfg['algo']}: --init-from takes a run of the same task and algorithm")
         learner.load_state_dict(state["learner"])
         return int(state["iteration"])
     except CheckpointError as err:
@@ -189,8 +224,7 @@ def init_from(learner, path: str) -> int:
 def set_threads(threads: int | None) -> None:
     if threads is None:
         return
-    if threads < 1:
-        raise CommandError(f"--threads must be >= 1, got {threads}")
+    _args.at_least("threads", threads, 1)
     import torch
 
     torch.set_num_threads(threads)
@@ -200,10 +234,11 @@ def run(args) -> int:
     from fastmaml.tasks.omniglot import OmniglotError
     from fastmaml.tasks.sampler import SamplerError
     from fastmaml.train import MetaTrainer, TrainingDiverged
-    from fastmaml.train.checkpoint import CheckpointError, load_checkpoint
+    from fastmaml.train.checkpoint import CheckpointError, load_checkpoint, run_config
     from fastmaml.train.experiment import build
     from fastmaml.train.registry import AlgorithmUnavailable
 
+    check_logging(args)
     set_threads(args.threads)
     if args.resume:
         if args.init_from:
@@ -212,12 +247,9 @@ def run(args) -> int:
             raise CommandError("--resume needs --run-dir (the run to continue)")
         try:
             state = load_checkpoint(args.run_dir)
+            cfg = resume_config(args, run_config(state, args.run_dir))
         except CheckpointError as err:
             raise CommandError(str(err)) from None
-        cfg = json.loads(state["config"])
-        for key in ("iterations", "eval_every"):
-            if getattr(args, key) is not None:
-                cfg[key] = getattr(args, key)
         del state
     else:
         cfg = config_from_args(args)
@@ -226,6 +258,10 @@ def run(args) -> int:
     run_dir = args.run_dir or default_run_dir(cfg)
     if not args.resume and (Path(run_dir) / "checkpoint.pt").exists():
         raise CommandError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --run-dir")
+    _args.device(cfg.get("device"))
+    _args.writable_dir("--run-dir", run_dir)
+    for key, default in (("log_every", 10), ("checkpoint_every", None)):  # kept by a resumed run unless given
+        cfg[key] = getattr(args, key) if getattr(args, key) is not None else cfg.get(key, default)
     if args.tensorboard:
         from fastmaml.train.metrics import tensorboard_available
 
@@ -244,26 +280,30 @@ def run(args) -> int:
         exp = build(cfg)
     except (OmniglotError, SamplerError, AlgorithmUnavailable, ValueError, TypeError) as err:
         raise CommandError(str(err)) from None
+    except KeyError as err:  # a hand-edited or foreign config
+        raise CommandError(f"the run's config lacks {err}") from None
     if args.init_from:
-        cfg["init_from_iteration"] = init_from(exp.learner, args.init_from)
+        cfg["init_from_iteration"] = init_from(exp.learner, args.init_from, cfg)
     trainer = MetaTrainer(
         exp.learner, exp.train_tasks, exp.loss_fn, metric=exp.metric, optimizer=exp.optimizer(),
         meta_batch=cfg["meta_batch"], iterations=cfg["iterations"], eval_tasks=exp.eval_tasks,
         eval_every=cfg["eval_every"], eval_num_tasks=cfg["eval_tasks"], eval_steps=cfg["eval_inner_steps"],
-        run_dir=run_dir, checkpoint_every=args.checkpoint_every, log_every=args.log_every, config=cfg,
+        run_dir=run_dir, checkpoint_every=cfg["checkpoint_every"], log_every=cfg["log_every"], config=cfg,
         progress=not args.no_progress, tensorboard=args.tensorboard, grad_clip=cfg.get("grad_clip"),
         device=cfg.get("device"), dist=ctx)
     start = time.perf_counter()
     try:
         summary = trainer.fit(resume=args.resume)
-    except TrainingDiverged as err:
+    except (TrainingDiverged, CheckpointError) as err:
         raise CommandError(str(err)) from None
     finally:
         ctx.destroy()
     wall = time.perf_counter() - start
     last = summary["last_eval"]
     if last is not None and ctx.is_main:
-        print(f"iteration {summary['iteration']}: {last['metric']} {last['mean']:.4f} +- {last['ci95']:.4f} "
+        score = (f"{last['mean']:.4f} +- {last['ci95']:.4f}" if math.isfinite(last["mean"])
+                 else "diverged (not finite on some task)")
+        print(f"iteration {summary['iteration']}: {last['metric']} {score} "
               f"(95% CI, {last['tasks']} tasks, {last['inner_steps']} inner steps); {wall:.0f} s; "
               f"checkpoint {summary['checkpoint']}")
     return 0

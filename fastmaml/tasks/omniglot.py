@@ -18,6 +18,8 @@ Rotations by multiples of 90 degrees make new classes (Santoro et al., 2016; Fin
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import io
 import os
@@ -26,6 +28,7 @@ import tempfile
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +209,17 @@ def _decode(data: bytes, size: int) -> Tensor:
     return 255 - pixels  # strokes 1, paper 0
 
 
+def _decode_member(source: Path, zf: zipfile.ZipFile | None, member: str, size: int) -> Tensor:
+    """One image of a folder (`member` a path) or a zip (`member` a member name); an unreadable
+    or undecodable image is an OmniglotError naming it."""
+    where = member if zf is None else f"{member} in {source}"
+    try:
+        return _decode(Path(member).read_bytes() if zf is None else zf.read(member), size)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # PIL's errors are OSErrors
+        raise OmniglotError(f"cannot read the Omniglot image {where!r}: {type(err).__name__}: {err}; "
+                            f"the file is corrupt: restore it (or fetch the set again with --download)") from err
+
+
 def _parse(relpath: str) -> tuple[str, str] | None:
     """('Alphabet', 'characterNN') of `<set>/<Alphabet>/<characterNN>/<file>.png`, else None."""
     parts = [p for p in relpath.replace("\\", "/").split("/") if p]
@@ -248,12 +262,34 @@ def _signature(source: Path) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files of `path` (".<name>.<pid>.*.tmp") left by writers that were
+    killed mid-write; those of a live process (same host) are its writes in progress."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].partition(".")[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """torch.save to a temporary file in the same folder, then os.replace: readers see the old
-    file or the complete new one, never a partial one."""
+    file or the complete new one, never a partial one. Temporaries of killed writers are removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -281,13 +317,13 @@ def load_set(source: Path, image_size: int = 28, cache_dir: str | os.PathLike | 
     characters = sorted({f"{a}/{c}" for a, c, _ in members})
     index = {name: i for i, name in enumerate(characters)}
     images = torch.empty(len(members), image_size, image_size, dtype=torch.uint8)
-    if source.is_dir():
-        for i, (_, _, path) in enumerate(members):
-            images[i] = _decode(Path(path).read_bytes(), image_size)
-    else:
-        with zipfile.ZipFile(source) as zf:
-            for i, (_, _, name) in enumerate(members):
-                images[i] = _decode(zf.read(name), image_size)
+    try:
+        zf = None if source.is_dir() else zipfile.ZipFile(source)
+        with zf or contextlib.nullcontext():
+            for i, (_, _, member) in enumerate(members):
+                images[i] = _decode_member(source, zf, member, image_size)
+    except zipfile.BadZipFile as err:
+        raise OmniglotError(f"{str(source)!r} is not a readable zip file ({err})") from err
     data = {
         "version": CACHE_VERSION,
         "images": images,

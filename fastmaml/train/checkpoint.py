@@ -4,7 +4,9 @@ CUDA, numpy, python's random, each task sampler) so a resumed run continues bit-
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from fastmaml.tasks.omniglot import atomic_save
 
 FORMAT = "fastmaml-checkpoint"
 VERSION = 1
+REQUIRED = ("iteration", "learner", "config")  # what `fastmaml eval` needs; resuming needs the rest too
+CONFIG_REQUIRED = ("task", "algo", "seed", "k_shot", "q_query", "inner_lr", "inner_steps", "eval_inner_steps")
 
 
 class CheckpointError(Exception):
@@ -36,13 +40,30 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"no checkpoint at {str(path)!r}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {type(err).__name__}: {err}") from err
+    except Exception as err:  # torch's unpickling errors run over many lines: the gist only
+        gist = "it holds objects other than tensors and plain data (refused: loading them could run code)" \
+            if isinstance(err, pickle.UnpicklingError) else " ".join(str(err).split())[:300]
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {type(err).__name__}: {gist}") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a fastmaml checkpoint")
     if state.get("version") != VERSION:
         raise CheckpointError(f"{str(path)!r} has checkpoint version {state.get('version')}, this fastmaml reads {VERSION}")
+    missing = [key for key in REQUIRED if key not in state]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} is incomplete: it lacks {missing}")
     return state
+
+
+def run_config(state: dict, path: str | os.PathLike) -> dict:
+    """The `fastmaml train` config saved in a checkpoint, checked to hold what the commands read."""
+    try:
+        config = json.loads(state["config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{str(path)!r} holds an unreadable config ({err})") from None
+    lacking = [key for key in CONFIG_REQUIRED if key not in config] if isinstance(config, dict) else CONFIG_REQUIRED
+    if lacking:
+        raise CheckpointError(f"{str(path)!r} was not written by `fastmaml train`: its config lacks {list(lacking)}")
+    return config
 
 
 def rng_state() -> dict:

@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from fastmaml.tasks.omniglot import remove_stale_temporaries
+
 CSV_FIELDS = {
     "train": ("iteration", "loss", "elapsed_s", "iterations_per_s"),
     "eval": ("iteration", "split", "metric", "mean", "ci95", "loss", "tasks", "inner_steps", "elapsed_s"),
@@ -43,18 +45,21 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         line = line.strip()
         if line:
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(line)
+            except ValueError:
                 continue  # a line cut short by a crash
+            if isinstance(record, dict):
+                records.append(record)
     return records
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def atomic_write_text(path: Path, text: str) -> None:
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -94,12 +99,12 @@ class MetricsLogger:
             return
         kept = [r for r in read_jsonl(self.jsonl) if r.get("iteration", 0) <= iteration]
         self.records = kept
-        _atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept))
         for kind, fields in CSV_FIELDS.items():
             rows = [r for r in kept if r.get("kind") == kind]
             path = self.run_dir / f"{kind}.csv"
             if path.exists() or rows:
-                _atomic_write_text(path, _csv_text(fields, rows, header=True))
+                atomic_write_text(path, _csv_text(fields, rows, header=True))
 
     def log(self, record: dict) -> None:
         self.records.append(record)

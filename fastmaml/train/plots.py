@@ -12,6 +12,10 @@ import torch
 from fastmaml.train.metrics import read_jsonl
 
 
+class PlotError(Exception):
+    """A run file that cannot be drawn (not JSON, or not what `fastmaml train`/`eval` write); names it."""
+
+
 def _pyplot():
     import matplotlib
 
@@ -25,8 +29,10 @@ def learning_curves(run_dir: str | os.PathLike, out: str | os.PathLike | None = 
     """Train loss and periodic evaluation (mean with its 95% CI band) against iterations."""
     run_dir = Path(run_dir)
     records = read_jsonl(run_dir / "metrics.jsonl")
-    train = [r for r in records if r.get("kind") == "train"]
-    evals = [r for r in records if r.get("kind") == "eval"]
+    # records without the fields drawn are skipped, like lines cut short by a crash
+    train = [r for r in records if r.get("kind") == "train" and _numbers(r, "iteration", "loss")]
+    evals = [r for r in records if r.get("kind") == "eval" and _numbers(r, "iteration", "mean", "ci95", "tasks")
+             and isinstance(r.get("metric"), str)]
     if not train and not evals:
         return None
     plt = _pyplot()
@@ -64,10 +70,18 @@ def steps_curve(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
     path = run_dir / "eval.json"
     if not path.is_file():
         return None
-    result = json.loads(path.read_text())
-    curve = result.get("curve") or []
+    try:
+        result = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise PlotError(f"{str(path)!r} is not valid JSON ({err}); rerun `fastmaml eval` to rewrite it") from None
+    curve = result.get("curve") if isinstance(result, dict) else None
     if not curve:
         return None
+    if not (isinstance(curve, list) and all(isinstance(c, dict) and _numbers(c, "inner_steps", "mean", "ci95")
+                                            for c in curve) and _numbers(result, "tasks")
+            and isinstance(result.get("metric"), str) and isinstance(result.get("split"), str)):
+        raise PlotError(f"{str(path)!r} is not a `fastmaml eval` result (its curve or fields are malformed); "
+                        f"rerun `fastmaml eval` to rewrite it")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     ax.errorbar([c["inner_steps"] for c in curve], [c["mean"] for c in curve], yerr=[c["ci95"] for c in curve],
@@ -89,12 +103,12 @@ def sine_adaptation(run_dir: str | os.PathLike, out: str | os.PathLike | None = 
                     steps: tuple[int, ...] = (1, 10), seed: int = 7) -> Path | None:
     """The MAML paper's Figure 2: K support points of a few sine tasks, the true curve, and the
     meta-learned model before and after adaptation."""
-    from fastmaml.train.checkpoint import load_checkpoint
+    from fastmaml.train.checkpoint import load_checkpoint, run_config
     from fastmaml.train.experiment import build
 
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir)
-    cfg = json.loads(state["config"])
+    cfg = run_config(state, run_dir)
     if cfg["task"] != "sine":
         return None
     exp = build(cfg, need_train=False)
@@ -135,7 +149,16 @@ def _title(run_dir: Path) -> str:
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         return run_dir.name
-    cfg = json.loads(cfg_path.read_text())
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return run_dir.name  # the title only: an unreadable config.json does not stop the figures
+    if not isinstance(cfg, dict):
+        return run_dir.name
     what = f"{cfg.get('n_way')}-way {cfg.get('k_shot')}-shot Omniglot" if cfg.get("task") == "omniglot" else \
         f"sine K={cfg.get('k_shot')}"
     return f"{cfg.get('algo')}{' (first order)' if cfg.get('first_order') else ''}, {what}"
+
+
+def _numbers(record: dict, *keys: str) -> bool:
+    return all(isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool) for k in keys)

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from fastmaml import distributed
 from fastmaml.train.checkpoint import (
+    CheckpointError,
     load_checkpoint,
     load_sampler_state,
     rng_state,
@@ -43,7 +44,7 @@ from fastmaml.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from fastmaml.train.metrics import MetricsLogger, mean_ci95
+from fastmaml.train.metrics import MetricsLogger, atomic_write_text, mean_ci95
 
 METRICS = ("accuracy", "mse")
 
@@ -107,9 +108,14 @@ def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_ta
     """Adapt to `num_tasks` tasks from `tasks` and score the query sets: {"metric", "mean", "ci95",
     "loss", "tasks", "inner_steps"} (95% interval over tasks). `steps` may be a list, giving also
     "curve": one {"inner_steps", "mean", "ci95", "loss"} per entry (the iterates of one inner loop).
-    Adaptation is first order (no graph is kept); the learner's buffers are restored afterwards."""
+    Adaptation is first order (no graph is kept); the learner's buffers are restored afterwards.
+    A task whose query loss or output is NaN/inf has diverged: it scores NaN, so the mean is NaN
+    (shown as "diverged"), never a chance-level accuracy."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    for name, value in (("num_tasks", num_tasks), ("batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     default = learner.inner_steps
     step_list = [default] if steps is None else ([steps] if isinstance(steps, int) else sorted(set(steps)))
     if not step_list or min(step_list) < 0:
@@ -135,8 +141,11 @@ def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_ta
                     for s in step_list:
                         phi = {k: v.detach() for k, v in trajectory[s].items()}
                         out = learner(qx[t], phi)
-                        scores[s].append(query_metric(metric, out, qy[t]))
-                        losses[s].append(float(loss_fn(out, qy[t])))
+                        loss = float(loss_fn(out, qy[t]))
+                        # a diverged task (NaN/inf loss) scores NaN: argmax of NaN outputs is no accuracy
+                        finite = math.isfinite(loss) and bool(torch.isfinite(out).all())
+                        scores[s].append(query_metric(metric, out, qy[t]) if finite else math.nan)
+                        losses[s].append(loss)
             done += n
     finally:
         with torch.no_grad():
@@ -188,6 +197,13 @@ class MetaTrainer:
                                  ("epoch_length", epoch_length, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if grad_clip is not None and (isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float))
+                                      or not math.isfinite(grad_clip) or grad_clip <= 0):
+            # clip_grads_with_norm_ scales by grad_clip / norm: 0 zeroes every gradient, < 0 flips it (ascent)
+            raise ValueError(f"grad_clip must be a finite number > 0 (or None: no clipping), got {grad_clip!r}")
+        if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+                                             or checkpoint_every < 1):
+            raise ValueError(f"checkpoint_every must be an int >= 1 (or None: eval_every), got {checkpoint_every!r}")
         self.learner, self.train_tasks, self.loss_fn, self.metric = learner, train_tasks, loss_fn, metric
         self.optimizer = optimizer or torch.optim.Adam(learner.parameters(), lr=meta_lr)
         self.meta_batch, self.iterations = meta_batch, iterations
@@ -247,7 +263,13 @@ class MetaTrainer:
     def resume(self, path: str | os.PathLike | None = None) -> int:
         """Load a checkpoint (default run_dir/checkpoint.pt); returns its iteration."""
         path = Path(path) if path is not None else self.checkpoint_path
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        state = load_checkpoint(path, map_location=self.device)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:  # a state that does not fit this run
+            detail = " ".join(line.strip() for line in str(err).strip().splitlines()[:3])
+            raise CheckpointError(f"{str(path)!r} does not fit this run (model, optimizer or samplers differ, "
+                                  f"or it lacks an entry): {type(err).__name__}: {detail}") from err
         self.last_checkpoint = (Path(path), self.iteration)
         return self.iteration
 
@@ -306,6 +328,22 @@ class MetaTrainer:
         raise TrainingDiverged(f"{what} is {value} at iteration {self.iteration + 1}; training stopped "
                                f"and nothing was saved for it; {where}")
 
+    def _eval_due(self, main: bool) -> bool:
+        """Whether this iteration's evaluation is still to do (also after a resume whose checkpoint
+        was saved by an interrupt during that evaluation)."""
+        at = self.iteration > 0 and (self.iteration % self.eval_every == 0 or self.iteration == self.iterations)
+        done = self.last_eval is not None and self.last_eval["iteration"] == self.iteration
+        return self.eval_tasks is not None and main and at and not done
+
+    def _evaluate_and_log(self, start: float, bar) -> None:
+        result = self.evaluate()
+        self.last_eval = {"iteration": self.iteration, **result}
+        self.logger.log({"kind": "eval", "iteration": self.iteration, "split": "eval",
+                         "elapsed_s": round(time.perf_counter() - start, 3), **result})
+        if bar is not None:
+            score = f"{result['mean']:.4f} +- {result['ci95']:.4f}" if math.isfinite(result["mean"]) else "diverged"
+            bar.write(f"iteration {self.iteration}: {self.metric} {score} over {result['tasks']} tasks")
+
     def fit(self, resume: bool = False) -> dict:
         """Train up to `iterations` meta-steps; with resume=True continue from run_dir/checkpoint.pt
         when it exists. Returns {"iteration", "last_eval", "checkpoint", "wall_s"}."""
@@ -317,7 +355,7 @@ class MetaTrainer:
         self.logger = MetricsLogger(run_dir, self.tensorboard and main)
         if run_dir is not None:
             self.logger.truncate_after(self.iteration)
-            (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
+            atomic_write_text(self.run_dir / "config.json", json.dumps(self.config, indent=2) + "\n")
         self.learner.train()
         start = time.perf_counter()
         window, window_start, window_t = [], self.iteration, time.perf_counter()
@@ -329,6 +367,8 @@ class MetaTrainer:
                        dynamic_ncols=True, mininterval=1.0 if os.isatty(2) else 30.0)
         with _sigterm_interrupts():
             try:
+                if self._eval_due(main):  # an evaluation cut short by an interrupt is redone on resume
+                    self._evaluate_and_log(start, bar)
                 while self.iteration < self.iterations:
                     snapshot = (rng_state(), sampler_state(self.train_tasks))
                     begun = self.iteration
@@ -353,14 +393,8 @@ class MetaTrainer:
                                          "elapsed_s": round(now - start, 3),
                                          "iterations_per_s": round((self.iteration - window_start) / max(now - window_t, 1e-9), 3)})
                         window, window_start, window_t = [], self.iteration, now
-                    if self.eval_tasks is not None and main and (self.iteration % self.eval_every == 0 or done):
-                        result = self.evaluate()
-                        self.last_eval = {"iteration": self.iteration, **result}
-                        self.logger.log({"kind": "eval", "iteration": self.iteration, "split": "eval",
-                                         "elapsed_s": round(time.perf_counter() - start, 3), **result})
-                        if bar is not None:
-                            bar.write(f"iteration {self.iteration}: {self.metric} {result['mean']:.4f} "
-                                      f"+- {result['ci95']:.4f} over {result['tasks']} tasks")
+                    if self._eval_due(main):
+                        self._evaluate_and_log(start, bar)
                     if run_dir is not None and (self.iteration % self.checkpoint_every == 0 or done):
                         self.save()
             except KeyboardInterrupt:

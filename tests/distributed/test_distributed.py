@@ -161,6 +161,63 @@ def test_a_rank_that_raises_fails_the_job_quickly():
     assert "finished without noticing" not in out
 
 
+@pytest.mark.slow
+def test_a_frozen_rank_ends_the_job_in_bounded_time():
+    """SIGSTOP freezes rank 1 whole (its heartbeat too): rank 0 sees its heartbeat stop after
+    $FASTMAML_HEARTBEAT_TIMEOUT and exits, long before the collective timeout (600 s here); torchrun
+    then ends the job (SIGTERM, and SIGKILL for the frozen rank after its 30 s grace)."""
+    env = _env(FASTMAML_DIST_TIMEOUT="600", FASTMAML_HEARTBEAT_TIMEOUT="3")
+    rc, out, wall = _run(TORCHRUN + [str(HERE / "_fail.py"), "stop"], timeout=120, env=env)
+    assert rc != 0, out[-4000:]
+    assert "rank 0 of 2: rank 1 has not answered for" in out, out[-4000:]
+    assert wall < 100, wall
+
+
+def test_a_killed_rank_ends_the_job_quickly():
+    rc, out, wall = _run(TORCHRUN + [str(HERE / "_fail.py"), "kill"], timeout=90)
+    assert rc != 0 and "finished without noticing" not in out, out[-4000:]
+    assert "Signal 9 (SIGKILL) received by PID" in out or "exitcode  : -9" in out, out[-4000:]
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_saves_a_checkpoint_that_resumes(tmp_path):
+    """SIGTERM to the launcher (a scheduler's preemption): it forwards SIGTERM to the ranks, rank 0
+    saves the last completed iteration, and a one-process --resume finishes the run."""
+    from fastmaml.cli import main
+    from fastmaml.train.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    args = ["train", "--task", "sine", "--iterations", "100000", "--meta-batch", "4", "--eval-every", "100000",
+            "--eval-tasks", "2", "--no-progress", "--batching", "loop", "--run-dir", str(run)]
+    proc = subprocess.Popen(TORCHRUN + ["-m", "fastmaml"] + args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        log = run / "metrics.jsonl"  # a train record every 10 iterations
+        while not (log.exists() and '"train"' in log.read_text()) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        out, _ = proc.communicate(timeout=90)
+        wall = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode != 0 and wall < 60, (wall, out[-4000:])
+    saved = load_checkpoint(run)["iteration"]
+    assert saved >= 10 and "interrupted: checkpoint of iteration" in out, out[-4000:]
+    assert not list(run.glob(".*.tmp"))
+    assert main(["train", "--resume", "--run-dir", str(run), "--iterations", str(saved + 2), "--no-progress"]) == 0
+    assert load_checkpoint(run)["iteration"] == saved + 2
+
+
+def test_heartbeat_timeout_must_be_a_number(monkeypatch):
+    monkeypatch.setenv(distributed.HEARTBEAT_ENV, "-1")
+    with pytest.raises(ValueError, match="FASTMAML_HEARTBEAT_TIMEOUT must be a number of seconds >= 0"):
+        distributed._start_heartbeat(0, 2)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

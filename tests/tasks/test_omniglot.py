@@ -165,3 +165,31 @@ def test_real_small_split_by_alphabet():
     assert not set(train.alphabets) & set(test.alphabets)
     assert train.images.shape[1:] == (1, 28, 28)
     assert 0.03 < float(train.images.mean()) < 0.2  # thin strokes on blank paper
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "truncated"])
+def test_a_corrupt_image_in_a_folder_is_named(tmp_path, cache, damage):
+    source = make_set(tmp_path, "images_background_small1", {"Alpha": 1}, as_zip=False)
+    bad = source / "Alpha" / "character01" / "0001_02.png"
+    data = bad.read_bytes()
+    bad.write_bytes({"garbage": b"not a png at all", "empty": b"", "truncated": data[: len(data) // 2]}[damage])
+    with pytest.raises(og.OmniglotError, match=r"cannot read the Omniglot image '.*0001_02.png'.*the file is corrupt"):
+        og.Omniglot.load(["images_background_small1"], root=tmp_path)
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_a_bit_flipped_zip_member_is_named(tmp_path, cache, compression):
+    archive = tmp_path / "images_background_small1.zip"
+    name = "images_background_small1/Alpha/character01/0001_01.png"
+    with zipfile.ZipFile(archive, "w", compression=compression) as zf:
+        zf.writestr(name, png(1))
+        zf.writestr("images_background_small1/Alpha/character01/0001_02.png", png(2))
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo(name)
+    raw = bytearray(archive.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[start + info.compress_size // 2] ^= 0xFF  # one byte in the middle of the member's data
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(og.OmniglotError, match=rf"cannot read the Omniglot image '{name} in .*images_background_small1"
+                                               rf"\.zip'"):
+        og.Omniglot.load(["images_background_small1"], root=tmp_path)

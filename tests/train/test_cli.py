@@ -149,7 +149,9 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path, capsys)
     fails(capsys, ["train", *SINE_TINY, "--init-from", str(tmp_path / "none"), "--run-dir", str(tmp_path / "a")],
           "--init-from: no checkpoint")
     fails(capsys, ["train", *SINE_TINY, "--algo", "metasgd", "--init-from", str(source), "--run-dir",
-                   str(tmp_path / "b")], "do not fit this model and algorithm")
+                   str(tmp_path / "b")], "a sine maml checkpoint; this run is sine metasgd")
+    fails(capsys, ["train", *SINE_TINY, "--algo", "anil", "--init-from", str(source), "--run-dir",
+                   str(tmp_path / "c")], "same task and algorithm")  # its parameters would fit: still refused
 
 
 def test_augment_options(tmp_path, capsys, omniglot_root):
@@ -158,7 +160,7 @@ def test_augment_options(tmp_path, capsys, omniglot_root):
     fails(capsys, ["train", *SINE_TINY, "--augment-shift", "2", "--run-dir", str(tmp_path / "a")],
           "--augment-shift applies to --task omniglot only")
     fails(capsys, ["train", "--task", "omniglot", "--augment-rotate", "-5", "--run-dir", str(tmp_path / "b")],
-          "--augment-rotate must be >= 0")
+          "--augment-rotate must be a finite number >= 0")
     cfg = {**defaults("omniglot"), "data_root": str(omniglot_root), "augment_shift": 2.0, "augment_rotate": 10.0}
     exp = build(cfg)
     assert repr(exp.train_tasks.transform) == "RandomAffine(shift=2, rotate=10, scale=0)"
