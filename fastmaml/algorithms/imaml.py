@@ -159,7 +159,9 @@ class IMAML(MetaLearner):
 
         def grad_at(point):
             def grad_of(p, x, y, b):
-                return torch.func.grad(lambda q: self.support_loss({**rest, **q}, x, y, loss_fn, b, self.inner_steps))(p)
+                # b is an input, not a capture: batch norm updates it in place (on the scratch copy)
+                return torch.func.grad(lambda q, b: self.support_loss({**rest, **q}, x, y, loss_fn, b,
+                                                                     self.inner_steps))(p, b)
 
             with torch.enable_grad():
                 return mapper(grad_of, point, sx, sy, scratch)
