@@ -284,13 +284,16 @@ def run(args) -> int:
         raise CommandError(f"the run's config lacks {err}") from None
     if args.init_from:
         cfg["init_from_iteration"] = init_from(exp.learner, args.init_from, cfg)
-    trainer = MetaTrainer(
-        exp.learner, exp.train_tasks, exp.loss_fn, metric=exp.metric, optimizer=exp.optimizer(),
-        meta_batch=cfg["meta_batch"], iterations=cfg["iterations"], eval_tasks=exp.eval_tasks,
-        eval_every=cfg["eval_every"], eval_num_tasks=cfg["eval_tasks"], eval_steps=cfg["eval_inner_steps"],
-        run_dir=run_dir, checkpoint_every=cfg["checkpoint_every"], log_every=cfg["log_every"], config=cfg,
-        progress=not args.no_progress, tensorboard=args.tensorboard, grad_clip=cfg.get("grad_clip"),
-        device=cfg.get("device"), dist=ctx)
+    try:  # a resumed run's saved config was not checked by config_from_args (it may be hand-edited)
+        trainer = MetaTrainer(
+            exp.learner, exp.train_tasks, exp.loss_fn, metric=exp.metric, optimizer=exp.optimizer(),
+            meta_batch=cfg["meta_batch"], iterations=cfg["iterations"], eval_tasks=exp.eval_tasks,
+            eval_every=cfg["eval_every"], eval_num_tasks=cfg["eval_tasks"], eval_steps=cfg["eval_inner_steps"],
+            run_dir=run_dir, checkpoint_every=cfg["checkpoint_every"], log_every=cfg["log_every"], config=cfg,
+            progress=not args.no_progress, tensorboard=args.tensorboard, grad_clip=cfg.get("grad_clip"),
+            device=cfg.get("device"), dist=ctx)
+    except (ValueError, KeyError) as err:
+        raise CommandError(f"the run's config does not work: {err}") from None
     start = time.perf_counter()
     try:
         summary = trainer.fit(resume=args.resume)
