@@ -234,3 +234,9 @@ def test_learners_overriding_a_replaced_hook_are_refused():
             return super().task_forward(params, x, buffers, step)
 
     assert "overrides task_forward" in run.why_not_learner(Custom(tiny_mlp()))
+
+
+def test_a_loss_that_is_not_a_scalar_is_refused():
+    """loop and vmap fail on a non-scalar loss (autograd needs a scalar); the batched mode says so."""
+    with pytest.raises(ValueError, match="loss_fn must return one number per task"):
+        run.task_losses(fastmaml.MAML(tiny_mlp(), inner_lr=LR), *regression_tasks(), lambda out, y: (out - y).abs())

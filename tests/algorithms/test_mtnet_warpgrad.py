@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as Fn
 
-from fastmaml import MTNet, WarpGrad
+from fastmaml import MTNet, WarpGrad, execution
 from tests.algorithms._algo_helpers import (
     DT,
     assert_close_all,
@@ -111,7 +111,7 @@ def test_mtnet_sampled_mask_differs_between_tasks_under_vmap():
     _, learner, _, _ = setup_mtnet("sampled", False, "vmap")
     sx, sy, qx, qy = (t[:1].expand(4, *t.shape[1:]) for t in batch())
     torch.manual_seed(0)
-    losses = learner._vmap_losses(sx, sy, qx, qy, Fn.mse_loss)
+    losses = execution.meta_losses(learner, sx, sy, qx, qy, Fn.mse_loss)
     assert torch.unique(losses).numel() == 4, losses
 
 

@@ -262,8 +262,6 @@ def test_meta_loss_names_the_bad_argument(layout, which, tasks, batching):
         assert arg in message, message
 
 
-@pytest.mark.xfail(strict=True, reason="issue 20 item 2: the batched cross-entropy shortcut ignores ignore_index; "
-                                       "the lead's execution-layer rewrite fixes it (then drop this mark)")
 def test_ignored_labels_agree_between_the_batched_path_and_the_loop():
     isx, isy, iqx, iqy = image_tasks()
     iqy = iqy.clone()

@@ -31,7 +31,14 @@ def _ignore_index(loss_fn: LossFn) -> int | None:
 
 def per_task_loss(loss_fn: LossFn) -> PerTaskLoss:
     """loss_fn over [T, N, ...] predictions and targets -> [T]."""
-    vmapped = torch.func.vmap(loss_fn)
+    each = torch.func.vmap(loss_fn)
+
+    def vmapped(out, y):
+        losses = each(out, y)
+        if losses.dim() != 1:  # the loop would fail differentiating it; say why here
+            raise ValueError(f"loss_fn must return one number per task (a scalar), got shape {list(losses.shape[1:])} "
+                             f"per task")
+        return losses
     if is_mse(loss_fn):
         def mse(out, y):
             if out.shape != y.shape:  # F.mse_loss broadcasts (and warns): let it, task by task
