@@ -38,7 +38,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from fastmaml import functional as F
+from fastmaml import checks
 from fastmaml.algorithms import L2F, MAML, MetaSGD
 from fastmaml.algorithms.mtnet import MTNet
 from fastmaml.algorithms.warpgrad import WarpGrad
@@ -155,7 +155,7 @@ class Init(nn.Module):
     def adapt(self, train_data: Tensor, train_target: Tensor) -> list[Tensor]:
         """The task's updated weights after the inner loop (differentiable), a list in
         model.parameters() order like state["updated_weights"]."""
-        F.check_task(train_data, train_target, "train")
+        checks.check_task(train_data, train_target, "train")
         with torch.enable_grad():
             phi = self.learner.inner_loop(self.learner.params(), train_data, train_target, _unused_loss)[-1]
         return [phi[n] for n, _ in self.model.named_parameters()]
@@ -172,8 +172,8 @@ class Init(nn.Module):
         """One task: the inner loop on (train_data, train_target), the outer objective on the
         validation split; its gradient is added to the meta-parameters' `.grad`. Returns the
         outer loss (detached)."""
-        F.check_task(train_data, train_target, "train")
-        F.check_task(validate_data, validate_target, "validate")
+        checks.check_task(train_data, train_target, "train")
+        checks.check_task(validate_data, validate_target, "validate")
         wrt = [p for p in self.parameters() if p.requires_grad]
         with torch.enable_grad():
             learner = self.learner

@@ -276,7 +276,7 @@ class DistContext:
         meta_grad() direction, then theta <- theta - outer_lr * direction through the fused
         fastmaml.ops.update_. Leaves `.grad` as it found it; returns the global mean loss."""
         from fastmaml import ops
-        from fastmaml.functional import check_lr
+        from fastmaml.checks import check_lr
 
         outer_lr = check_lr(outer_lr, "outer_lr")
         if not callable(getattr(learner, "meta_grad", None)):

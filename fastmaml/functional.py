@@ -8,10 +8,7 @@ torch.func.functional_call, buffers pass through and are never adapted.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
-import math
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -19,6 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from fastmaml import ops
+from fastmaml.checks import check_names, check_rates, check_task
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -45,27 +43,6 @@ def functional_forward(model: nn.Module, params: Mapping[str, Tensor], *args, bu
     return functional_call(model, tensors, args, kwargs)
 
 
-_KNOWN_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its parameter and buffer names
-
-
-def check_names(model: nn.Module, tensors: Mapping[str, Tensor], arg: str = "params") -> None:
-    """Every key of `tensors` names a parameter or buffer of `model` (cached per model; a miss
-    re-reads the model, which may have gained a parameter since)."""
-    known = _KNOWN_NAMES.get(model)
-    if known is not None and known.issuperset(tensors):
-        return
-    known = frozenset(n for n, _ in model.named_parameters(remove_duplicate=False)) | \
-        frozenset(n for n, _ in model.named_buffers(remove_duplicate=False))
-    _KNOWN_NAMES[model] = known
-    unknown = [n for n in tensors if n not in known]
-    if unknown:
-        names = [n for n, _ in model.named_parameters()]
-        close = {n: difflib.get_close_matches(n, names, 1) for n in unknown}
-        hint = "; ".join(f"did you mean {c[0]!r} for {n!r}?" for n, c in close.items() if c)
-        raise ValueError(f"{arg}: {unknown} {'is' if len(unknown) == 1 else 'are'} not a parameter or buffer of "
-                         f"the {type(model).__name__}; its parameters are {names}" + (f" ({hint})" if hint else ""))
-
-
 def select_names(all_names: Iterable[str], patterns: Iterable[str] | None, arg: str = "adapt_names") -> list[str]:
     """The names matched by `patterns` (None: all). A pattern matches a name exactly, as a module
     prefix ("head" matches "head.weight"), or as a glob ("*.bias"). A pattern matching nothing is
@@ -85,55 +62,6 @@ def select_names(all_names: Iterable[str], patterns: Iterable[str] | None, arg: 
             raise ValueError(f"{arg}: {pattern!r} matches no parameter; the parameters are {names}")
         chosen.update(hits)
     return [n for n in names if n in chosen]
-
-
-def check_lr(lr, arg: str = "inner_lr") -> float:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-        raise TypeError(f"{arg} must be a number, got {type(lr).__name__}")
-    if not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"{arg} must be a finite number >= 0, got {lr}")
-    return float(lr)
-
-
-def check_rates(lr, names: list[str], arg: str = "lr") -> None:
-    """A learning rate given by the user: a number, or a dict name -> number or tensor with a rate
-    for each of `names`, all finite and >= 0. Checked once at entry (a tensor check is one host
-    synchronisation), never per inner step."""
-    if not isinstance(lr, Mapping):
-        check_lr(lr, arg)
-        return
-    lack = [n for n in names if n not in lr]
-    if lack:
-        raise KeyError(f"{arg} has no rate for {lack}")
-    for n in names:
-        rate = lr[n]
-        if isinstance(rate, Tensor):
-            if not rate.is_floating_point():
-                raise TypeError(f"{arg}[{n!r}] must be a floating-point tensor, got {rate.dtype}")
-            bad = rate.detach()
-            if not bool(torch.isfinite(bad).all() & (bad >= 0).all()):
-                raise ValueError(f"{arg}[{n!r}] must be finite and >= 0 everywhere, got {rate.detach().flatten()[:4].tolist()}...")
-        else:
-            check_lr(rate, f"{arg}[{n!r}]")
-
-
-def check_floating(params: Mapping[str, Tensor], arg: str = "model") -> None:
-    for name, p in params.items():
-        if not p.is_floating_point():
-            raise TypeError(f"{arg}: parameter {name!r} has dtype {p.dtype}; meta-learning needs floating-point parameters")
-
-
-def check_task(x: Tensor, y: Tensor, what: str = "support") -> None:
-    """One task's examples: x and y share their first (example) dimension, which is not empty."""
-    for arg, t in ((f"{what}_x", x), (f"{what}_y", y)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{arg} must be a Tensor, got {type(t).__name__}")
-        if t.dim() == 0:
-            raise ValueError(f"{arg} must have an example dimension, got a 0-d tensor")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{what}_x has {x.shape[0]} examples but {what}_y has {y.shape[0]}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{what} set is empty ({what}_x has shape {list(x.shape)})")
 
 
 def inner_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr, gamma=None) -> Params:

@@ -19,7 +19,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from fastmaml import functional as F
+from fastmaml import checks, functional as F
 
 
 def maml_inner_update(model: nn.Module, support_x: Tensor, support_y: Tensor, loss_fn, inner_lr: float,
@@ -30,11 +30,11 @@ def maml_inner_update(model: nn.Module, support_x: Tensor, support_y: Tensor, lo
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    inner_lr = F.check_lr(inner_lr, "inner_lr")
+    inner_lr = checks.check_lr(inner_lr, "inner_lr")
     params = F.params_of(model)
     if not params:
         raise ValueError("model has no parameters to adapt")
-    F.check_floating(params)
+    checks.check_floating(params)
     # Share (not copy) the parameters while copying the modules and buffers; adapt on the copy, so
     # the support pass updates its BatchNorm statistics, not model's; then swap in phi.
     fast = copy.deepcopy(model, {id(p): p for p in params.values()})
@@ -55,7 +55,7 @@ def maml_outer_update(original_model: nn.Module, fast_model: nn.Module, query_x:
     for arg, m in (("original_model", original_model), ("fast_model", fast_model)):
         if not isinstance(m, nn.Module):
             raise TypeError(f"{arg} must be an nn.Module, got {type(m).__name__}")
-    F.check_task(query_x, query_y, "query")
+    checks.check_task(query_x, query_y, "query")
     wrt = [p for p in original_model.parameters() if p.requires_grad]
     if not wrt:
         raise ValueError("original_model has no parameter that requires grad")

@@ -32,12 +32,6 @@ def head_names(model: nn.Module) -> list[str]:
     return [prefix + n for n, _ in model.get_submodule(last).named_parameters(recurse=False)]
 
 
-def check_int(value, arg: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{arg} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def layer_names(model: nn.Module, names: Iterable[str] | None, arg: str) -> list[str]:
     """Names of the nn.Linear/nn.Conv* submodules to transform (None: all of them)."""
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

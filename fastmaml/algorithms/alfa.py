@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastmaml import functional as F
-from fastmaml.algorithms._util import check_int
+from fastmaml import checks, functional as F
 from fastmaml.algorithms.base import MetaLearner
 
 
@@ -34,7 +33,7 @@ class ALFA(MetaLearner):
                  batching="auto", hidden=None):
         super().__init__(model, inner_lr, inner_steps, first_order, adapt_names, batching)
         n = len(self.adapt_names)
-        hidden = 2 * n if hidden is None else check_int(hidden, "hidden", 1)
+        hidden = 2 * n if hidden is None else checks.check_int(hidden, "hidden", 1)
         p = next(iter(self.params().values()))
         kw = dict(dtype=p.dtype, device=p.device)
         self.generator = nn.Sequential(nn.Linear(2 * n, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from fastmaml import execution, functional as F
+from fastmaml import checks, execution, functional as F
 from fastmaml.execution.hooks import HOOKS
 from fastmaml.execution.inner import GradsFn, unroll
 from fastmaml.functional import LossFn, Params
@@ -52,8 +52,8 @@ class MetaLearner(nn.Module):
         params = F.params_of(model)
         if not params:
             raise ValueError("model has no parameters to meta-learn")
-        F.check_floating(params)
-        self.inner_lr = F.check_lr(inner_lr)
+        checks.check_floating(params)
+        self.inner_lr = checks.check_lr(inner_lr)
         if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 0:
             raise ValueError(f"inner_steps must be an int >= 0, got {inner_steps!r}")
         self.inner_steps = inner_steps
@@ -68,6 +68,9 @@ class MetaLearner(nn.Module):
         if hvp_method not in HVP_METHODS:
             raise ValueError(f"hvp_method must be one of {HVP_METHODS}, got {hvp_method!r}")
         self.hvp_method = hvp_method  # NOTE: [hvp methods] in fastmaml/secondorder/hvp.py
+        # the rank of one example, e.g. 2 for sequences [L, F] into a Linear; None: read from the
+        # model's first layer (NOTE: [example rank] in fastmaml/checks.py)
+        self.example_rank: int | None = None
         self.execution_state = execution.ExecutionState()
 
     def __init_subclass__(cls, **kwargs):
@@ -127,8 +130,8 @@ class MetaLearner(nn.Module):
               first_order: bool | None = None) -> Params:
         """Adapt to one task (no task dimension: support_x is [N, ...]); returns its params dict for
         `self(x, params)`. A batch of tasks [T, N, ...] is refused (see `example_rank`)."""
-        F.check_task(support_x, support_y)
-        _check_example_rank(self, support_x, 1, "adapt")
+        checks.check_task(support_x, support_y)
+        checks.check_example_rank(self, support_x, 1, "adapt")
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
             raise ValueError(f"steps must be an int >= 0 (or None: inner_steps), got {steps!r}")
         with torch.enable_grad():
@@ -145,92 +148,6 @@ class MetaLearner(nn.Module):
         inputs), "mean" or "sum" over tasks; differentiable w.r.t. self.parameters()."""
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        _check_batch(support_x, support_y, query_x, query_y, self)
+        checks.check_batch(support_x, support_y, query_x, query_y, self)
         losses = execution.meta_losses(self, support_x, support_y, query_x, query_y, loss_fn)
         return losses.mean() if reduction == "mean" else losses.sum()
-
-
-def _check_batch(support_x, support_y, query_x, query_y, learner: MetaLearner | None = None) -> None:
-    args = {"support_x": support_x, "support_y": support_y, "query_x": query_x, "query_y": query_y}
-    for name, t in args.items():
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
-        if t.dim() < 2:
-            raise ValueError(f"{name} must have a leading task dimension and an example dimension, got shape {list(t.shape)}")
-    if learner is not None:  # first: one task's [N, ...] would otherwise read as a task-count mismatch
-        _check_example_rank(learner, support_x, 2, "meta_loss")
-        _check_example_rank(learner, query_x, 2, "meta_loss", "query_x")
-    tasks = {name: t.shape[0] for name, t in args.items()}
-    if len(set(tasks.values())) != 1:
-        raise ValueError(f"support and query must have the same number of tasks (leading dimension), got {tasks}")
-    if tasks["support_x"] == 0:
-        raise ValueError("the batch of tasks is empty")
-    for what, x, y in (("support", support_x, support_y), ("query", query_x, query_y)):
-        if x.shape[1] != y.shape[1]:
-            raise ValueError(f"{what}_x has {x.shape[1]} examples per task but {what}_y has {y.shape[1]}")
-    if support_x.shape[1] == 0:
-        raise ValueError(f"the support set is empty (support_x has shape {list(support_x.shape)})")
-
-
-# NOTE: [example rank] A batch of tasks [T, N, ...] and one task [N, ...] differ only in rank, and most
-# models accept both (nn.Linear takes any leading dimensions), so `adapt` given a batch would merge
-# its tasks and `meta_loss` given one task would split it into N one-example tasks. The rank of one
-# example is therefore known and checked: `learner.example_rank` if set; else from the model's first
-# layer (in registration order): 1 for nn.Linear (a feature vector), d + 1 for a d-dimensional
-# convolution ([C, *spatial]); else the rank of the first examples seen. Models whose examples are,
-# e.g., sequences [L, F] into a Linear set `learner.example_rank = 2`.
-_FIRST_LAYER_RANK = ((nn.Linear, 1), (nn.Conv1d, 2), (nn.Conv2d, 3), (nn.Conv3d, 4))
-
-
-def _first_layer(learner: MetaLearner) -> nn.Module | None:
-    return next((m for m in learner.module.modules() if any(True for _ in m.parameters(recurse=False))), None)
-
-
-def _example_rank(learner: MetaLearner, first: nn.Module | None) -> tuple[int | None, str]:
-    rank = getattr(learner, "example_rank", None)
-    if rank is not None:
-        return rank, "learner.example_rank"
-    for kind, rank in _FIRST_LAYER_RANK:
-        if isinstance(first, kind):
-            return rank, f"the model's first layer, {type(first).__name__}"
-    return getattr(learner, "_seen_example_rank", None), "the examples of an earlier call"
-
-
-def _check_example_rank(learner: MetaLearner, x: Tensor, task_dims: int, where: str, arg: str = "support_x") -> None:
-    """NOTE: [example rank]; `task_dims`: 2 for a batch [T, N, ...], 1 for one task [N, ...]. Also
-    checks what the first layer can tell without running it: x's floating dtype and device are the
-    parameters', and its features (Linear) or channels (ConvNd) are the layer's."""
-    first = _first_layer(learner)
-    weight = getattr(first, "weight", None)
-    if isinstance(weight, Tensor):
-        if x.is_floating_point() and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise ValueError(f"{where}: {arg} has dtype {x.dtype} but the model's parameters are {weight.dtype}: "
-                             f"convert one of them (e.g. {arg}.to({weight.dtype}))")
-        if x.device != weight.device:
-            raise ValueError(f"{where}: {arg} is on {x.device} but the model is on {weight.device}")
-    rank = x.dim() - task_dims
-    expected, source = _example_rank(learner, first)
-    if expected is None:
-        learner._seen_example_rank = rank
-        return
-    if rank == expected:
-        if type(learner).task_forward is not MetaLearner.task_forward:
-            return  # the input may be changed on its way to the layer (CAVIA concatenates its context)
-        if isinstance(first, nn.Linear) and expected == 1 and x.shape[-1] != first.in_features:
-            raise ValueError(f"{where}: {arg} has {x.shape[-1]} features (shape {list(x.shape)}) but the model's first "
-                             f"layer, Linear, takes {first.in_features}")
-        if isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and x.shape[task_dims] != first.in_channels:
-            raise ValueError(f"{where}: {arg} has {x.shape[task_dims]} channels (shape {list(x.shape)}) but the "
-                             f"model's first layer, {type(first).__name__}, takes {first.in_channels}")
-        return
-    shape = list(x.shape)
-    if where == "adapt":
-        hint = ("it looks like a batch of tasks [T, N, ...]: adapt one task at a time, or use meta_loss"
-                if rank == expected + 1 else "give one task's examples [N, ...]")
-        layout = f"one task [N, ...] with examples of rank {expected}"
-    else:
-        hint = ("it looks like one task's [N, ...]: add the task dimension (x[None]) or use adapt"
-                if rank == expected - 1 else "give a batch of tasks [T, N, ...]")
-        layout = f"a batch of tasks [T, N, ...] with examples of rank {expected}"
-    raise ValueError(f"{where}: {arg} has shape {shape} but takes {layout} (from {source}); {hint}. "
-                     f"Set learner.example_rank if the model's examples have another rank")

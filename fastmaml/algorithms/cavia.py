@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastmaml import functional as F
-from fastmaml.algorithms._util import check_int
+from fastmaml import checks, functional as F
 from fastmaml.algorithms.base import MetaLearner
 
 CONTEXT = "cavia.context"
@@ -39,7 +38,7 @@ class CAVIA(MetaLearner):
     def __init__(self, model, num_context=4, inner_lr=1.0, inner_steps=1, first_order=False, context_at=None,
                  batching="auto"):
         super().__init__(model, inner_lr, inner_steps, first_order, None, batching)
-        self.num_context = check_int(num_context, "num_context", 1)
+        self.num_context = checks.check_int(num_context, "num_context", 1)
         if CONTEXT in self.adapt_names:
             raise ValueError(f"model already has a parameter named {CONTEXT!r}")
         self.adapt_names = [CONTEXT]

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fastmaml import functional as F, ops
-from fastmaml.algorithms.base import MetaLearner, _check_batch
+from fastmaml import checks, functional as F, ops
+from fastmaml.algorithms.base import MetaLearner
 from fastmaml.execution import buffers as B
 from fastmaml.execution.hvp_mode import HandGradLosses, map_tasks
 from fastmaml.execution.taskmap import TaskMap
@@ -204,7 +204,7 @@ class IMAML(MetaLearner):
         the implicit meta-gradient (CG on (I + H / lam) x = grad L_query) on the model's parameters."""
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        _check_batch(support_x, support_y, query_x, query_y, self)
+        checks.check_batch(support_x, support_y, query_x, query_y, self)
         theta = self.params()
         outer_grad = torch.is_grad_enabled()
 

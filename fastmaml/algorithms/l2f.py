@@ -19,8 +19,7 @@ import math
 import torch
 from torch import nn
 
-from fastmaml import functional as F
-from fastmaml.algorithms._util import check_int
+from fastmaml import checks, functional as F
 from fastmaml.algorithms.base import MetaLearner
 
 
@@ -39,7 +38,7 @@ class L2F(MetaLearner):
         if not (isinstance(init_gamma, float) and 0.0 < init_gamma < 1.0):
             raise ValueError(f"init_gamma must be a float in (0, 1), got {init_gamma!r}")
         n = len(self.adapt_names)
-        hidden = 2 * n if hidden is None else check_int(hidden, "hidden", 1)
+        hidden = 2 * n if hidden is None else checks.check_int(hidden, "hidden", 1)
         p = next(iter(self.params().values()))
         net = nn.Sequential(nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n))
         with torch.no_grad():

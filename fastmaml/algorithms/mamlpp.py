@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fastmaml import functional as F
-from fastmaml.algorithms._util import check_int, safe_names
+from fastmaml import checks, functional as F
+from fastmaml.algorithms._util import safe_names
 from fastmaml.algorithms.base import MetaLearner
 
 COUNTERS = ("meta_loss", "manual")
@@ -44,7 +44,7 @@ class MAMLpp(MetaLearner):
                  iteration_counter="meta_loss"):
         if iteration_counter not in COUNTERS:
             raise ValueError(f"iteration_counter must be one of {COUNTERS}, got {iteration_counter!r}")
-        check_int(inner_steps, "inner_steps", 1)
+        checks.check_int(inner_steps, "inner_steps", 1)
         self_bn = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         bn_params = [f"{n}.{p}" if n else p for n, m in self_bn for p, _ in m.named_parameters(recurse=False)]
         if per_step_bn:
@@ -55,8 +55,8 @@ class MAMLpp(MetaLearner):
             adapt_names = names or None
         super().__init__(model, inner_lr, inner_steps, False, adapt_names, batching)
         self.iteration_counter = iteration_counter
-        self.msl_iterations = check_int(msl_iterations, "msl_iterations")
-        self.first_order_iterations = check_int(first_order_iterations, "first_order_iterations")
+        self.msl_iterations = checks.check_int(msl_iterations, "msl_iterations")
+        self.first_order_iterations = checks.check_int(first_order_iterations, "first_order_iterations")
         self.per_step_bn = bool(per_step_bn)
         self._bn = [n for n, _ in self_bn]
         self.iteration = 0
@@ -72,7 +72,7 @@ class MAMLpp(MetaLearner):
     # ---- the iteration counter -------------------------------------------------------------
     def set_iteration(self, iteration: int) -> None:
         """Set the annealing counter (epoch or iteration, as long as you are consistent)."""
-        self.iteration = check_int(iteration, "iteration")
+        self.iteration = checks.check_int(iteration, "iteration")
 
     def meta_loss(self, *args, **kwargs):
         loss = super().meta_loss(*args, **kwargs)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from fastmaml import execution, functional as F, ops
-from fastmaml.algorithms.base import MetaLearner, _check_batch
+from fastmaml import checks, execution, ops
+from fastmaml.algorithms.base import MetaLearner
 
 
 class Reptile(MetaLearner):
@@ -29,7 +29,7 @@ class Reptile(MetaLearner):
     def adapted_params(self, support_x: Tensor, support_y: Tensor, loss_fn) -> tuple[dict[str, Tensor], Tensor]:
         """The adapted params of every task, stacked: name -> [tasks, *shape] (no graph), and the
         mean post-adaptation support loss."""
-        _check_batch(support_x, support_y, support_x, support_y, self)
+        checks.check_batch(support_x, support_y, support_x, support_y, self)
         phis, losses = execution.adapted(self, support_x, support_y, loss_fn)
         return phis, losses.mean()
 
@@ -51,7 +51,7 @@ class Reptile(MetaLearner):
     def step(self, support_x: Tensor, support_y: Tensor, loss_fn, outer_lr: float = 0.1) -> Tensor:
         """One Reptile meta-step in place: theta <- theta - outer_lr * (theta - mean_t phi_t)
         through `fastmaml.ops.update_`. Returns the mean post-adaptation support loss."""
-        outer_lr = F.check_lr(outer_lr, "outer_lr")
+        outer_lr = checks.check_lr(outer_lr, "outer_lr")
         thetas, directions, loss = self._direction(support_x, support_y, loss_fn)
         ops.update_(thetas, directions, outer_lr, names=self.adapt_names)
         return loss

@@ -37,8 +37,8 @@ import collections
 
 import torch
 
-from fastmaml import functional as F
-from fastmaml.algorithms._util import attach_transform, check_int, layer_names
+from fastmaml import checks, functional as F
+from fastmaml.algorithms._util import attach_transform, layer_names
 from fastmaml.algorithms.base import MetaLearner
 from fastmaml.execution.batchnorm import has_batch_norm
 
@@ -78,8 +78,8 @@ class WarpGrad(MetaLearner):
         self.warp_after = warp_after
         self.objective = objective
         self.warp_names = warps
-        self.buffer_size = check_int(buffer_size, "buffer_size")
-        self.replay = None if replay is None else check_int(replay, "replay", 1)
+        self.buffer_size = checks.check_int(buffer_size, "buffer_size")
+        self.replay = None if replay is None else checks.check_int(replay, "replay", 1)
         self.buffer: collections.deque = collections.deque(maxlen=max(self.buffer_size, 1))
         self._support = None
 

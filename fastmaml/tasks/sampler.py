@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fastmaml.checks import check_int
+
 
 class SamplerError(ValueError):
     """The episode cannot be drawn from the data (too few classes or images per class)."""
@@ -36,12 +38,6 @@ class FewShotBatch:
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.support_x, self.support_y, self.query_x, self.query_y
-
-
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 class FewShotSampler:
@@ -62,9 +58,9 @@ class FewShotSampler:
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be a callable (images, generator) -> images, got {transform!r}")
         self.transform = transform
-        self.n_way = _check_int("n_way", n_way, 1)
-        self.k_shot = _check_int("k_shot", k_shot, 1)
-        self.q_query = _check_int("q_query", q_query, 0)
+        self.n_way = check_int(n_way, "n_way", 1)
+        self.k_shot = check_int(k_shot, "k_shot", 1)
+        self.q_query = check_int(q_query, "q_query", 0)
         self.name = name
         self.images = images if device is None else images.to(device)
         labels = labels.cpu()
@@ -106,7 +102,7 @@ class FewShotSampler:
                 f"{self.num_classes} classes{aug})")
 
     def sample(self, num_tasks: int) -> FewShotBatch:
-        _check_int("num_tasks", num_tasks, 1)
+        check_int(num_tasks, "num_tasks", 1)
         n, k, q, g = self.n_way, self.k_shot, self.q_query, self.generator
         # N distinct classes per task: the first N of a random permutation (argsort of uniforms)
         cls = torch.rand(num_tasks, self.num_classes, generator=g).argsort(-1)[:, :n]           # [T, N]
