@@ -7,11 +7,13 @@ the support sets of held-out tasks, prints the query MSE table and writes a figu
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
 import platform
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,15 @@ from fastmaml.tasks import SineTasks, sine_mlp
 FINE_TUNE_STEPS = (0, 1, 10)
 
 
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: stores into the new one's dest and warns."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        new = "--" + self.dest.replace("_", "-")
+        warnings.warn(f"{option_string} is deprecated; use {new} (the same value)", FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="meta-train MAML on sine tasks (about a minute) and compare with a baseline",
                               description=__doc__)
@@ -31,7 +42,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--meta-batch", type=int, default=25, help="tasks per meta-batch (default 25)")
     p.add_argument("--k-shot", type=int, default=10, help="support points per task (default 10)")
     p.add_argument("--inner-lr", type=float, default=0.01, help="inner-loop learning rate alpha (default 0.01)")
-    p.add_argument("--outer-lr", type=float, default=1e-3, help="Adam learning rate of the meta-optimizer (default 1e-3)")
+    p.add_argument("--meta-lr", type=float, default=1e-3,
+                   help="Adam learning rate of the meta-optimizer (default 1e-3; as `fastmaml train --meta-lr`)")
+    p.add_argument("--outer-lr", type=float, dest="meta_lr", action=DeprecatedAlias, help=argparse.SUPPRESS)
     p.add_argument("--eval-tasks", type=int, default=100, help="held-out tasks for the table (default 100)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the sine MLP is too small to gain from more, and "
@@ -42,7 +55,7 @@ def add_parser(subparsers) -> None:
 
 
 def _train(model, loss_of_batch, tasks, args, desc):
-    opt = torch.optim.Adam(model.parameters(), lr=args.outer_lr)
+    opt = torch.optim.Adam(model.parameters(), lr=args.meta_lr)
     bar = tqdm(range(args.iterations), desc=desc, unit="it", mininterval=0.5)
     for i in bar:
         loss = loss_of_batch(tasks.sample(args.meta_batch))
