@@ -295,12 +295,14 @@ def run(configs, names, rounds, min_rounds, budget_s, threads, memory=True) -> d
 
 def chart(data: dict, path: Path) -> Path | None:
     """A bar chart of the ratios to fastmaml per config (log scale)."""
-    plt = pyplot()
-    if plt is None:
+    if pyplot() is None:
         return None
+    from fastmaml.train import style
+
     configs = data["configs"]
     peers = [p for p in P.ORDER if any(p in c["results"] for c in configs)]
-    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(configs)), 4.2))
+    fig, (ax,) = style.figure()
+    fig.set_size_inches(max(7, 1.6 * len(configs)), 4.2)
     width = 0.8 / len(peers)
     for i, peer in enumerate(peers):
         xs, ys = [], []
@@ -311,16 +313,14 @@ def chart(data: dict, path: Path) -> Path | None:
                 ys.append(r["median_ms"])
         name = next(c["results"][peer]["name"] for c in configs if peer in c["results"])
         ax.bar(xs, ys, width, label=name)
-    ax.set_yscale("log")
+    style.log_axis(ax, "y")
     ax.set_xticks(range(len(configs)), [c["config"] for c in configs])
-    ax.set_ylabel("CPU ms per meta-step (median, log)")
+    ax.set_xlabel("configuration")
+    ax.set_ylabel("CPU time per meta-step (ms, median, log scale)")
     m = data["machine"]
-    ax.set_title(f"MAML meta-step, float32, {m['torch_threads']} thread(s) on {m['cpu'][:40]}", fontsize=9)
-    ax.legend(fontsize=8, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    ax.set_title(f"MAML meta-step, float32, {m['torch_threads']} thread(s) on {m['cpu'][:40]}")
+    ax.legend(ncol=3, frameon=False, fontsize=style.RC["legend.fontsize"])
+    return style.save(fig, path)
 
 
 def render_markdown(data: dict | str | Path = DEFAULT_OUT) -> str:

@@ -94,25 +94,15 @@ def _predict_after(net, batch, t, x, steps, inner_lr):
 
 
 def _figure(path, nets, batch, inner_lr, tasks=3):
-    import matplotlib
+    """`fastmaml plot`'s sine figure (fastmaml.train.plots.sine_figure): each net before and after
+    10 SGD steps on the support points."""
+    from fastmaml.train import plots, style
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, tasks, figsize=(5 * tasks, 4), squeeze=False)
-    x = torch.linspace(-5, 5, 200).unsqueeze(1)
-    for t, ax in enumerate(axes[0]):
-        a, ph = batch.amplitude[t].item(), batch.phase[t].item()
-        ax.plot(x, SineTasks.curve(a, ph, x), "k-", label="true")
-        ax.plot(batch.support_x[t], batch.support_y[t], "k^", label="support (K=10)")
-        for (name, net), color in zip(nets.items(), ("tab:red", "tab:blue")):
-            ax.plot(x, _predict_after(net, batch, t, x, 0, inner_lr), color=color, ls=":", label=f"{name}, 0 steps")
-            ax.plot(x, _predict_after(net, batch, t, x, 10, inner_lr), color=color, ls="-", label=f"{name}, 10 steps")
-        ax.set_title(f"A={a:.2f}, phase={ph:.2f}")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    curves = [(f"{name}, {steps} step{'s' if steps != 1 else ''}", style.COLORS[name], style.STEP_STYLES[steps],
+               lambda t, x, net=net, steps=steps: _predict_after(net, batch, t, x, steps, inner_lr))
+              for name, net in nets.items() for steps in (0, 10)]
+    title = f"sine, K={batch.support_x.shape[1]}: MAML vs a pre-trained net, fine-tuned with SGD lr {inner_lr}"
+    style.save(plots.sine_figure(batch, curves, title, tasks), path)
 
 
 def run(args) -> int:
