@@ -58,7 +58,7 @@ if str(ROOT) not in sys.path:
 import torch
 
 from bench import peers as P
-from bench._common import OpCounter, cpu_name, memory_kib, pyplot
+from bench._common import OpCounter, cpu_name, interleaved, memory_kib, pyplot
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "peers.json"
 CHECK_TOL = 1e-8  # float64
@@ -159,20 +159,9 @@ def run_config(name: str, names: list[str], rounds: int, min_rounds: int, budget
         c0 = time.process_time()
         steps[peer](batches[1 % len(batches)])
         reps[peer] = max(1, math.ceil(SAMPLE_S / max(time.process_time() - c0, 1e-6)))
-    times = {peer: [] for peer in names}
-    walls = {peer: [] for peer in names}
-    start = time.perf_counter()
-    r = 0
-    while r < rounds and (r < min_rounds or time.perf_counter() - start < budget_s):
-        order = names if r % 2 == 0 else names[::-1]
-        for peer in order:
-            batch = batches[r % len(batches)]
-            w0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(reps[peer]):
-                steps[peer](batch)
-            times[peer].append((time.process_time() - c0) / reps[peer])
-            walls[peer].append((time.perf_counter() - w0) / reps[peer])
-        r += 1
+    jobs = {peer: (lambda r, step=steps[peer]: step(batches[r % len(batches)])) for peer in names}
+    samples = interleaved(jobs, rounds, reps=reps, clocks=("cpu", "wall"), min_rounds=min_rounds, budget_s=budget_s)
+    times, walls = samples["cpu"], samples["wall"]
     # 3. ops per meta-step
     ops = {}
     for peer in names:
