@@ -132,7 +132,7 @@ def test_nn_parts_and_no_silent_torch_nn():
     assert all(p.requires_grad for p in l2l.nn.unfreeze(lin).parameters())
     with pytest.raises(AttributeError, match="compat.learn2learn.nn has no 'Linear'"):
         l2l.nn.Linear  # noqa: B018
-    for part, missing in ((l2l.optim, "LearnableOptimizer"), (l2l.data, "UnionMetaDataset"),
+    for part, missing in ((l2l.optim, "TransformDictionary"), (l2l.data, "UnionMetaDataset"),
                           (l2l.algorithms, "MAMLpp")):
         with pytest.raises(AttributeError, match=f"has no '{missing}': it provides"):
             getattr(part, missing)
@@ -273,3 +273,48 @@ def test_mini_imagenet_cache_files_cannot_run_code(tmp_path):
     data = l2l.vision.datasets.MiniImagenet(tmp_path, mode="test")
     x, y = data[2]
     assert x.shape == (3, 84, 84) and x.dtype == torch.float32 and float(x.max()) == 7 and y == 0
+
+
+def test_learnable_optimizer_gives_the_transform_its_hypergradient():
+    """Two steps of p <- p - lr * a * g on a linear model; after the second loss's backward, the
+    rates a hold d loss_2 / d a = dloss_2/dp_2 * (-lr * g_1), with g_1 the gradient before step 2."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1).to(DT)
+    x, y = torch.randn(8, 3, dtype=DT), torch.randn(8, 1, dtype=DT)
+    metaopt = l2l.optim.LearnableOptimizer(model, lambda p: l2l.nn.Scale(p.shape, alpha=0.5).to(DT), lr=0.1)
+    loss = lambda: ((model(x) - y) ** 2).mean()  # noqa: E731
+    theta = [p.detach().clone() for p in model.parameters()]
+
+    def grad_at(ps):
+        w, b = (q.clone().requires_grad_() for q in ps)
+        return [g.detach() for g in torch.autograd.grad((((x @ w.t() + b) - y) ** 2).mean(), [w, b])]
+
+    loss().backward()
+    metaopt.step()
+    g0 = grad_at(theta)
+    p1 = [p - 0.1 * 0.5 * g for p, g in zip(theta, g0)]
+    assert_rel([p.detach() for p in model.parameters()], p1, "parameters after step 1")
+    metaopt.zero_grad()
+    loss().backward()  # the rates' gradient through step 1
+    g1 = grad_at(p1)
+    assert_rel([a.grad for a in metaopt.parameters()], [-0.1 * g * h for g, h in zip(g1, g0)], "hypergradient")
+    metaopt.step()
+    p2 = [p - 0.1 * 0.5 * g for p, g in zip(p1, g1)]
+    assert_rel([p.detach() for p in model.parameters()], p2, "parameters after step 2")
+
+
+def test_kronecker_transform_is_left_grad_right():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3).to(DT)
+    transform = l2l.optim.KroneckerTransform(l2l.nn.KroneckerLinear, psd=False)(conv.weight).to(DT)
+    k = transform.transform
+    assert (k.left.shape, k.right.shape) == ((3, 3), (9, 9))
+    g = torch.randn_like(conv.weight)
+    assert_rel([transform(g)], [g], "identity at initialisation")
+    with torch.no_grad():
+        k.left.copy_(torch.randn(3, 3, dtype=DT))
+        k.right.copy_(torch.randn(9, 9, dtype=DT))
+    want = (k.left @ g.reshape(4, 3, 9) @ k.right).reshape(g.shape)
+    assert_rel([transform(g)], [want], "L G R per output channel")
+    with pytest.raises(ValueError, match=r"last two dimensions must be \(n, m\) = \(3, 9\)"):
+        k(torch.randn(2, 3, dtype=DT))

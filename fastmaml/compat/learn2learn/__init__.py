@@ -8,7 +8,8 @@
     loss_fn(learner(x_q), y_q).backward()             # meta-gradients land on the model's parameters
 
 Parts: algorithms (MAML, MetaSGD, GBML, maml_update), utils (clone_module, update_module, ...),
-nn (Lambda, Flatten, Scale, freeze), optim (ParameterUpdate, DifferentiableSGD, ModuleTransform),
+nn (Lambda, Flatten, Scale, KroneckerLinear, freeze), optim (ParameterUpdate, DifferentiableSGD,
+LearnableOptimizer, ModuleTransform, KroneckerTransform),
 data (MetaDataset, Taskset, data.transforms), vision (benchmarks, models, datasets, transforms).
 Every parameter update goes through fastmaml.ops.update; the meta-gradients equal learn2learn
 0.2.0's (tests/compat, 1e-10 in float64). What differs: docs/migration/learn2learn.md.
