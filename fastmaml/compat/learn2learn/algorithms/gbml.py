@@ -55,8 +55,10 @@ class GBML(nn.Module):
         allow_nograd = self.allow_nograd if allow_nograd is None else allow_nograd
         second_order = not first_order
         if self.adapt_transform and self._params_updated:
+            # retain_graph: `loss` is differentiated again below (learn2learn frees the graph here when
+            # first_order, and its next grad then fails)
             grads = torch.autograd.grad(loss, list(self.compute_update.parameters()), create_graph=second_order,
-                                        retain_graph=second_order, allow_unused=allow_unused)
+                                        retain_graph=True, allow_unused=allow_unused)
             self.diff_sgd(self.compute_update, list(grads))
             self._params_updated = False
         keep = second_order or self.adapt_transform
