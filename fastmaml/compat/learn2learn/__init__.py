@@ -11,8 +11,10 @@ Parts: algorithms (MAML, MetaSGD, GBML, maml_update), utils (clone_module, updat
 nn (Lambda, Flatten, Scale, KroneckerLinear, freeze), optim (ParameterUpdate, DifferentiableSGD,
 LearnableOptimizer, ModuleTransform, KroneckerTransform),
 data (MetaDataset, Taskset, data.transforms), vision (benchmarks, models, datasets, transforms).
-Every parameter update goes through fastmaml.ops.update; the meta-gradients equal learn2learn
-0.2.0's (tests/compat, 1e-10 in float64). What differs: docs/migration/learn2learn.md.
+Every parameter update goes through fastmaml.ops.update; meta-gradients (MAML, MetaSGD, GBML, the
+free update functions, LearnableOptimizer) equal learn2learn 0.2.0's to 1e-10 in float64 and the
+task transforms draw the same tasks from the same seed (tests/compat). What differs:
+docs/migration/learn2learn.md.
 """
 
 from fastmaml.compat.learn2learn import algorithms, data, nn, optim, utils, vision
