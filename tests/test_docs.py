@@ -2,8 +2,8 @@
 
 The blocks of one page run in order in one namespace, as a reader would type them (a page may
 set up names in an earlier block). ```python blocks are executed; ```diff blocks execute their
-added lines (the one-import change of the migration pages); ```text blocks are output or
-synopses, not code. Any other block in docs/ (shell commands) must be preceded by
+added lines (the one-import change of the migration pages); ```text and untagged blocks are
+output, synopses or diagrams, not code. Any other block in docs/ (shell commands) must be preceded by
 `<!-- not run: REASON -->`, which may also mark a python block that cannot run here; the test
 checks every such mark gives its reason.
 """
@@ -32,7 +32,7 @@ def blocks(page: Path):
 
 
 def runnable(page: Path, lang: str, reason: str | None) -> bool:
-    if reason is not None or lang == "text":
+    if reason is not None or lang in ("text", ""):
         return False
     if page.name == "README.md":
         return lang == "python"  # the README's shell blocks are `make` targets
