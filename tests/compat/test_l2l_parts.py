@@ -318,3 +318,18 @@ def test_kronecker_transform_is_left_grad_right():
     assert_rel([transform(g)], [want], "L G R per output channel")
     with pytest.raises(ValueError, match=r"last two dimensions must be \(n, m\) = \(3, 9\)"):
         k(torch.randn(2, 3, dtype=DT))
+
+
+def test_model_state_dict_keys_are_learn2learns():
+    """The keys learn2learn 0.2.0's models have (read from its cnn4.py), so checkpoints load either way."""
+    bn = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    fc = l2l.vision.models.OmniglotFC(28 ** 2, 5, sizes=[8, 8])
+    assert list(fc.state_dict()) == [f"features.1.{i}.{part}" for i in range(2) for part in
+                                     ["normalize.weight", "normalize.bias", "linear.weight", "linear.bias"]] + \
+        ["classifier.weight", "classifier.bias"]  # BatchNorm1d without running statistics
+    cnn = l2l.vision.models.MiniImagenetCNN(5, hidden_size=4)
+    assert list(cnn.state_dict()) == [f"features.{i}.{part}" for i in range(4) for part in
+                                      [f"normalize.{b}" for b in bn] + ["conv.weight", "conv.bias"]] + \
+        ["classifier.weight", "classifier.bias"]
+    omni = l2l.vision.models.OmniglotCNN(5, hidden_size=4, layers=2)
+    assert list(omni.state_dict())[:7] == [f"base.0.normalize.{b}" for b in bn] + ["base.0.conv.weight", "base.0.conv.bias"]
