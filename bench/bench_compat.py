@@ -32,7 +32,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 import fastmaml
-from bench._common import cpu_name
+from bench._common import cpu_name, interleaved
 from fastmaml import ops
 from fastmaml.compat import (
     _peers,
@@ -170,7 +169,7 @@ def run(rounds: int, steps_list: list[int], backends: list[str], loops: list[str
         if not providers or providers[0][2] is not None:
             missing.append(loop)
         for steps in steps_list:
-            iterations, times, checks = {}, {}, {}
+            iterations, checks = {}, {}
             reference = None
             for label, lib, backend in providers:
                 with ops.use_backend(backend or "auto"):
@@ -179,17 +178,16 @@ def run(rounds: int, steps_list: list[int], backends: list[str], loops: list[str
                 checks[label] = max_rel_diff(grads, reference)
                 torch.manual_seed(0)
                 iterations[label] = LOOP_FNS[loop](lib, steps)(sine_mlp())
-                times[label] = []
-            for r in range(rounds + 2):  # two warm-up rounds
-                order = providers if r % 2 == 0 else providers[::-1]
-                for label, _, backend in order:
+            def job(label, backend):
+                def run(r):
                     with ops.use_backend(backend or "auto"):
-                        batch = batches[r % len(batches)]
-                        start = time.perf_counter()
-                        iterations[label](batch)
-                        elapsed = time.perf_counter() - start
-                    if r >= 2:
-                        times[label].append(elapsed * 1e3)
+                        iterations[label](batches[r % len(batches)])
+                return run
+
+            # two warm-up rounds; the providers take turns, order alternating
+            samples = interleaved({label: job(label, backend) for label, _, backend in providers}, rounds,
+                                  warmup_rounds=2)["wall"]
+            times = {label: [t * 1e3 for t in ts] for label, ts in samples.items()}
             peer_label = providers[0][0] if providers[0][2] is None else None
             for label, _, backend in providers:
                 ts = sorted(times[label])

@@ -34,7 +34,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -43,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import OpCounter, cpu_name
+from bench._common import CLOCKS, OpCounter, cpu_name, interleaved
 from fastmaml.ops import backend_module, is_available
 
 RESULTS = ROOT / "bench" / "results" / "inner_update.json"
@@ -90,24 +89,9 @@ def bytes_moved(params, lrs, gammas):
     return 3 * full + side  # read p and g, write out; a and gamma read once
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-# "wall": time.perf_counter. "cpu": time.process_time, the CPU time of this process (user and
+# --clock "wall": time.perf_counter. "cpu": time.process_time, the CPU time of this process (user and
 # system, so page faults count): on a machine shared with other jobs, a run descheduled mid-sample
 # is not charged for the wait. Only meaningful on CPU with one torch thread (--threads 1).
-_CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-_clock = time.perf_counter
-
-
-def _time_once(fn, device):
-    _sync(device)
-    start = _clock()
-    fn()
-    _sync(device)
-    return _clock() - start
 
 
 def _stats(samples):
@@ -115,7 +99,7 @@ def _stats(samples):
     return {"median_us": statistics.median(samples) * 1e6, "p25_us": q[0] * 1e6, "p75_us": q[2] * 1e6}
 
 
-def bench_case(set_name, form, backends, device, rounds, inner):
+def bench_case(set_name, form, backends, device, rounds, inner, clock="wall"):
     """Timings of every backend on one (set, form), interleaved round by round."""
     params, grads, lrs, gammas = make_inputs(set_name, form, device)
     alpha = 0.01
@@ -154,33 +138,23 @@ def bench_case(set_name, form, backends, device, rounds, inner):
     def grad_floor():
         torch.autograd.grad(diff_params, leaves, gos, allow_unused=True)
 
-    def repeat(fn):
-        def run():
-            for _ in range(inner):
-                fn()
-        return run
-
     def inplace(mod):
         targets = [p.clone() for p in params]
         return torch.no_grad()(lambda: mod.update_(targets, grads, lrs, gammas, alpha))
 
-    jobs = {"copy": repeat(lambda: flat_dst.copy_(flat_src)), "grad_floor": repeat(grad_floor)}
+    calls = {"copy": lambda: flat_dst.copy_(flat_src), "grad_floor": grad_floor}
     for b in backends:
         mod = backend_module(b)
-        jobs[f"{b}/fwd"] = repeat(forward(mod))
-        jobs[f"{b}/inplace"] = repeat(inplace(mod))
-        jobs[f"{b}/fwd+bwd"] = repeat(forward_backward(mod))
-        jobs[f"{b}/fwd+bwd engine"] = repeat(forward_backward_engine(mod))
-        jobs[f"{b}/bwd"] = repeat(backward(mod))
-    samples = {k: [] for k in jobs}
-    for fn in jobs.values():  # warm up
-        fn()
-    # Each round starts one job later: what a job leaves behind (the heap's state, so whether the
-    # next out-of-place update reuses warm memory or faults fresh pages in) falls on every job alike.
-    names = list(jobs)
-    for r in range(rounds):
-        for k in names[r % len(names):] + names[: r % len(names)]:
-            samples[k].append(_time_once(jobs[k], device) / inner)
+        calls[f"{b}/fwd"] = forward(mod)
+        calls[f"{b}/inplace"] = inplace(mod)
+        calls[f"{b}/fwd+bwd"] = forward_backward(mod)
+        calls[f"{b}/fwd+bwd engine"] = forward_backward_engine(mod)
+        calls[f"{b}/bwd"] = backward(mod)
+    # "rotate": each round starts one job later, so what a job leaves behind (the heap's state: whether
+    # the next out-of-place update reuses warm memory or faults fresh pages in) falls on every job alike.
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    samples = interleaved({k: (lambda r, fn=fn: fn()) for k, fn in calls.items()}, rounds, reps=inner,
+                          order="rotate", warmup_rounds=1, clocks=(clock,), sync=sync)[clock]
 
     copy, floor = _stats(samples["copy"]), _stats(samples["grad_floor"])
     copy_gbs = 2 * flat_src.numel() * flat_src.element_size() / (copy["median_us"] * 1e-6) / 1e9
@@ -226,15 +200,13 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's); 1 on an oversubscribed shared machine")
-    parser.add_argument("--clock", choices=tuple(_CLOCKS), default="wall",
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                         help="wall: elapsed time; cpu: this process's CPU time (CPU, --threads 1, busy machine)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.clock == "cpu" and (args.device != "cpu" or torch.get_num_threads() != 1):
         parser.error("--clock cpu needs --device cpu and --threads 1")
-    global _clock
-    _clock = _CLOCKS[args.clock]
     device = torch.device(args.device)
     backends = [b for b in ("reference", "foreach", "native", "triton")
                 if (b != "triton" or device.type == "cuda") and is_available(b, device)]
@@ -244,7 +216,7 @@ def main(argv=None):
         inner = max(1, min(200, 200_000 // elements))  # calls per timed sample: samples of >~100 us
         rounds = 5 if args.quick else (15 if elements > 1_000_000 else 30)
         for form in FORMS:
-            rows += bench_case(set_name, form, backends, device, rounds, inner)
+            rows += bench_case(set_name, form, backends, device, rounds, inner, args.clock)
             print(f"{set_name:9s} {form:7s} " + "  ".join(
                 f"{x['backend']}={x['fwd']['median_us']:.0f}us" for x in rows[-len(backends):]
             ) + f"  native/copy={next((x['frac_of_copy'] for x in rows[-len(backends):] if x['backend'] == 'native'), 0):.2f}",

@@ -236,10 +236,11 @@ def run(methods, steps, reps: int, timeout: float) -> dict:
 
 
 def chart(data: dict, path: Path) -> Path | None:
-    plt = pyplot()
-    if plt is None:
+    if pyplot() is None:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    from fastmaml.train import style
+
+    fig, axes = style.figure(ncols=3)
     for method in METHODS:
         pts = sorted((p for p in data["points"] if p["method"] == method), key=lambda p: p["steps"])
         if not pts:
@@ -248,21 +249,17 @@ def chart(data: dict, path: Path) -> Path | None:
         axes[0].plot(ks, [p["max_rss_mib"] for p in pts], "o-", label=LABELS[method])
         axes[1].plot(ks, [p["step_rise_mib"] for p in pts], "o-", label=LABELS[method])
         axes[2].plot(ks, [p["cpu_ms"]["median"] for p in pts], "o-", label=LABELS[method])
-    axes[0].set_title("process peak RSS (MiB)")
-    axes[1].set_title("RSS rise during one meta-step (MiB)")
-    axes[2].set_title("CPU time per meta-step (ms, one thread)")
-    axes[2].set_yscale("log")
-    for ax in axes:
+    for ax, label in zip(axes, ("process peak RSS (MiB)", "RSS rise in one meta-step (MiB)",
+                                "CPU time per meta-step (ms, one thread)")):
         ax.set_xlabel("inner steps K")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+        ax.set_ylabel(label)
+        style.iteration_axis(ax)
+    style.log_axis(axes[2], "y")
+    style.legend_below(fig, axes[0])
     c = data["config"]
-    fig.suptitle(f"Conv-4, {c['n_way']}-way {c['k_shot']}-shot, meta-batch {c['meta_batch']}, {c['dtype']}, "
-                 f"1 CPU thread ({data['machine']['cpu']})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    style.title(fig, f"Conv-4, {c['n_way']}-way {c['k_shot']}-shot, meta-batch {c['meta_batch']}, {c['dtype']}, "
+                     f"1 CPU thread ({data['machine']['cpu']})")
+    return style.save(fig, path)
 
 
 def render_markdown(data: dict | str | Path = DEFAULT_OUT) -> str:

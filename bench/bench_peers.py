@@ -58,7 +58,7 @@ if str(ROOT) not in sys.path:
 import torch
 
 from bench import peers as P
-from bench._common import OpCounter, cpu_name, memory_kib, pyplot
+from bench._common import OpCounter, cpu_name, interleaved, memory_kib, pyplot
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "peers.json"
 CHECK_TOL = 1e-8  # float64
@@ -159,20 +159,9 @@ def run_config(name: str, names: list[str], rounds: int, min_rounds: int, budget
         c0 = time.process_time()
         steps[peer](batches[1 % len(batches)])
         reps[peer] = max(1, math.ceil(SAMPLE_S / max(time.process_time() - c0, 1e-6)))
-    times = {peer: [] for peer in names}
-    walls = {peer: [] for peer in names}
-    start = time.perf_counter()
-    r = 0
-    while r < rounds and (r < min_rounds or time.perf_counter() - start < budget_s):
-        order = names if r % 2 == 0 else names[::-1]
-        for peer in order:
-            batch = batches[r % len(batches)]
-            w0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(reps[peer]):
-                steps[peer](batch)
-            times[peer].append((time.process_time() - c0) / reps[peer])
-            walls[peer].append((time.perf_counter() - w0) / reps[peer])
-        r += 1
+    jobs = {peer: (lambda r, step=steps[peer]: step(batches[r % len(batches)])) for peer in names}
+    samples = interleaved(jobs, rounds, reps=reps, clocks=("cpu", "wall"), min_rounds=min_rounds, budget_s=budget_s)
+    times, walls = samples["cpu"], samples["wall"]
     # 3. ops per meta-step
     ops = {}
     for peer in names:
@@ -295,12 +284,14 @@ def run(configs, names, rounds, min_rounds, budget_s, threads, memory=True) -> d
 
 def chart(data: dict, path: Path) -> Path | None:
     """A bar chart of the ratios to fastmaml per config (log scale)."""
-    plt = pyplot()
-    if plt is None:
+    if pyplot() is None:
         return None
+    from fastmaml.train import style
+
     configs = data["configs"]
     peers = [p for p in P.ORDER if any(p in c["results"] for c in configs)]
-    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(configs)), 4.2))
+    fig, (ax,) = style.figure()
+    fig.set_size_inches(max(7, 1.6 * len(configs)), 4.2)
     width = 0.8 / len(peers)
     for i, peer in enumerate(peers):
         xs, ys = [], []
@@ -311,16 +302,14 @@ def chart(data: dict, path: Path) -> Path | None:
                 ys.append(r["median_ms"])
         name = next(c["results"][peer]["name"] for c in configs if peer in c["results"])
         ax.bar(xs, ys, width, label=name)
-    ax.set_yscale("log")
+    style.log_axis(ax, "y")
     ax.set_xticks(range(len(configs)), [c["config"] for c in configs])
-    ax.set_ylabel("CPU ms per meta-step (median, log)")
+    ax.set_xlabel("configuration")
+    ax.set_ylabel("CPU time per meta-step (ms, median, log scale)")
     m = data["machine"]
-    ax.set_title(f"MAML meta-step, float32, {m['torch_threads']} thread(s) on {m['cpu'][:40]}", fontsize=9)
-    ax.legend(fontsize=8, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    ax.set_title(f"MAML meta-step, float32, {m['torch_threads']} thread(s) on {m['cpu'][:40]}")
+    ax.legend(ncol=3, frameon=False, fontsize=style.RC["legend.fontsize"])
+    return style.save(fig, path)
 
 
 def render_markdown(data: dict | str | Path = DEFAULT_OUT) -> str:

@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("demo", "info", "train", "eval", "plot")
+SUBCOMMANDS = ("demo", "info", "train", "eval", "plot", "report")
 
 
 class CommandError(Exception):

@@ -7,12 +7,14 @@ the support sets of held-out tasks, prints the query MSE table and writes a figu
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import math
 import os
 import platform
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,15 @@ from fastmaml.train.metrics import mean_ci95
 FINE_TUNE_STEPS = (0, 1, 10)
 
 
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: stores into the new one's dest and warns."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        new = "--" + self.dest.replace("_", "-")
+        warnings.warn(f"{option_string} is deprecated; use {new} (the same value)", FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="meta-train MAML on sine tasks (about a minute) and compare with a baseline",
                               description=__doc__)
@@ -33,7 +44,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--meta-batch", type=int, default=25, help="tasks per meta-batch (default 25)")
     p.add_argument("--k-shot", type=int, default=10, help="support points per task (default 10)")
     p.add_argument("--inner-lr", type=float, default=0.01, help="inner-loop learning rate alpha (default 0.01)")
-    p.add_argument("--outer-lr", type=float, default=1e-3, help="Adam learning rate of the meta-optimizer (default 1e-3)")
+    p.add_argument("--meta-lr", type=float, default=1e-3,
+                   help="Adam learning rate of the meta-optimizer (default 1e-3; as `fastmaml train --meta-lr`)")
+    p.add_argument("--outer-lr", type=float, dest="meta_lr", action=DeprecatedAlias, help=argparse.SUPPRESS)
     p.add_argument("--eval-tasks", type=int, default=100, help="held-out tasks for the table (default 100)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the sine MLP is too small to gain from more, and "
@@ -44,7 +57,7 @@ def add_parser(subparsers) -> None:
 
 
 def _train(model, loss_of_batch, tasks, args, desc):
-    opt = torch.optim.Adam(model.parameters(), lr=args.outer_lr)
+    opt = torch.optim.Adam(model.parameters(), lr=args.meta_lr)
     bar = tqdm(range(args.iterations), desc=desc, unit="it", mininterval=0.5)
     for i in bar:
         loss = loss_of_batch(tasks.sample(args.meta_batch))
@@ -83,25 +96,15 @@ def _predict_after(net, batch, t, x, steps, inner_lr):
 
 
 def _figure(path, nets, batch, inner_lr, tasks=3):
-    import matplotlib
+    """`fastmaml plot`'s sine figure (fastmaml.train.plots.sine_figure): each net before and after
+    10 SGD steps on the support points."""
+    from fastmaml.train import plots, style
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, tasks, figsize=(5 * tasks, 4), squeeze=False)
-    x = torch.linspace(-5, 5, 200).unsqueeze(1)
-    for t, ax in enumerate(axes[0]):
-        a, ph = batch.amplitude[t].item(), batch.phase[t].item()
-        ax.plot(x, SineTasks.curve(a, ph, x), "k-", label="true")
-        ax.plot(batch.support_x[t], batch.support_y[t], "k^", label="support (K=10)")
-        for (name, net), color in zip(nets.items(), ("tab:red", "tab:blue")):
-            ax.plot(x, _predict_after(net, batch, t, x, 0, inner_lr), color=color, ls=":", label=f"{name}, 0 steps")
-            ax.plot(x, _predict_after(net, batch, t, x, 10, inner_lr), color=color, ls="-", label=f"{name}, 10 steps")
-        ax.set_title(f"A={a:.2f}, phase={ph:.2f}")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    curves = [(f"{name}, {steps} step{'s' if steps != 1 else ''}", style.COLORS[name], style.STEP_STYLES[steps],
+               lambda t, x, net=net, steps=steps: _predict_after(net, batch, t, x, steps, inner_lr))
+              for name, net in nets.items() for steps in (0, 10)]
+    title = f"sine, K={batch.support_x.shape[1]}: MAML vs a pre-trained net, fine-tuned with SGD lr {inner_lr}"
+    style.save(plots.sine_figure(batch, curves, title, tasks), path)
 
 
 def run(args) -> int:

@@ -24,7 +24,8 @@ defaults (Finn et al. 2017; a flag overrides its default):
   evaluate on Japanese_(katakana), Sanskrit, Tagalog of images_background_small2 (never trained on).
   Split "standard": images_background (30 alphabets) vs images_evaluation (20 alphabets).
   Evaluation: every --eval-every iterations and at the end, mean and 95% CI over --eval-tasks
-  fixed tasks. Outputs in RUN_DIR: config.json, checkpoint.pt, metrics.jsonl, train.csv, eval.csv.
+  fixed tasks. Outputs in RUN_DIR: config.json, checkpoint.pt, metrics.jsonl, train.csv, eval.csv,
+  results.json (the summary: final evaluation, wall time, backend, versions).
   Ctrl-C (or SIGTERM) saves a checkpoint; `--resume` continues it bit-identically (on CPU).
 
 examples:
@@ -65,7 +66,8 @@ def add_parser(subparsers) -> None:
     g.add_argument("--inner-steps", type=int, help="inner gradient steps during meta-training")
     g.add_argument("--first-order", action="store_true", default=None,
                    help="do not differentiate through the inner steps (much faster on CPU)")
-    g.add_argument("--batching", choices=("auto", "vmap", "loop"), help="how tasks are batched (default auto)")
+    g.add_argument("--batching", choices=("auto", "batched", "vmap", "loop"),
+                   help="how tasks are batched (default auto: the task-batched kernels where the algorithm has them)")
     g.add_argument("--grad-clip", type=float, help="clip the meta-gradient's global norm")
     g.add_argument("--seed", type=int, help="seed of the model, the samplers and the global RNGs (default 0)")
     g.add_argument("--device", help="cpu (default) or cuda")
@@ -230,6 +232,27 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def write_results(run_dir: Path, cfg: dict, summary: dict, wall: float, world_size: int) -> None:
+    """RUN_DIR/results.json: what `fastmaml demo` writes for its run, for a training run."""
+    import json
+    import os
+    import platform
+
+    import torch
+
+    from fastmaml import ops
+    from fastmaml.train.metrics import atomic_write_text
+
+    device = torch.device(cfg.get("device") or "cpu")
+    record = {
+        "command": "fastmaml train", "config": cfg, "iteration": summary["iteration"],
+        "last_eval": summary["last_eval"], "checkpoint": summary["checkpoint"], "wall_seconds": wall,
+        "world_size": world_size, "backend": ops.resolve_backend(device), "torch": torch.__version__,
+        "machine": platform.machine(), "cpus": os.cpu_count(),
+    }
+    atomic_write_text(run_dir / "results.json", json.dumps(record, indent=2, default=str) + "\n")
+
+
 def run(args) -> int:
     from fastmaml.tasks.omniglot import OmniglotError
     from fastmaml.tasks.sampler import SamplerError
@@ -266,7 +289,8 @@ def run(args) -> int:
         from fastmaml.train.metrics import tensorboard_available
 
         if not tensorboard_available():
-            raise CommandError("--tensorboard needs the tensorboard package: pip install tensorboard")
+            raise CommandError("--tensorboard needs the tensorboard package: pip install 'fastmaml[tensorboard]' "
+                               "(or pip install tensorboard)")
     from fastmaml import distributed
 
     try:  # under torchrun: join the job (gloo on CPU, NCCL on CUDA); else one process
@@ -303,6 +327,8 @@ def run(args) -> int:
         ctx.destroy()
     wall = time.perf_counter() - start
     last = summary["last_eval"]
+    if ctx.is_main:
+        write_results(Path(run_dir), cfg, summary, wall, ctx.world_size)
     if last is not None and ctx.is_main:
         score = (f"{last['mean']:.4f} +- {last['ci95']:.4f}" if math.isfinite(last["mean"])
                  else "diverged (not finite on some task)")

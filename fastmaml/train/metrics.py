@@ -81,7 +81,8 @@ class MetricsLogger:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if tensorboard:
             if not tensorboard_available():
-                raise RuntimeError("TensorBoard logging needs the tensorboard package: pip install tensorboard")
+                raise RuntimeError("TensorBoard logging needs the tensorboard package: pip install 'fastmaml[tensorboard]' "
+                                   "(or pip install tensorboard)")
             if self.run_dir is None:
                 raise RuntimeError("TensorBoard logging needs a run directory")
             from torch.utils.tensorboard import SummaryWriter

@@ -1,6 +1,6 @@
 """Markdown tables of recorded results, made from the runs' eval.json and metrics (never typed).
 
-    python -m fastmaml.train.report runs/omniglot-* runs/sine-*
+    fastmaml report runs/omniglot-* runs/sine-*      (or python -m fastmaml.train.report ...)
 """
 
 from __future__ import annotations

@@ -113,3 +113,48 @@ def twin(model: nn.Module) -> nn.Module:
 
 def buffers(model: nn.Module) -> list:
     return [b.clone() for b in model.buffers()]
+
+
+def learn2learn_parts():
+    """learn2learn 0.2.0's algorithms (MAML, MetaSGD, GBML), utils, nn, optim and data, loaded
+    without its top-level imports of gym, torchvision, requests, ... (not installed with the
+    core): a shell `learn2learn` package gets the parts as attributes, as their own
+    `import learn2learn as l2l` expects. Skips the test when learn2learn is not installed."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    for name in [m for m in sys.modules if m == "learn2learn" or m.startswith("learn2learn.")]:
+        del sys.modules[name]  # another loader's shell (fastmaml.compat._peers) has no __spec__
+    spec = importlib.util.find_spec("learn2learn")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("learn2learn is not installed; bench/install_peers.sh installs it")
+    root = spec.submodule_search_locations[0]
+    shell = types.ModuleType("learn2learn")
+    shell.__path__ = [root]
+    sys.modules["learn2learn"] = shell
+    algorithms = types.ModuleType("learn2learn.algorithms")
+    algorithms.__path__ = [f"{root}/algorithms"]
+    sys.modules["learn2learn.algorithms"] = shell.algorithms = algorithms
+    utils = importlib.import_module("learn2learn.utils")
+    shell.utils, shell.clone_module, shell.update_module = utils, utils.clone_module, utils.update_module
+    shell.nn = importlib.import_module("learn2learn.nn")
+    shell.optim = importlib.import_module("learn2learn.optim")
+    had_requests = "requests" in sys.modules
+    sys.modules.setdefault("requests", types.ModuleType("requests"))  # data.utils imports it for downloads
+    try:
+        shell.data = importlib.import_module("learn2learn.data")
+    finally:
+        if not had_requests:
+            del sys.modules["requests"]
+    for name, cls in (("maml", "MAML"), ("meta_sgd", "MetaSGD"), ("gbml", "GBML")):
+        module = importlib.import_module(f"learn2learn.algorithms.{name}")
+        setattr(algorithms, name, module)
+        setattr(algorithms, cls, getattr(module, cls))
+    # compiled (Cython) modules are initialised once per process: one first imported by an earlier,
+    # failed full import still holds that package as its `l2l`
+    for name, module in list(sys.modules.items()):
+        if name.startswith("learn2learn.") and hasattr(module, "l2l"):
+            module.l2l = shell
+    return shell

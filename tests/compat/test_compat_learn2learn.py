@@ -157,8 +157,8 @@ def test_learner_forwards_attributes_and_the_face_names_what_it_lacks():
     learner = fl2l.MAML(model, lr=LR).clone()
     assert learner.n_way == 3 and learner.module[1].num_features == 4
     assert fl2l.algorithms.MAML is fl2l.MAML
-    with pytest.raises(AttributeError, match="provides MAML, "):
-        fl2l.vision  # noqa: B018
+    with pytest.raises(AttributeError, match="has no 'gym': it provides GBML, MAML, "):
+        fl2l.gym  # noqa: B018
     with pytest.raises(TypeError, match="lr must be a number"):
         fl2l.MAML(model, lr="0.1")
 

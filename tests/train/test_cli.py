@@ -174,3 +174,36 @@ def test_report_says_diverged_for_non_finite_scores():
     assert fmt({"mean": float("nan"), "ci95": float("nan")}, False) == "diverged"
     assert fmt({"mean": float("inf"), "ci95": float("nan")}, True) == "diverged"
     assert fmt({"mean": 0.25, "ci95": 0.01}, False) == "0.250 ± 0.010"
+
+
+def test_train_writes_results_and_report_prints_the_table(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SINE_TINY[:-3], "--batching", "batched", "--no-progress", "--run-dir", str(run)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["command"] == "fastmaml train" and results["iteration"] == 4
+    assert results["last_eval"]["metric"] == "mse" and results["config"]["batching"] == "batched"
+    assert results["wall_seconds"] > 0 and results["torch"]
+    assert main(["eval", str(run), "--tasks", "3", "--steps", "0,1"]) == 0
+    capsys.readouterr()
+    out_file = tmp_path / "table.md"
+    assert main(["report", str(run), "--out", str(out_file)]) == 0
+    assert "| maml | 4 | 0.01, 1 |" in capsys.readouterr().out
+    assert "| maml | 4 | 0.01, 1 |" in out_file.read_text()
+    fails(capsys, ["report", str(tmp_path / "nope")], "not a run folder")
+    fails(capsys, ["report", str(tmp_path)], "none of the runs has an eval.json")
+
+
+def test_demo_outer_lr_is_a_deprecated_alias_of_meta_lr():
+    from fastmaml.cli import build_parser
+
+    assert build_parser().parse_args(["demo", "--meta-lr", "0.5"]).meta_lr == 0.5
+    with pytest.warns(FutureWarning, match="--outer-lr is deprecated; use --meta-lr"):
+        assert build_parser().parse_args(["demo", "--outer-lr", "0.25"]).meta_lr == 0.25
+
+
+def test_tensorboard_flag_names_the_extra(tmp_path, capsys, monkeypatch):
+    from fastmaml.train import metrics
+
+    monkeypatch.setattr(metrics, "tensorboard_available", lambda: False)
+    fails(capsys, ["train", *SINE_TINY, "--tensorboard", "--run-dir", str(tmp_path / "r")],
+          r"pip install 'fastmaml\[tensorboard\]'")

@@ -1,7 +1,7 @@
-"""learn2learn-shaped MAML and MetaSGD on fastmaml's fused inner update.
+"""learn2learn.algorithms.MAML and maml_update on fastmaml's fused inner update.
 
     import fastmaml.compat.learn2learn as l2l        # was: import learn2learn as l2l
-    maml = l2l.algorithms.MAML(model, lr=0.01)        # or l2l.MAML(model, lr=0.01)
+    maml = l2l.algorithms.MAML(model, lr=0.01)
     learner = maml.clone()
     learner.adapt(loss_fn(learner(x_s), y_s))
     loss_fn(learner(x_q), y_q).backward()             # meta-gradients land on model's parameters
@@ -22,58 +22,16 @@ buffer, which nothing in learn2learn's MAML sets.
 
 from __future__ import annotations
 
-import types
+import warnings
 
-import torch
 from torch import Tensor, nn
 
 from fastmaml import ops
-from fastmaml.compat._module import FastSlots, lr_list, share
+from fastmaml.compat._module import FastSlots, lr_list
+from fastmaml.compat.learn2learn.algorithms.base_learner import BaseLearner
+from fastmaml.compat.learn2learn.utils import clone_module, gradients, update_module
 
-__all__ = ["MAML", "BaseLearner", "MetaSGD", "algorithms", "clone_module"]
-
-
-def clone_module(module: nn.Module) -> nn.Module:
-    """A shallow clone of `module` holding its parameters, sharing its buffers (learn2learn's
-    `clone_module` without the per-tensor copies)."""
-    return FastSlots(module, buffer_rule=share).root
-
-
-class BaseLearner(nn.Module):
-    """learn2learn's BaseLearner: wraps `self.module`, forwards calls and unknown attributes to it."""
-
-    def __init__(self, module: nn.Module | None = None):
-        super().__init__()
-        self.module = module
-
-    def __getattr__(self, attr):
-        try:
-            return super().__getattr__(attr)
-        except AttributeError:
-            return getattr(self.__dict__["_modules"]["module"], attr)
-
-    def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
-
-
-def _grads(loss: Tensor, params: list[Tensor], second_order: bool, allow_unused: bool, allow_nograd: bool):
-    """learn2learn's gradient rules: with allow_nograd, parameters with requires_grad=False get
-    no gradient (None); otherwise torch.autograd.grad over all of them, which raises for such a
-    parameter unless allow_unused... and then names the flags to set."""
-    if allow_nograd:
-        wrt = [i for i, p in enumerate(params) if p.requires_grad]
-        got = torch.autograd.grad(loss, [params[i] for i in wrt], retain_graph=second_order,
-                                  create_graph=second_order, allow_unused=allow_unused)
-        grads: list[Tensor | None] = [None] * len(params)
-        for i, g in zip(wrt, got):
-            grads[i] = g
-        return grads
-    try:
-        return list(torch.autograd.grad(loss, params, retain_graph=second_order, create_graph=second_order,
-                                        allow_unused=allow_unused))
-    except RuntimeError as e:
-        raise RuntimeError(f"{e}\nfastmaml.compat.learn2learn: maybe try with allow_nograd=True and/or "
-                           "allow_unused=True (as in learn2learn)") from e
+__all__ = ["MAML", "maml_update"]
 
 
 class MAML(BaseLearner):
@@ -103,7 +61,7 @@ class MAML(BaseLearner):
         allow_nograd = self.allow_nograd if allow_nograd is None else allow_nograd
         slots = FastSlots.of(self.module)
         params = slots.current()
-        grads = _grads(loss, params, not first_order, allow_unused, allow_nograd)
+        grads = gradients(loss, params, not first_order, not first_order, allow_unused, allow_nograd)
         _apply(slots, params, grads, self.lr)
 
     def clone(self, first_order: bool | None = None, allow_unused: bool | None = None,
@@ -123,37 +81,21 @@ class MAML(BaseLearner):
         return new
 
 
-class MetaSGD(BaseLearner):
-    """learn2learn.algorithms.MetaSGD: a learned per-element rate for every parameter (`lrs`,
-    initialised to `lr`); `adapt` takes p <- p - lrs * dloss/dp in one fastmaml.ops.update call
-    (the "scaled" form), differentiable in both p and lrs."""
-
-    def __init__(self, model: nn.Module, lr: float = 1.0, first_order: bool = False, lrs=None):
-        super().__init__()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"MetaSGD: model must be an nn.Module, got {type(model).__name__}")
-        self.module = model
-        if lrs is None:
-            lrs = nn.ParameterList([nn.Parameter(torch.ones_like(p) * lr) for p in model.parameters()])
-        self.lrs = lrs
-        self.first_order = first_order
-
-    def clone(self) -> MetaSGD:
-        """A learner on a shallow clone of the module, adapting with this learner's rates (the
-        rates themselves, so meta-gradients reach them)."""
-        return MetaSGD(clone_module(self.module), lrs=list(self.lrs), first_order=self.first_order)
-
-    def adapt(self, loss: Tensor, first_order: bool | None = None) -> None:
-        first_order = self.first_order if first_order is None else first_order
-        second_order = not first_order
-        slots = FastSlots.of(self.module)
-        params = slots.current()
-        lrs = list(self.lrs)
-        if len(lrs) != len(params):
-            raise ValueError(f"MetaSGD.adapt: {len(lrs)} learning rates for {len(params)} parameters")
-        grads = torch.autograd.grad(loss, params, retain_graph=second_order, create_graph=second_order)
-        new = ops.update(params, list(grads), lrs, names=slots.names)
-        slots.assign(new)
+def maml_update(model: nn.Module, lr, grads: list[Tensor | None] | None = None) -> nn.Module:
+    """learn2learn's maml_update: p <- p - lr * g for every parameter of `model` with a gradient
+    in `grads` (one per parameter, None to skip), through one fastmaml.ops.update call; the slots
+    get new tensors (differentiable), the model object is updated and returned. Without `grads`,
+    the parameters' `.update` attributes are applied (update_module)."""
+    if grads is None:
+        return update_module(model)
+    slots = FastSlots.of(model)
+    params = slots.current()
+    grads = list(grads)
+    if len(grads) != len(params):
+        warnings.warn(f"maml_update: {len(params)} parameters but {len(grads)} gradients; the first "
+                      f"{min(len(params), len(grads))} are applied", stacklevel=2)
+    _apply(slots, params, (grads + [None] * len(params))[:len(params)], lr)
+    return model
 
 
 def _apply(slots: FastSlots, params: list[Tensor], grads: list[Tensor | None], lr) -> None:
@@ -168,12 +110,3 @@ def _apply(slots: FastSlots, params: list[Tensor], grads: list[Tensor | None], l
     ps = [params[i] for i in idx]
     new = ops.update(ps, [grads[i] for i in idx], lr_list(lr, ps), names=[slots.names[i] for i in idx])
     slots.assign(new, idx)
-
-
-# `l2l.algorithms.MAML` spelling, for code that imports the package as l2l.
-algorithms = types.SimpleNamespace(MAML=MAML, MetaSGD=MetaSGD, BaseLearner=BaseLearner)
-
-
-def __getattr__(name: str):
-    raise AttributeError(f"fastmaml.compat.learn2learn has no {name!r}: it provides {', '.join(__all__)}; "
-                         "use learn2learn itself for the rest (data, vision, gym, ANIL/GBML wrappers, ...)")

@@ -1,0 +1,22 @@
+"""learn2learn.algorithms.BaseLearner."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class BaseLearner(nn.Module):
+    """learn2learn's BaseLearner: wraps `self.module`, forwards calls and unknown attributes to it."""
+
+    def __init__(self, module: nn.Module | None = None):
+        super().__init__()
+        self.module = module
+
+    def __getattr__(self, attr):
+        try:
+            return super().__getattr__(attr)
+        except AttributeError:
+            return getattr(self.__dict__["_modules"]["module"], attr)
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
