@@ -114,7 +114,7 @@ def run(args) -> int:
     for name in ("iterations", "meta_batch", "k_shot", "eval_tasks", "threads"):
         _args.at_least(name, getattr(args, name), 1)
     _args.number("inner_lr", args.inner_lr)
-    _args.number("outer_lr", args.outer_lr)
+    _args.number("meta_lr", args.meta_lr)
     _args.writable_dir("--out", args.out)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -165,6 +165,6 @@ def run(args) -> int:
         json.dump(record, f, indent=2)
     print(f"wrote {figure} and {os.path.join(run_dir, 'results.json')} ({time.time() - start:.0f} s in all)")
     if diverged:
-        raise CommandError(f"the query MSE is not finite (NaN or inf): --inner-lr {args.inner_lr} or --outer-lr "
-                           f"{args.outer_lr} is too large for this network")
+        raise CommandError(f"the query MSE is not finite (NaN or inf): --inner-lr {args.inner_lr} or --meta-lr "
+                           f"{args.meta_lr} is too large for this network")
     return 0

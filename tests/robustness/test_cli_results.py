@@ -31,7 +31,7 @@ def test_demo_that_diverges_says_so(tmp_path, capsys):
     assert main(["demo", "--iterations", "2", "--eval-tasks", "2", "--inner-lr", "1e6", "--out", str(tmp_path)]) == 2
     out, err = capsys.readouterr()  # stderr also holds the progress bars
     assert "Traceback" not in err and [line for line in err.splitlines() if "error:" in line] == \
-        ["fastmaml demo: error: the query MSE is not finite (NaN or inf): --inner-lr 1000000.0 or --outer-lr 0.001 is "
+        ["fastmaml demo: error: the query MSE is not finite (NaN or inf): --inner-lr 1000000.0 or --meta-lr 0.001 is "
          "too large for this network"]
     assert "diverged" in out and "nan ± nan" not in out
 

@@ -195,8 +195,8 @@ CASES = [
     ("demo-threads-0", ["demo", "--threads", "0", "--out", "{new}"], r"--threads must be >= 1", None),
     ("demo-inner-lr-nan", ["demo", "--inner-lr", "nan", "--out", "{new}"], r"--inner-lr must be a finite number", None),
     ("demo-inner-lr-neg", ["demo", "--inner-lr", "-1", "--out", "{new}"], r"--inner-lr must be a finite number", None),
-    ("demo-outer-lr-neg", ["demo", "--outer-lr", "-1", "--out", "{new}"], r"--outer-lr must be a finite number", None),
-    ("demo-outer-lr-inf", ["demo", "--outer-lr", "inf", "--out", "{new}"], r"--outer-lr must be a finite number", None),
+    ("demo-outer-lr-neg", ["demo", "--outer-lr", "-1", "--out", "{new}"], r"--meta-lr must be a finite number", None),
+    ("demo-outer-lr-inf", ["demo", "--outer-lr", "inf", "--out", "{new}"], r"--meta-lr must be a finite number", None),
     ("demo-out-under-file", ["demo", "--out", "{file}/runs"], r"--out .* cannot be created", None),
     ("demo-seed-text", ["demo", "--seed", "x", "--out", "{new}"], r"argument --seed: invalid int", None),
 ]
