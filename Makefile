@@ -10,7 +10,7 @@ export MAX_JOBS ?= 2
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh') setup.py
 EXT_STAMP := build/.ext-built
 
-.PHONY: install ext demo test test-fast bench bench-kernels info clean lint
+.PHONY: install ext demo test test-fast test-torch-low bench bench-kernels info clean lint
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,27 @@ test: $(EXT_STAMP)
 	$(PY) -m fastmaml info
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q -p no:cacheprovider
+	$(MAKE) --no-print-directory test-torch-low
+
+# The low end of the declared torch range (pyproject.toml: torch>=2.11, the GPU machine's torch):
+# a second venv with that torch builds the extension (CPU kernels: `make test` proves the CUDA ones
+# compile against TORCH_SPEC) in a copy of the sources and runs the ops, algorithms, batched and MAML tests.
+# The wheels (~4.8 GB with torch's CUDA libraries) are kept in LOW_WHEELS between runs on a machine:
+# pip's own cache does not keep them here.
+TORCH_LOW_SPEC ?= torch==2.11.*
+LOW := build/torch-low
+LOW_PY := $(abspath $(LOW))/venv/bin/python
+LOW_WHEELS ?= $(HOME)/.cache/fastmaml/wheels-torch-low
+LOW_REQS := "$(TORCH_LOW_SPEC)" ninja "setuptools>=77" wheel numpy tqdm matplotlib pytest hypothesis
+LOW_TESTS := tests/ops tests/algorithms tests/test_batched.py tests/test_maml.py
+test-torch-low:
+	test -x $(LOW_PY) || $(PYTHON) -m venv $(LOW)/venv
+	$(LOW_PY) -m pip download -q --disable-pip-version-check -d $(LOW_WHEELS) $(LOW_REQS)
+	$(LOW_PY) -m pip install -q --disable-pip-version-check --no-index --find-links $(LOW_WHEELS) $(LOW_REQS)
+	mkdir -p $(LOW)/src
+	git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C $(LOW)/src
+	cd $(LOW)/src && FASTMAML_NO_CUDA=1 FASTMAML_REQUIRE_CUDA=0 $(LOW_PY) setup.py -q build_ext --inplace
+	cd $(LOW)/src && $(LOW_PY) -m fastmaml info && $(LOW_PY) -m pytest -q -p no:cacheprovider $(LOW_TESTS)
 
 test-fast: $(EXT_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"

@@ -3,6 +3,7 @@
 Environment:
   FASTMAML_NO_EXT=1        build nothing; fastmaml runs on its pure-PyTorch backends.
   FASTMAML_REQUIRE_CUDA=1  a CUDA part that cannot be built is an error (CI sets it).
+  FASTMAML_NO_CUDA=1       build the CPU kernels only, even where the CUDA ones could be built.
   TORCH_CUDA_ARCH_LIST     CUDA architectures, default "8.0;9.0" (sm_80, sm_90).
   CUDA_HOME                CUDA toolkit root; found from `nvcc --dryrun` when unset.
 """
@@ -39,6 +40,8 @@ def _cuda_home():
 
 def _cuda_problem(torch):
     """Why the CUDA sources cannot be built here, or None when they can."""
+    if _flag("FASTMAML_NO_CUDA"):
+        return "FASTMAML_NO_CUDA=1"
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is a CPU-only build"
     home = _cuda_home()

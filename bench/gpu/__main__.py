@@ -21,8 +21,10 @@ import importlib.metadata
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -45,32 +47,33 @@ def log(msg: str) -> None:
 
 
 def _run(cmd, timeout, env=None, log_path=None) -> dict:
-    """Run `cmd` from the repository root, its output streamed to our log (and `log_path`)."""
+    """Run `cmd` from the repository root, its output streamed to our log (and `log_path`); past
+    `timeout` seconds its whole process group is killed (a hung kernel or compiler included)."""
     t0 = time.perf_counter()
     full_env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **(env or {}))
     log("$ " + " ".join(f"{k}={v}" for k, v in (env or {}).items()) + (" " if env else "") + " ".join(cmd))
-    out = open(log_path, "w") if log_path else None
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     tail = []
-    try:
-        deadline = time.perf_counter() + timeout
-        for line in proc.stdout:  # noqa: B007 (read until the process ends or the deadline)
-            print(line, end="", flush=True)
-            if out:
+
+    def pump():
+        with open(log_path or os.devnull, "w") as out:
+            for line in proc.stdout:
+                print(line, end="", flush=True)
                 out.write(line)
-            tail = (tail + [line])[-40:]
-            if time.perf_counter() > deadline:
-                break
-        proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
+                tail.append(line)
+                del tail[:-40]
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=timeout)
         status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
     except subprocess.TimeoutExpired:
         status = "timeout"
-    if proc.poll() is None:
-        status = "timeout"
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    if out:
-        out.close()
+    reader.join(timeout=5)
     return {"status": status, "seconds": round(time.perf_counter() - t0, 1), "command": " ".join(cmd),
             "output_tail": "".join(tail)[-3000:]}
 

@@ -1,6 +1,6 @@
 """The README's GPU tables, made from the JSON of `python -m bench.gpu` (bench/results/gpu.json):
 registered in bench/tables.py as gpu_run, gpu_update, gpu_metastep and gpu_goals. Until a device run
-is committed each says so instead of showing numbers."""
+is committed, gpu_run says so and the others are empty."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ def run_table(data=RESULTS) -> str:
         return NO_RUN
     lines = ["| section | status | seconds | detail |", "|---|---|---|---|"]
     for name, s in data["sections"].items():
-        if name == "tests":
+        if name == "tests" and data["dry_run"]:
+            detail = f"collected only: {s.get('collected')}"
+        elif name == "tests":
             detail = (f"{s.get('passed', 0)} passed, {s.get('failed', 0)} failed, {s.get('errors', 0)} errors, "
                       f"{s.get('skipped', 0)} skipped" + (f"; failing: {', '.join(s['failures'][:5])}" if s.get("failures") else ""))
         elif name == "build":
@@ -57,7 +59,7 @@ def update_table(data=RESULTS) -> str:
     """The fused update per case, form and backend: GPU time, bandwidth, share of a copy, launches."""
     data = _load(data)
     if data is None:
-        return NO_RUN
+        return ""
     sec = data["sections"].get("update")
     if not sec or not sec.get("results"):
         return "*The update section recorded no results.*"
@@ -83,7 +85,7 @@ def metastep_table(data=RESULTS) -> str:
     """The MAML meta-step per config and implementation."""
     data = _load(data)
     if data is None:
-        return NO_RUN
+        return ""
     sec = data["sections"].get("metastep")
     if not sec or not sec.get("configs"):
         return "*The metastep section recorded no results.*"
@@ -114,7 +116,7 @@ def goals_table(data=RESULTS) -> str:
     """Issue 17's goals against the JSON."""
     data = _load(data)
     if data is None:
-        return NO_RUN
+        return ""
     rows = []
     upd = data["sections"].get("update", {}).get("results", [])
     for backend in ("native", "triton"):
@@ -139,7 +141,7 @@ def goals_table(data=RESULTS) -> str:
             rows.append((f"{c['config']}: JAX / fastmaml (aim ≥ 1×)", f"{jax['ratio_to_fastmaml']:.2f}×",
                          jax["ratio_to_fastmaml"] >= 1.0))
     tests = data["sections"].get("tests", {})
-    if "passed" in tests:
+    if "passed" in tests and not data["dry_run"]:
         rows.append(("CUDA tests and GPU gradcheck green", f"{tests['passed']} passed, {tests.get('failed', 0)} failed, "
                      f"{tests.get('skipped', 0)} skipped", not tests.get("failed") and not tests.get("errors")
                      and not tests.get("skipped")))

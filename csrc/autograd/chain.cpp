@@ -7,6 +7,7 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
+#include <fastmaml/node.h>
 #include <torch/library.h>
 
 #include <mutex>
@@ -95,7 +96,7 @@ Tensors with_node(bool hessian, const Tensor& x, const Tensor& y, at::TensorList
   }
   Tensors out = join(losses, std::move(grads));
   if (torch::autograd::compute_requires_grad(params)) {
-    auto node = c10::make_intrusive<ChainBackward>();
+    auto node = make_node<ChainBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(params));
     node->hessian = hessian;
     node->layers = layers.vec();

@@ -23,6 +23,7 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
+#include <fastmaml/node.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -186,9 +187,9 @@ Lists fused_update_autograd(c10::DispatchKeySet ks, at::TensorList params, at::T
   for (const auto& t : flat)
     TORCH_CHECK(!torch::autograd::isFwGradDefined(t),
                 "fastmaml::fused_update: forward-mode AD (jvp) is not supported");
-  c10::intrusive_ptr<FusedUpdateBackward> node;
+  NodeHandle<FusedUpdateBackward> node;
   if (torch::autograd::compute_requires_grad(flat)) {
-    node = c10::make_intrusive<FusedUpdateBackward>();
+    node = make_node<FusedUpdateBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(flat));
     node->n = params.size();
     node->alpha = alpha;

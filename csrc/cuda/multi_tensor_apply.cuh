@@ -1,8 +1,10 @@
-// Multi-tensor apply (after apex csrc/multi_tensor_apply.cuh and ATen's MultiTensorApply.cuh): one
-// launch covers many tensors. Every tensor is cut into chunks of kChunkSize elements, one block per
-// chunk; the launch's metadata (a kernel argument, under the 4 KB limit) holds each tensor's
-// addresses, size and operand periods, and for each block its tensor and chunk. A launch goes out
-// when its tensor or block table is full, on the current stream, and is checked.
+// Multi-tensor apply (after apex csrc/multi_tensor_apply.cuh and ATen's MultiTensorApply.cuh): ONE
+// launch covers all tensors of a list, whatever their count and size. Every tensor is cut into
+// chunks of kChunkSize elements, one block per chunk. The launch's table (each tensor's addresses,
+// size and operand periods, then each block's tensor and chunk) is written to pinned host memory
+// and copied to the device on the current stream (one asynchronous copy, no kernel): ATen's kernel
+// argument metadata (4 KB) would cut a long list or a big tensor into several launches. The launch
+// is checked.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -11,6 +13,8 @@
 
 #include <fastmaml/operands.h>
 
+#include <cstring>
+#include <limits>
 #include <vector>
 
 namespace fastmaml {
@@ -18,24 +22,17 @@ namespace cuda {
 
 constexpr int kBlockSize = 512;
 constexpr int64_t kChunkSize = 65536;
-constexpr int kMaxBlocks = 320;
 
-// How many tensors' entries fit in the argument beside the block table.
-constexpr int max_tensors(int n_in, int n_out) {
-  return (4096 - 256 - kMaxBlocks * 5) / (8 * (2 * n_in + n_out + 1));
-}
+struct BlockEntry {
+  int tensor;  // index into jobs
+  int chunk;   // the block covers elements [chunk * kChunkSize, (chunk + 1) * kChunkSize)
+};
 
-// Slots: in[k] is operand k (read modulo period[k], NOTE: [operand periods]), out[k] output k;
-// a null output is not written.
+// The kernel's view of the table, in device memory.
 template <typename scalar_t, int kIn, int kOut>
 struct TensorListMeta {
-  static constexpr int kMaxTensors = max_tensors(kIn, kOut);
-  const scalar_t* in[kIn][kMaxTensors];
-  scalar_t* out[kOut][kMaxTensors];
-  int64_t period[kIn][kMaxTensors];
-  int64_t numel[kMaxTensors];
-  unsigned char block_to_tensor[kMaxBlocks];
-  int block_to_chunk[kMaxBlocks];
+  const Job<scalar_t, kIn, kOut>* jobs;
+  const BlockEntry* blocks;
 };
 
 template <typename Meta, typename Functor, typename... Args>
@@ -44,39 +41,34 @@ __global__ void __launch_bounds__(kBlockSize) multi_tensor_kernel(Meta meta, Fun
 }
 
 template <typename scalar_t, int kIn, int kOut, typename Functor, typename... Args>
-void multi_tensor_apply(const std::vector<Job<scalar_t, kIn, kOut>>& jobs, Functor functor,
-                        Args... args) {
-  using Meta = TensorListMeta<scalar_t, kIn, kOut>;
-  static_assert(sizeof(Meta) <= 4000, "kernel argument over the 4 KB limit");
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  Meta meta;
-  auto set_slot = [&](int slot, const Job<scalar_t, kIn, kOut>& job) {
-    for (int k = 0; k < kIn; ++k) {
-      meta.in[k][slot] = job.in[k];
-      meta.period[k][slot] = job.period[k];
-    }
-    for (int k = 0; k < kOut; ++k) meta.out[k][slot] = job.out[k];
-    meta.numel[slot] = job.n;
-  };
-  int tensors = 0, blocks = 0;
+void multi_tensor_apply(const std::vector<Job<scalar_t, kIn, kOut>>& jobs, at::Device device,
+                        Functor functor, Args... args) {
+  using JobT = Job<scalar_t, kIn, kOut>;
+  static_assert(std::is_trivially_copyable_v<JobT> && sizeof(JobT) % alignof(BlockEntry) == 0);
+  if (jobs.empty()) return;
+  std::vector<BlockEntry> blocks;
   for (size_t t = 0; t < jobs.size(); ++t) {
-    set_slot(tensors++, jobs[t]);
     const int64_t chunks = (jobs[t].n + kChunkSize - 1) / kChunkSize;
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      meta.block_to_tensor[blocks] = static_cast<unsigned char>(tensors - 1);
-      meta.block_to_chunk[blocks] = static_cast<int>(chunk);
-      ++blocks;
-      const bool last_chunk = chunk == chunks - 1;
-      const bool tensors_full = tensors == Meta::kMaxTensors && last_chunk;
-      if (tensors_full || blocks == kMaxBlocks || (t + 1 == jobs.size() && last_chunk)) {
-        multi_tensor_kernel<<<blocks, kBlockSize, 0, stream>>>(meta, functor, args...);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        blocks = 0;
-        tensors = 0;
-        if (!last_chunk) set_slot(tensors++, jobs[t]);  // the tensor goes on in the next launch
-      }
-    }
+    TORCH_CHECK(chunks <= std::numeric_limits<int>::max(), "fastmaml: a tensor of ", jobs[t].n,
+                " elements is too large for the CUDA update");
+    for (int64_t chunk = 0; chunk < chunks; ++chunk)
+      blocks.push_back({static_cast<int>(t), static_cast<int>(chunk)});
   }
+  TORCH_CHECK(blocks.size() <= static_cast<size_t>(std::numeric_limits<int>::max()),
+              "fastmaml: too many chunks for one CUDA launch");
+  const size_t job_bytes = jobs.size() * sizeof(JobT);
+  const size_t bytes = job_bytes + blocks.size() * sizeof(BlockEntry);
+  at::Tensor host = at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.mutable_data_ptr(), jobs.data(), job_bytes);
+  std::memcpy(static_cast<char*>(host.mutable_data_ptr()) + job_bytes, blocks.data(), bytes - job_bytes);
+  // Asynchronous on the current stream; the host block is recorded so it is not reused too early.
+  const at::Tensor table = host.to(device, /*non_blocking=*/true);
+  const char* base = static_cast<const char*>(table.const_data_ptr());
+  const TensorListMeta<scalar_t, kIn, kOut> meta{reinterpret_cast<const JobT*>(base),
+                                                 reinterpret_cast<const BlockEntry*>(base + job_bytes)};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
+  multi_tensor_kernel<<<static_cast<unsigned>(blocks.size()), kBlockSize, 0, stream>>>(meta, functor, args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace cuda

@@ -1,5 +1,5 @@
-// CUDA kernels of the fused update: multi-tensor apply over the whole list (a launch per
-// max_tensors() tensors or kMaxBlocks chunks), fp32 arithmetic for the 16-bit types, aligned vector
+// CUDA kernels of the fused update: multi-tensor apply over the whole list (one launch per dtype
+// present), fp32 arithmetic for the 16-bit types, aligned vector
 // loads where every operand is scalar or elementwise. Maths: include/fastmaml/update.h; operand
 // layout: include/fastmaml/operands.h; the operators' wrappers: include/fastmaml/update_ops.h.
 #include <ATen/ATen.h>
@@ -34,9 +34,10 @@ struct ElementwiseFunctor {
   using opmath_t = at::opmath_type<scalar_t>;
 
   __device__ void operator()(TensorListMeta<scalar_t, kIn, kOut>& meta, opmath_t c) const {
-    const int t = meta.block_to_tensor[blockIdx.x];
-    const int64_t n = meta.numel[t];
-    const int64_t begin = meta.block_to_chunk[blockIdx.x] * kChunkSize;
+    const BlockEntry block = meta.blocks[blockIdx.x];
+    const Job<scalar_t, kIn, kOut>& job = meta.jobs[block.tensor];
+    const int64_t n = job.n;
+    const int64_t begin = static_cast<int64_t>(block.chunk) * kChunkSize;
     const int64_t end = min(n, begin + kChunkSize);
     const Op op;
 
@@ -45,14 +46,14 @@ struct ElementwiseFunctor {
     opmath_t scalar[kIn];  // the value of an operand that is absent (1) or one scalar
     bool vectorized = true;
     for (int k = 0; k < kIn; ++k) {
-      in[k] = meta.in[k][t];
-      period[k] = meta.period[k][t];
+      in[k] = job.in[k];
+      period[k] = job.period[k];
       scalar[k] = period[k] == 1 ? static_cast<opmath_t>(in[k][0]) : opmath_t(1);
       if (period[k] > 1) vectorized = vectorized && period[k] == n && is_aligned(in[k]);
     }
     scalar_t* out[kOut];
     for (int k = 0; k < kOut; ++k) {
-      out[k] = meta.out[k][t];
+      out[k] = job.out[k];
       if (out[k] != nullptr) vectorized = vectorized && is_aligned(out[k]);
     }
 
@@ -107,7 +108,7 @@ struct Cuda {
     for (const auto& [dtype, indices] : group_by_dtype(params)) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastmaml_update_cuda", [&] {
         using opmath_t = at::opmath_type<scalar_t>;
-        multi_tensor_apply(make_jobs<scalar_t, Op::kIn, Op::kOut>(params, in, outs, indices),
+        multi_tensor_apply(make_jobs<scalar_t, Op::kIn, Op::kOut>(params, in, outs, indices), params[0].device(),
                            ElementwiseFunctor<scalar_t, Op>{}, static_cast<opmath_t>(c));
       });
     }

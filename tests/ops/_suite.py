@@ -34,8 +34,8 @@ def check_matches_reference(names, form, dtype, atol, rtol, device="cpu", shapes
             assert_all_close(actual, expected, atol=atol, rtol=rtol, what=f"{name} {form} {dtype} inplace={inplace}")
 
 
-def _differentiable_case(form, shapes):
-    params, grads, lrs, gammas = make_case(form, torch.float64, shapes=list(shapes), seed=1)
+def _differentiable_case(form, shapes, device="cpu"):
+    params, grads, lrs, gammas = make_case(form, torch.float64, device, shapes=list(shapes), seed=1)
     lists = [params, grads] + [x for x in (lrs, gammas) if x is not None]
     flat = [t.detach().requires_grad_() for lst in lists for t in lst]
     n = len(params)
@@ -50,9 +50,9 @@ def _differentiable_case(form, shapes):
     return fn, flat
 
 
-def check_gradcheck(name, form, shapes=((3,), (4, 2, 2), (2, 3))):
+def check_gradcheck(name, form, shapes=((3,), (4, 2, 2), (2, 3)), device="cpu"):
     """gradcheck and gradgradcheck in float64 w.r.t. every input (p, g, a, gamma)."""
-    fn, flat = _differentiable_case(form, shapes)
+    fn, flat = _differentiable_case(form, shapes, device)
     fn.backend = backend_module(name)
     assert torch.autograd.gradcheck(fn, flat)
     assert torch.autograd.gradgradcheck(fn, flat)
@@ -146,3 +146,17 @@ def check_one_op_per_update(name, device="cpu"):
                 _call(backend_module(name), params, grads, lrs, gammas, 0.1, inplace)
             ops = [op for op in mode.ops if "clone" not in op]  # the clone is the test's own
             assert len(ops) == 1, f"{name} {form} inplace={inplace}: dispatched {ops}"
+
+
+def cuda_kernels(fn):
+    """The names of the CUDA kernels `fn()` runs (torch.profiler; memory copies left out), after
+    one call outside the profiler (compilation, caches)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type.name == "CUDA" and "memcpy" not in e.name.lower()
+            and "memset" not in e.name.lower()]

@@ -35,6 +35,40 @@ def test_gradcheck(form):
     _suite.check_gradcheck("native", form)
 
 
+@needs_cuda
+@forms
+def test_gradcheck_cuda(form):
+    _suite.check_gradcheck("native", form, device="cuda")
+
+
+@needs_cuda
+def test_transforms_cuda():
+    _suite.check_transforms("native", device="cuda")
+
+
+@needs_cuda
+@pytest.mark.parametrize("sizes", [[1023], [7, 0, 65536, 65537, 3] * 40, [25_000_001]], ids=["one", "200", "big"])
+@pytest.mark.parametrize("form", ["sgd", "scaled-channel", "forget-elementwise"])
+def test_one_cuda_launch_per_update(sizes, form):
+    """One kernel per update however many tensors (200) or chunks (a 25M-element tensor is 382
+    chunks), out of place and in place, with the reference's numbers."""
+    params, grads, lrs, gammas = _suite.make_case(form, torch.float32, "cuda", shapes=[(n,) for n in sizes],
+                                                  noncontiguous=False)
+    backend = _suite.backend_module("native")
+    expected = _suite.reference.update(params, grads, lrs, gammas, 0.37)
+    out = [p.clone() for p in params]
+    for inplace in (False, True):
+        if inplace:
+            call = lambda: backend.update_(out, grads, lrs, gammas, 0.37)
+        else:
+            call = lambda: backend.update(params, grads, lrs, gammas, 0.37)
+        with torch.no_grad():
+            kernels = _suite.cuda_kernels(call)
+        assert len(kernels) == 1, f"{form} inplace={inplace}: {kernels}"
+    _suite.assert_all_close(backend.update(params, grads, lrs, gammas, 0.37), expected, atol=1e-6, rtol=1e-5,
+                            what=f"native cuda {form}")
+
+
 @needs_native
 @forms
 @dtypes
