@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install the peer libraries the compat tests and bench/bench_compat.py compare against:
-# higher, torchopt (PyPI) and learn2learn 0.2.0 (its sdist ships Cython-generated C that does
+# Install the peer libraries the compat tests and the benchmarks compare against:
+# higher, torchopt, jax (CPU build; optional: bench/peers/jax.py) from PyPI and learn2learn 0.2.0 (its sdist ships Cython-generated C that does
 # not compile on Python 3.11: the three .pyx files are regenerated with cython<3 first).
 # Never lets a peer replace the installed torch.
 #   usage: bench/install_peers.sh [PYTHON]        (default: .venv/bin/python)
@@ -20,6 +20,8 @@ if ! have torchopt; then
     $PIP install --no-deps torchopt
     $PIP install optree typing-extensions numpy graphviz
 fi
+# jax: the JAX peer of bench/bench_peers.py and bench/gpu (its CPU wheel; a GPU machine brings its own).
+have jax || $PIP install jax
 
 if ! installed learn2learn; then
     WORK=$(mktemp -d)
