@@ -274,7 +274,7 @@ def versions(names) -> dict:
            "fastmaml_backend": ops.resolve_backend(torch.device("cpu"))}
     for name in names:
         mod = P.load(name)
-        if mod.available() is None and name not in ("fastmaml", "torchfunc_loop", "torchfunc_vmap"):
+        if mod.available() is None and name not in ("fastmaml", "fastmaml_compiled", "torchfunc_loop", "torchfunc_vmap", "torch_compile"):
             out[name] = mod.version()
     return out
 
