@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from fastmaml import batched, functional as F
 from fastmaml._batchnorm import DecomposedBatchNorm, has_batch_norm
 from fastmaml.algorithms.hvp_meta_grad import check_second_order, hvp_meta_losses
+from fastmaml.execution.user_compile import eager_module, outside_user_graph
 from fastmaml.functional import LossFn, Params
 
 BATCHING = ("auto", "batched", "vmap", "loop")
@@ -47,6 +48,7 @@ class MetaLearner(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        model = eager_module(model)  # a torch.compile'd model runs its original (issue 19)
         self.module = model
         params = F.params_of(model)
         if not params:
@@ -116,6 +118,7 @@ class MetaLearner(nn.Module):
             trajectory.append(params)
         return trajectory
 
+    @outside_user_graph
     def adapt(self, support_x: Tensor, support_y: Tensor, loss_fn: LossFn, steps: int | None = None,
               first_order: bool | None = None) -> Params:
         """Adapt to one task (no task dimension); returns its params dict for `self(x, params)`."""
@@ -128,6 +131,7 @@ class MetaLearner(nn.Module):
         return self.task_forward(self.params() if params is None else dict(params), x, None, None)
 
     # ---- the outer loss over a batch of tasks ----------------------------------------------
+    @outside_user_graph
     def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
                   loss_fn: LossFn, reduction: str = "mean") -> Tensor:
         """Query loss after adaptation over a batch of tasks (leading task dimension on all four

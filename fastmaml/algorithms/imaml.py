@@ -23,6 +23,7 @@ from fastmaml import functional as F, ops
 from fastmaml.algorithms.base import MetaLearner, _check_batch
 from fastmaml.algorithms.hvp_meta_grad import HandGradLosses, TaskMap, mapper_for
 from fastmaml.cg import ON_FAIL, CGReport, batched_cg
+from fastmaml.execution.user_compile import outside_user_graph
 from fastmaml.functional import LossFn, Params
 from fastmaml.hvp import METHODS, hvp_and_grad
 
@@ -130,6 +131,7 @@ class IMAML(MetaLearner):
         return [params, {**params, **{n: p[0] for n, p in phi.items()}}]
 
     # ---- the meta-loss ------------------------------------------------------------------------
+    @outside_user_graph
     def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
                   loss_fn: LossFn, reduction: str = "mean") -> Tensor:
         """Query losses after the proximal inner loop, "mean" or "sum" over tasks; its backward gives

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from fastmaml import functional as F
 from fastmaml._batchnorm import DecomposedBatchNorm, has_batch_norm
 from fastmaml.algorithms.hvp_meta_grad import HandGradLosses, TaskMap
+from fastmaml.execution.user_compile import outside_user_graph
 
 # Learners whose meta-step is not the base inner loop + task loss (they override how the loss
 # over tasks is formed) cannot take this path.
@@ -168,6 +169,7 @@ def compile(learner, backend: str = "inductor"):
     if why is not None:
         raise ValueError(f"fastmaml.compile: {why}")
 
+    @outside_user_graph  # a compiled graph of its own, never traced into the user's
     def meta_loss(support_x, support_y, query_x, query_y, loss_fn, reduction="mean"):
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
