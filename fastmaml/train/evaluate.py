@@ -46,12 +46,14 @@ def adapted_outputs(learner, mapper: TaskMap, sx, sy, qx, loss_fn, step_list: li
 
 
 def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_tasks: int = 600,
-             steps: int | list[int] | None = None, batch: int = 50, progress: bool = False) -> dict:
+             steps: int | list[int] | None = None, batch: int = 50, progress: bool = False,
+             batching: str = "auto") -> dict:
     """Adapt to `num_tasks` tasks from `tasks` and score the query sets: {"metric", "mean", "ci95",
     "loss", "tasks", "inner_steps"} (95% interval over tasks). `steps` may be a list, giving also
     "curve": one {"inner_steps", "mean", "ci95", "loss"} per entry (the iterates of one inner loop).
     Adaptation is first order (no graph is kept), `batch` tasks at a time; the learner's buffers
-    are restored afterwards. `progress`: a tqdm bar over tasks."""
+    are restored afterwards. `progress`: a tqdm bar over tasks. `batching`: "vmap", "loop" (one task
+    at a time) or "auto" (vmap unless the model does not run under it)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     default = learner.inner_steps
@@ -62,7 +64,9 @@ def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_ta
     losses = {s: [] for s in step_list}
     saved = {n: b.clone() for n, b in learner.named_buffers()}
     device = next(learner.parameters()).device
-    mapper = None
+    if batching not in ("auto", "vmap", "loop"):
+        raise ValueError(f"batching must be 'auto', 'vmap' or 'loop', got {batching!r}")
+    mapper = None if batching == "auto" else TaskMap(learner, batching == "vmap")
     bar = None
     if progress:
         from tqdm.auto import tqdm
