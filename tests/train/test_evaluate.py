@@ -1,6 +1,6 @@
 """Batched evaluation (fastmaml/train/evaluate.py) scores exactly what adapting one task at a time
-with learner.adapt scores, for an MLP, a Conv-4 with batch norm, and a model that does not run
-under vmap (the task loop takes over)."""
+with learner.adapt scores, for an MLP and a Conv-4 with batch norm (by the task-batched layers,
+"auto", and by vmap), and a model that neither covers (the task loop takes over)."""
 
 import math
 
@@ -57,12 +57,13 @@ def one_at_a_time(learner, tasks, loss_fn, metric, num_tasks, steps, batch):
     return scores, losses
 
 
-@pytest.mark.parametrize("case", ["mlp", "conv4-batchnorm", "no-vmap"])
-def test_batched_evaluation_scores_like_one_task_at_a_time(case):
+@pytest.mark.parametrize("case, batching", [("mlp", "auto"), ("mlp", "vmap"), ("conv4-batchnorm", "auto"),
+                                            ("conv4-batchnorm", "vmap"), ("no-vmap", "auto")])
+def test_batched_evaluation_scores_like_one_task_at_a_time(case, batching):
     learner, tasks, loss_fn, metric = {"mlp": lambda: sine(lambda: mlp(1, 1, hidden=16)),
                                        "conv4-batchnorm": images, "no-vmap": lambda: sine(Branchy)}[case]()
     steps = [0, 1, 3]
-    out = evaluate(learner, tasks(), loss_fn, metric, num_tasks=7, steps=steps, batch=3)
+    out = evaluate(learner, tasks(), loss_fn, metric, num_tasks=7, steps=steps, batch=3, batching=batching)
     scores, losses = one_at_a_time(learner, tasks(), loss_fn, metric, 7, steps, 3)
     for c in out["curve"]:
         s = c["inner_steps"]
