@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fastmaml import functional as F
+from fastmaml import functional as F, ops
 from fastmaml._batchnorm import DecomposedBatchNorm, has_batch_norm
 from fastmaml.algorithms.hvp_meta_grad import HandGradLosses, TaskMap
 from fastmaml.execution.user_compile import outside_user_graph
@@ -141,6 +141,12 @@ def compiled_task_losses(learner, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor
     why = supported(learner)
     if why is not None:
         raise ValueError(f"the compiled meta-step does not cover this learner: {why}")
+    # The dispatcher's choice is made here, not in the trace (its first "auto" choice imports and
+    # runs backends, which Dynamo cannot trace; so does every call of a non-native backend).
+    chosen = ops.resolve_backend(sx.device)
+    if chosen != "native":
+        raise ValueError(f"the compiled meta-step runs the inner updates through the native backend; the "
+                         f"{chosen!r} backend is in force on {sx.device.type} (see `fastmaml info`)")
     mapper = TaskMap(learner, vmapped=True)
     buffers = mapper.task_buffers(sx.shape[0])
     batch = (sx, sy, qx, qy)

@@ -108,3 +108,9 @@ def test_unsupported_learners_say_why():
     with pytest.raises(ValueError, match="second_order='hvp'"):
         fastmaml.compile(learner)
     assert "IMAML overrides" in supported(fastmaml.IMAML(sine_mlp(hidden=8)))
+
+
+def test_a_non_native_backend_is_refused_by_name():
+    learner = fastmaml.MAML(sine_mlp(hidden=8).double(), inner_lr=0.1)
+    with fastmaml.use_backend("reference"), pytest.raises(ValueError, match="'reference' backend is in force"):
+        compiled_task_losses(learner, *sine_batch(), F.mse_loss, backend="aot_eager")
