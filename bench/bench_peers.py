@@ -376,7 +376,7 @@ def render_markdown(data: dict | str | Path = DEFAULT_OUT) -> str:
               f"(torch.compile, jax.jit; a fresh Inductor cache per config). "
               f"Grad check: meta-gradient vs fastmaml in float64 on {data['check_tasks']} tasks, tolerance "
               f"{data['check_tolerance_f64']:.0e} (relative to the largest entry). Peak MiB: rise of the resident set "
-              f"during one meta-step. Made by `python -m bench.bench_peers` from bench/results/peers.json.")
+              f"during one meta-step. Made by `{data.get('command', 'python -m bench.bench_peers').strip()}`.")
     lines += ["", caption]
     return "\n".join(lines)
 

@@ -2,14 +2,16 @@
 
 Each chunk of `batch` tasks is adapted at once (first order, no graph, the learner's own inner
 loop, per-task buffers): by the task-batched layers of fastmaml/batched.py where they cover the
-learner (one autograd.grad for all tasks; the fastest on Conv-4), else in one torch.func.vmap pass
-(batch norm decomposed, NOTE: [vmap batch norm]), else, for a model that does not run under vmap,
-task by task (decided on the first chunk). The scores are the same as adapting one task at a time.
+learner (one autograd.grad for all tasks), or in one torch.func.vmap pass (batch norm decomposed,
+NOTE: [vmap batch norm]), or task by task. "auto" times each way that runs on a few tasks of the
+first chunk and keeps the fastest (on 2 CPU cores the task loop can win for Conv-4, see
+bench/bench_evaluate.py). The scores are the same whichever way runs.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -59,6 +61,34 @@ def adapted_outputs(learner, mapper: TaskMap, sx, sy, qx, loss_fn, step_list: li
         return mapper(one_task, sx, sy, qx, mapper.task_buffers(sx.shape[0]))
 
 
+MODES = ("batched", "vmap", "loop")
+
+
+def outputs_by(mode: str, learner, sx, sy, qx, loss_fn, step_list: list[int]) -> list[Tensor]:
+    if mode == "batched":
+        return batched_outputs(learner, sx, sy, qx, loss_fn, step_list)
+    return adapted_outputs(learner, TaskMap(learner, mode == "vmap"), sx, sy, qx, loss_fn, step_list)
+
+
+def fastest_mode(learner, sx, sy, qx, loss_fn, step_list: list[int], tasks: int = 8) -> str:
+    """The fastest of MODES (process CPU time) on the first `tasks` tasks; a mode that raises (a model
+    vmap cannot run, one the batched layers do not cover) is skipped; the loop always runs."""
+    sample = (sx[:tasks], sy[:tasks], qx[:tasks])
+    times = {}
+    for mode in MODES:
+        if mode == "batched" and not batched.learner_supported(learner):
+            continue
+        start = time.process_time()
+        try:
+            outputs_by(mode, learner, *sample, loss_fn, step_list)
+        except Exception:  # noqa: BLE001 - this way does not run the model; the loop always does
+            if mode == "loop":
+                raise
+            continue
+        times[mode] = time.process_time() - start
+    return min(times, key=times.get)
+
+
 def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_tasks: int = 600,
              steps: int | list[int] | None = None, batch: int = 50, progress: bool = False,
              batching: str = "auto") -> dict:
@@ -67,8 +97,7 @@ def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_ta
     "curve": one {"inner_steps", "mean", "ci95", "loss"} per entry (the iterates of one inner loop).
     Adaptation is first order (no graph is kept), `batch` tasks at a time; the learner's buffers
     are restored afterwards. `progress`: a tqdm bar over tasks. `batching`: "batched", "vmap", "loop"
-    (one task at a time) or "auto" (batched where it covers the learner, else vmap unless the model
-    does not run under it)."""
+    (one task at a time) or "auto" (the fastest of them on the first tasks)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     default = learner.inner_steps
@@ -79,12 +108,11 @@ def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_ta
     losses = {s: [] for s in step_list}
     saved = {n: b.clone() for n, b in learner.named_buffers()}
     device = next(learner.parameters()).device
-    if batching not in ("auto", "batched", "vmap", "loop"):
-        raise ValueError(f"batching must be 'auto', 'batched', 'vmap' or 'loop', got {batching!r}")
+    if batching not in ("auto", *MODES):
+        raise ValueError(f"batching must be one of {('auto', *MODES)}, got {batching!r}")
     if batching == "batched" and not batched.learner_supported(learner):
         raise ValueError(f"batching='batched': {type(learner).__name__} has no task-batched form here")
-    use_batched = batching == "batched" or (batching == "auto" and batched.learner_supported(learner))
-    mapper = None if batching in ("auto", "batched") else TaskMap(learner, batching == "vmap")
+    mode = None if batching == "auto" else batching
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -95,17 +123,8 @@ def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_ta
         while done < num_tasks:
             n = min(batch, num_tasks - done)
             sx, sy, qx, qy = (t.to(device) for t in tasks.sample(n).tensors())
-            if use_batched:
-                outs = batched_outputs(learner, sx, sy, qx, loss_fn, step_list)
-            elif mapper is None:
-                try:
-                    outs = adapted_outputs(learner, TaskMap(learner, True), sx, sy, qx, loss_fn, step_list)
-                    mapper = TaskMap(learner, True)
-                except Exception:  # noqa: BLE001 - the model does not run under vmap; the loop always does
-                    mapper = TaskMap(learner, False)
-                    outs = adapted_outputs(learner, mapper, sx, sy, qx, loss_fn, step_list)
-            else:
-                outs = adapted_outputs(learner, mapper, sx, sy, qx, loss_fn, step_list)
+            mode = mode or fastest_mode(learner, sx, sy, qx, loss_fn, step_list)
+            outs = outputs_by(mode, learner, sx, sy, qx, loss_fn, step_list)
             with torch.no_grad():
                 for s, out in zip(step_list, outs):
                     for t in range(n):

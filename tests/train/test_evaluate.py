@@ -1,6 +1,7 @@
 """Batched evaluation (fastmaml/train/evaluate.py) scores exactly what adapting one task at a time
-with learner.adapt scores, for an MLP and a Conv-4 with batch norm (by the task-batched layers,
-"auto", and by vmap), and a model that neither covers (the task loop takes over)."""
+with learner.adapt scores, whichever way adapts the batch (task-batched layers, vmap, the loop, or
+"auto"'s fastest), for an MLP, a Conv-4 with batch norm, and a model that neither the batched layers
+nor vmap run (the loop takes over)."""
 
 import math
 
@@ -57,8 +58,9 @@ def one_at_a_time(learner, tasks, loss_fn, metric, num_tasks, steps, batch):
     return scores, losses
 
 
-@pytest.mark.parametrize("case, batching", [("mlp", "auto"), ("mlp", "vmap"), ("conv4-batchnorm", "auto"),
-                                            ("conv4-batchnorm", "vmap"), ("no-vmap", "auto")])
+@pytest.mark.parametrize("case, batching", [("mlp", "auto"), ("mlp", "vmap"), ("mlp", "batched"), ("conv4-batchnorm", "auto"),
+                                            ("conv4-batchnorm", "vmap"), ("conv4-batchnorm", "batched"),
+                                            ("no-vmap", "auto"), ("no-vmap", "loop")])
 def test_batched_evaluation_scores_like_one_task_at_a_time(case, batching):
     learner, tasks, loss_fn, metric = {"mlp": lambda: sine(lambda: mlp(1, 1, hidden=16)),
                                        "conv4-batchnorm": images, "no-vmap": lambda: sine(Branchy)}[case]()
@@ -76,3 +78,11 @@ def test_progress_bar_counts_tasks(capsys):
     learner, tasks, loss_fn, metric = sine(lambda: mlp(1, 1, hidden=8))
     evaluate(learner, tasks(), loss_fn, metric, num_tasks=5, batch=2, progress=True)
     assert "5/5" in capsys.readouterr().err
+
+
+def test_unknown_or_impossible_batching_is_refused():
+    learner, tasks, loss_fn, metric = sine(Branchy)
+    with pytest.raises(ValueError, match="batching must be one of"):
+        evaluate(learner, tasks(), loss_fn, metric, num_tasks=2, batching="fast")
+    with pytest.raises(ValueError, match="no task-batched form"):
+        evaluate(learner, tasks(), loss_fn, metric, num_tasks=2, batching="batched")
