@@ -5,9 +5,10 @@ steps; outer optimizer step left out) with each implementation in bench/peers/: 
 torch.func written the obvious way (a task loop with autograd.grad, and vmap(grad)), higher,
 learn2learn and TorchOpt. Same model, initial weights, data and seed for all.
 
-Configs: the sine MLP 1-40-40-1 (meta-batch 25, K=10 support and 10 query points; 1 and 5 inner
-steps; first and second order) and Conv-4 Omniglot 5-way 1-shot (meta-batch 32, one support and one
-query image per class, random 28x28 inputs; 1 and 5 inner steps, second order).
+Configs: the sine MLP 1-40-40-1 (meta-batch 25, 200 or 1000, K=10 support and 10 query points; 1 and
+5 inner steps; first and second order) and Conv-4 Omniglot 5-way 1-shot (meta-batch 8 or 32, one
+support and one query image per class, random 28x28 inputs; 1 and 5 inner steps, second order).
+The compiled peers (torch.compile, JAX) pay their compilation in the first step, reported apart.
 
 Per config, in a fresh process of its own:
   1. check: every implementation's meta-gradient in float64 on the first 4 tasks, against
@@ -48,6 +49,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,16 +68,22 @@ SAMPLE_S = 0.02  # seconds of consecutive meta-steps per timed sample (see step 
 CHECK_TASKS = 4
 
 CONFIGS = {
-    "sine-1-so": {"model": "sine", "steps": 1, "first_order": False},
-    "sine-1-fo": {"model": "sine", "steps": 1, "first_order": True},
-    "sine-5-so": {"model": "sine", "steps": 5, "first_order": False},
-    "sine-5-fo": {"model": "sine", "steps": 5, "first_order": True},
-    "conv4-1-so": {"model": "conv4", "steps": 1, "first_order": False},
-    "conv4-5-so": {"model": "conv4", "steps": 5, "first_order": False},
+    "sine-1-so": {"model": "sine", "tasks": 25, "steps": 1, "first_order": False},
+    "sine-1-fo": {"model": "sine", "tasks": 25, "steps": 1, "first_order": True},
+    "sine-5-so": {"model": "sine", "tasks": 25, "steps": 5, "first_order": False},
+    "sine-5-fo": {"model": "sine", "tasks": 25, "steps": 5, "first_order": True},
+    "sine-1-so-t200": {"model": "sine", "tasks": 200, "steps": 1, "first_order": False},
+    "sine-5-so-t200": {"model": "sine", "tasks": 200, "steps": 5, "first_order": False},
+    "sine-1-so-t1000": {"model": "sine", "tasks": 1000, "steps": 1, "first_order": False},
+    "sine-5-so-t1000": {"model": "sine", "tasks": 1000, "steps": 5, "first_order": False},
+    "conv4-1-so-t8": {"model": "conv4", "tasks": 8, "steps": 1, "first_order": False},
+    "conv4-5-so-t8": {"model": "conv4", "tasks": 8, "steps": 5, "first_order": False},
+    "conv4-1-so": {"model": "conv4", "tasks": 32, "steps": 1, "first_order": False},
+    "conv4-5-so": {"model": "conv4", "tasks": 32, "steps": 5, "first_order": False},
 }
 LABELS = {
-    "sine": "sine MLP 1-40-40-1, 25 tasks, K=10",
-    "conv4": "Conv-4 Omniglot 5-way 1-shot, 32 tasks",
+    "sine": "sine MLP 1-40-40-1, K=10",
+    "conv4": "Conv-4 Omniglot 5-way 1-shot",
 }
 
 
@@ -90,7 +98,7 @@ def problem(name: str, dtype=torch.float32):
 
         model = sine_mlp()
         tasks = SineTasks(k_shot=10, q_query=10, seed=0, dtype=dtype)
-        batches = [tasks.sample(25).tensors() for _ in range(4)]
+        batches = [tasks.sample(spec["tasks"]).tensors() for _ in range(4)]
         cfg = P.StepConfig(spec["steps"], spec["first_order"], 0.01, "mse")
     else:
         from fastmaml.models import conv4
@@ -99,8 +107,8 @@ def problem(name: str, dtype=torch.float32):
         g = torch.Generator().manual_seed(0)
         batches = []
         for _ in range(2):
-            x = torch.rand(32, 10, 1, 28, 28, generator=g, dtype=dtype)
-            y = torch.arange(5).repeat(32, 2)
+            x = torch.rand(spec["tasks"], 10, 1, 28, 28, generator=g, dtype=dtype)
+            y = torch.arange(5).repeat(spec["tasks"], 2)
             batches.append((x[:, :5], y[:, :5], x[:, 5:], y[:, 5:]))
         cfg = P.StepConfig(spec["steps"], spec["first_order"], 0.4, "ce")
     return model.to(dtype), cfg, batches
@@ -131,7 +139,7 @@ def max_rel_diff(a, b) -> float:
 # ---- one config, in a worker process --------------------------------------------------------
 
 def run_config(name: str, names: list[str], rounds: int, min_rounds: int, budget_s: float) -> dict:
-    out = {"config": name, **CONFIGS[name], "label": LABELS[CONFIGS[name]["model"]]}
+    out = {"config": name, **CONFIGS[name], "label": f"{LABELS[CONFIGS[name]['model']]}, {CONFIGS[name]['tasks']} tasks"}
     # 1. the meta-gradients agree (float64, first tasks)
     model64, cfg, batches64 = problem(name, torch.float64)
     small = tuple(t[:CHECK_TASKS] for t in batches64[0])
@@ -147,9 +155,11 @@ def run_config(name: str, names: list[str], rounds: int, min_rounds: int, budget
     model, cfg, batches = problem(name, torch.float32)
     models = {peer: copy.deepcopy(model) for peer in names}
     steps = {peer: P.load(peer).make(models[peer], cfg) for peer in names}
-    check32, ref = {}, None
-    for peer in names:
+    check32, ref, first = {}, None, {}
+    for peer in names:  # the first float32 step pays any compilation (torch.compile, jax.jit)
+        w0 = time.perf_counter()
         steps[peer](batches[0])
+        first[peer] = time.perf_counter() - w0
         g = _grads(models[peer])
         ref = g if ref is None else ref
         check32[peer] = max_rel_diff(g, ref)
@@ -162,12 +172,16 @@ def run_config(name: str, names: list[str], rounds: int, min_rounds: int, budget
     jobs = {peer: (lambda r, step=steps[peer]: step(batches[r % len(batches)])) for peer in names}
     samples = interleaved(jobs, rounds, reps=reps, clocks=("cpu", "wall"), min_rounds=min_rounds, budget_s=budget_s)
     times, walls = samples["cpu"], samples["wall"]
-    # 3. ops per meta-step
+    # 3. ops per meta-step (not for compiled steps: torch.compile refuses to run under the counting
+    # dispatch mode, and JAX's ops are not ATen's)
     ops = {}
     for peer in names:
-        with OpCounter() as counter:
-            steps[peer](batches[0])
-        ops[peer] = counter.count
+        try:
+            with OpCounter() as counter:
+                steps[peer](batches[0])
+            ops[peer] = counter.count
+        except Exception:  # noqa: BLE001 - the step does not run under a dispatch mode
+            ops[peer] = None
     results = {}
     for peer in names:
         ts = sorted(1e3 * t for t in times[peer])
@@ -175,6 +189,7 @@ def run_config(name: str, names: list[str], rounds: int, min_rounds: int, budget
         mod = P.load(peer)
         results[peer] = {"name": mod.NAME, "version": mod.version(), "median_ms": statistics.median(ts),
                          "p25_ms": q[0], "p75_ms": q[2], "wall_median_ms": 1e3 * statistics.median(walls[peer]),
+                         "first_step_s": first[peer],
                          "rounds": len(ts), "steps_per_sample": reps[peer], "aten_ops": ops[peer],
                          "grad_rel_diff_f64": check[peer], "grad_rel_diff_f32": check32[peer],
                          "agrees": check[peer] <= CHECK_TOL}
@@ -219,6 +234,9 @@ def run_memory(name: str, peer: str) -> dict:
 
 def _worker(args: list[str], threads: int, timeout: float, memory: bool = False) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
+    # A fresh Inductor cache per worker, so that the first step pays the whole compilation
+    # (python -m bench.bench_compile_cache measures what a warm on-disk cache saves).
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="bench-peers-inductor-"))
     if memory:
         # Large blocks straight from and back to the OS, so the resident set follows the live
         # tensors (only for the memory workers: it slows every allocation of 64 KiB and more).
@@ -249,7 +267,7 @@ def versions(names) -> dict:
            "fastmaml_backend": ops.resolve_backend(torch.device("cpu"))}
     for name in names:
         mod = P.load(name)
-        if mod.available() is None and name not in ("fastmaml", "torchfunc_loop", "torchfunc_vmap"):
+        if mod.available() is None and name not in ("fastmaml", "fastmaml_compiled", "torchfunc_loop", "torchfunc_vmap", "torch_compile"):
             out[name] = mod.version()
     return out
 
@@ -319,20 +337,22 @@ def render_markdown(data: dict | str | Path = DEFAULT_OUT) -> str:
         data = json.loads(Path(data).read_text())
     m, v = data["machine"], data["versions"]
     lines = [
-        "| config | implementation | CPU ms / meta-step (p25–p75) | wall ms | × fastmaml | ATen ops | peak MiB | grad check |",
-        "|---|---|---|---|---|---|---|---|",
+        "| config | implementation | CPU ms / meta-step (p25–p75) | wall ms | × fastmaml | first step s | ATen ops | peak MiB | grad check |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in data["configs"]:
         label = f"{c['config']} ({c['steps']} step{'s' if c['steps'] > 1 else ''}, " \
                 f"{'first' if c['first_order'] else 'second'} order)"
         for r in c["results"].values():
             mem = r.get("peak_rss_rise_mib")
+            first = "-" if r.get("first_step_s") is None else f"{r['first_step_s']:.2f}"
             check = "ok" if r["agrees"] else f"**differs** ({r['grad_rel_diff_f64']:.1e})"
             name = r["name"] + (f" ({c['fastmaml_batching']})" if r["name"] == "fastmaml" and c.get("fastmaml_batching") else "")
             lines.append(
                 f"| {label} | {name} | {r['median_ms']:.1f} ({r['p25_ms']:.1f}–{r['p75_ms']:.1f}) "
                 f"| {r.get('wall_median_ms', float('nan')):.1f} "
-                f"| {r.get('ratio_to_fastmaml', float('nan')):.2f} | {r['aten_ops']} "
+                f"| {r.get('ratio_to_fastmaml', float('nan')):.2f} "
+                f"| {first} | {'-' if r['aten_ops'] is None else r['aten_ops']} "
                 f"| {'-' if mem is None else f'{mem:.1f}'} | {check} |"
             )
             label = ""
@@ -341,9 +361,11 @@ def render_markdown(data: dict | str | Path = DEFAULT_OUT) -> str:
     caption = (f"Float32 on {m['cpu']} ({m['torch_threads']} torch thread(s)), torch {v['torch']}, {peers}{missing}, "
               f"{data['date'][:10]} (each config's own date and commit are in the JSON). CPU ms: median process CPU time per meta-step, over samples of consecutive meta-steps filling 20 ms (one thread; wall time on this shared "
               f"machine adds scheduler preemptions). × fastmaml: peer CPU median / fastmaml CPU median in the same run. "
+              f"First step s: wall seconds of the first float32 meta-step, which pays any compilation "
+              f"(torch.compile, jax.jit; a fresh Inductor cache per config). "
               f"Grad check: meta-gradient vs fastmaml in float64 on {data['check_tasks']} tasks, tolerance "
               f"{data['check_tolerance_f64']:.0e} (relative to the largest entry). Peak MiB: rise of the resident set "
-              f"during one meta-step. Made by `python -m bench.bench_peers` from bench/results/peers.json.")
+              f"during one meta-step. Made by `{data.get('command', 'python -m bench.bench_peers').strip()}`.")
     lines += ["", caption]
     return "\n".join(lines)
 

@@ -82,6 +82,12 @@ def peers_table(data=RESULTS / "peers.json") -> str:
     return render_markdown(data)
 
 
+def peers_compiled_table(data=RESULTS / "peers_compiled.json") -> str:
+    """bench_peers' table of the compiled peers (issue 19): fastmaml eager and compiled, torch.func,
+    torch.compile(torch.func), JAX."""
+    return peers_table(data)
+
+
 def memory_table(data=RESULTS / "memory.json") -> str:
     from bench.bench_memory import render_markdown
 
@@ -110,7 +116,8 @@ def _gpu(name):
     return render
 
 
-TABLES = {"inner_update": inner_update_table, "inner_update_fwd_bwd": inner_update_fwd_bwd_table, "peers": peers_table, "memory": memory_table,
+TABLES = {"inner_update": inner_update_table, "inner_update_fwd_bwd": inner_update_fwd_bwd_table, "peers": peers_table,
+          "peers_compiled": peers_compiled_table, "memory": memory_table,
           "compat": compat_table, "distributed": distributed_table,
           **{f"gpu_{name}": _gpu(name) for name in ("run", "goals", "update", "metastep")}}
 

@@ -17,6 +17,7 @@ from fastmaml.algorithms import (
     WarpGrad,
 )
 from fastmaml.boml import Init
+from fastmaml.execution.compiled import compile  # noqa: I001 - HOOK (issue 19), see execution/compiled.py
 from fastmaml.functional import adapt, buffers_of, functional_forward, inner_update, params_of
 from fastmaml.kata import maml_inner_update, maml_outer_update
 from fastmaml.ops import get_backend, set_backend, use_backend
@@ -29,5 +30,5 @@ __all__ = [
     "ANIL", "BOIL", "MetaSGD", "Reptile", "MAMLpp", "CAVIA", "L2F", "ALFA", "MTNet", "WarpGrad", "IMAML", "Init",
     "maml_inner_update", "maml_outer_update",
     "adapt", "inner_update", "hvp", "batched_cg", "CGReport", "functional_forward", "params_of", "buffers_of",
-    "set_backend", "get_backend", "use_backend",
+    "set_backend", "get_backend", "use_backend", "compile",
 ]

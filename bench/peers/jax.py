@@ -154,4 +154,5 @@ def make(model, cfg):
 
     step.sync = lambda: jax.block_until_ready(last)  # JAX's work runs on its own stream
     step.memory_bytes = memory_bytes
+    step.meta_grad = meta_grad
     return step

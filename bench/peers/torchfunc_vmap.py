@@ -20,7 +20,9 @@ def version():
     return torch.__version__
 
 
-def make(model, cfg):
+def meta_loss_fn(model, cfg):
+    """meta_loss(params, sx, sy, qx, qy) -> [T] query losses after cfg.steps inner steps, by
+    grad for the inner steps and vmap over tasks (bench/peers/torch_compile.py compiles it)."""
     loss_fn = cfg.loss_fn
 
     def support_loss(params, x, y):
@@ -34,7 +36,11 @@ def make(model, cfg):
             phi = {n: p - cfg.inner_lr * grads[n] for n, p in phi.items()}
         return loss_fn(functional_call(model, phi, (xq,)), yq)
 
-    batched = vmap(task_loss, in_dims=(None, 0, 0, 0, 0), randomness="different")
+    return vmap(task_loss, in_dims=(None, 0, 0, 0, 0), randomness="different")
+
+
+def make(model, cfg):
+    batched = meta_loss_fn(model, cfg)
 
     def step(batch):
         zero_grads(model)

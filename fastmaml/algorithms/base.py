@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from fastmaml import checks, execution, functional as F
 from fastmaml.execution.hooks import HOOKS
 from fastmaml.execution.inner import GradsFn, unroll
+from fastmaml.execution.user_compile import eager_module, outside_user_graph
 from fastmaml.functional import LossFn, Params
 from fastmaml.secondorder.hvp import METHODS as HVP_METHODS
 
@@ -48,6 +49,7 @@ class MetaLearner(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        model = eager_module(model)  # a torch.compile'd model runs its original (issue 19)
         self.module = model
         params = F.params_of(model)
         if not params:
@@ -126,6 +128,7 @@ class MetaLearner(nn.Module):
 
         return unroll(self, params, support_loss, steps, first_order, grads_fn, buffers)
 
+    @outside_user_graph
     def adapt(self, support_x: Tensor, support_y: Tensor, loss_fn: LossFn, steps: int | None = None,
               first_order: bool | None = None) -> Params:
         """Adapt to one task (no task dimension: support_x is [N, ...]); returns its params dict for
@@ -142,6 +145,7 @@ class MetaLearner(nn.Module):
         return self.task_forward(self.params() if params is None else dict(params), x, None, None)
 
     # ---- the outer loss over a batch of tasks ----------------------------------------------
+    @outside_user_graph
     def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
                   loss_fn: LossFn, reduction: str = "mean") -> Tensor:
         """Query loss after adaptation over a batch of tasks (leading task dimension on all four

@@ -27,6 +27,7 @@ from fastmaml.algorithms.base import MetaLearner
 from fastmaml.execution import buffers as B
 from fastmaml.execution.hvp_mode import HandGradLosses, map_tasks
 from fastmaml.execution.taskmap import TaskMap
+from fastmaml.execution.user_compile import outside_user_graph
 from fastmaml.functional import LossFn, Params
 from fastmaml.secondorder.cg import ON_FAIL, CGReport, batched_cg
 from fastmaml.secondorder.hvp import hvp_and_grad
@@ -198,6 +199,7 @@ class IMAML(MetaLearner):
         return [params, {**params, **{n: p[0] for n, p in phi.items()}}]
 
     # ---- the meta-loss ------------------------------------------------------------------------
+    @outside_user_graph
     def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
                   loss_fn: LossFn, reduction: str = "mean") -> Tensor:
         """Query losses after the proximal inner loop, "mean" or "sum" over tasks; its backward gives

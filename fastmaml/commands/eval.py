@@ -60,10 +60,10 @@ def run(args) -> int:
     from fastmaml.tasks.omniglot import OmniglotError
     from fastmaml.tasks.sampler import SamplerError
     from fastmaml.train.checkpoint import CheckpointError, load_checkpoint, run_config
+    from fastmaml.train.evaluate import evaluate
     from fastmaml.train.experiment import build
     from fastmaml.train.metrics import atomic_write_text
     from fastmaml.train.registry import AlgorithmUnavailable
-    from fastmaml.train.trainer import evaluate
 
     set_threads(args.threads)
     _args.at_least("tasks", args.tasks, 1)
@@ -98,7 +98,7 @@ def run(args) -> int:
     seed = args.seed if args.seed is not None else cfg["seed"] + 2
     tasks.generator.manual_seed(seed)
     start = time.perf_counter()
-    result = evaluate(exp.learner, tasks, exp.loss_fn, exp.metric, args.tasks, steps)
+    result = evaluate(exp.learner, tasks, exp.loss_fn, exp.metric, args.tasks, steps, progress=True)
     wall = time.perf_counter() - start
     main = next(c for c in result["curve"] if c["inner_steps"] == main_steps)
     result.update(mean=main["mean"], ci95=main["ci95"], loss=main["loss"], inner_steps=main_steps)

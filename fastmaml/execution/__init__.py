@@ -4,7 +4,8 @@
 
 Modes (`batching`): "loop" (task by task, execution/mapped.py), "vmap" (torch.func.vmap over the
 tasks, same file), "batched" (task-batched layers, execution/batched/, with the Linear/ReLU chain
-ops of execution/chain.py), and for second_order="hvp" the hand meta-gradient by batched HVPs
+ops of execution/chain.py), "compiled" (the whole meta-step as one torch.compile graph,
+execution/compiled.py; `fastmaml.compile(learner)` sets it), and for second_order="hvp" the hand meta-gradient by batched HVPs
 (execution/hvp_mode.py); "auto" chooses (execution/auto.py). All run the one inner loop
 (execution/inner.py) with the learner's hooks (execution/hooks.py says which mode replaces which),
 and leave buffers by one rule (NOTE: [buffer rule] in execution/buffers.py). This layer never imports
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastmaml.execution import auto, hooks, mapped
+from fastmaml.execution import auto, compiled, hooks, mapped
 from fastmaml.execution.auto import MODES
 from fastmaml.execution.batched import run as batched
 from fastmaml.execution.hvp_mode import SECOND_ORDER, check_second_order, hvp_meta_losses
@@ -38,6 +39,9 @@ def meta_losses(learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, 
     with torch.enable_grad():
         if mode == "batched":
             losses = batched.task_losses(learner, support_x, support_y, query_x, query_y, loss_fn, first_order)
+        elif mode == "compiled":
+            losses = compiled.compiled_task_losses(learner, support_x, support_y, query_x, query_y, loss_fn,
+                                                   first_order, learner.execution_state.compile_backend)
         else:
             mapper = TaskMap(learner.module, mode == "vmap")
             losses = mapped.task_losses(learner, mapper, support_x, support_y, query_x, query_y, loss_fn, first_order)
@@ -48,7 +52,7 @@ def adapted(learner, support_x: Tensor, support_y: Tensor, loss_fn: LossFn) -> t
     """Every task's adapted parameters ([T, ...] per adapted name, no graph) and post-adaptation
     support losses ([T]), first order ("loop" or "vmap"; Reptile's meta-step)."""
     mode = auto.choose(learner, support_x, support_y, support_x, support_y, loss_fn, batched_ok=False)
-    if mode == "batched":
+    if mode in ("batched", "compiled"):
         mode = "vmap"
     learner.execution_state.used = mode
     with torch.enable_grad():
@@ -58,7 +62,7 @@ def adapted(learner, support_x: Tensor, support_y: Tensor, loss_fn: LossFn) -> t
 def explain(learner) -> dict[str, str | None]:
     """Each mode with the reason the learner cannot take it (None: it can)."""
     return {"loop": None, "vmap": None, "batched": batched.why_not_learner(learner),
-            "hvp": hooks.why_not(learner, "hvp")}
+            "compiled": compiled.supported(learner), "hvp": hooks.why_not(learner, "hvp")}
 
 
 __all__ = ["MODES", "SECOND_ORDER", "ExecutionState", "adapted", "check_second_order", "explain", "meta_losses"]

@@ -17,7 +17,7 @@ from fastmaml.execution import mapped
 from fastmaml.execution.batched.run import why_not_learner
 from fastmaml.execution.taskmap import TaskMap
 
-MODES = ("auto", "batched", "vmap", "loop")
+MODES = ("auto", "batched", "vmap", "loop", "compiled")
 
 
 def choose(learner, sx, sy, qx, qy, loss_fn, batched_ok: bool = True) -> str:

@@ -12,4 +12,6 @@ class ExecutionState:
     auto_choice: dict = field(default_factory=dict)  # "auto": the measured choice per batch signature
     map_mode: str | None = None   # hvp mode and iMAML: "vmap" or "loop", once "auto" found which runs
     hvp_method: str | None = None  # the HVP method "auto" resolved to (NOTE: [hvp methods])
+    compiled: dict = field(default_factory=dict)  # "compiled": the compiled steps (execution/compiled.py)
+    compile_backend: str = "inductor"  # torch.compile's backend for "compiled" (fastmaml.compile sets it)
     example_rank_seen: int | None = None  # NOTE: [example rank] (fastmaml/checks.py), when the model cannot tell

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from fastmaml import distributed
 from fastmaml.train.checkpoint import (
@@ -44,19 +44,12 @@ from fastmaml.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from fastmaml.train.metrics import MetricsLogger, atomic_write_text, mean_ci95
-
-METRICS = ("accuracy", "mse")
+from fastmaml.train.evaluate import METRICS, evaluate
+from fastmaml.train.metrics import MetricsLogger, atomic_write_text
 
 
 class TrainingDiverged(RuntimeError):
     """The meta-loss (or its gradient) became NaN or inf; the message names the iteration."""
-
-
-def query_metric(metric: str, output: Tensor, target: Tensor) -> float:
-    if metric == "accuracy":
-        return float((output.argmax(-1) == target).float().mean())
-    return float(torch.nn.functional.mse_loss(output, target))
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -101,66 +94,6 @@ def _deferred_sigint():
             signal.signal(sig, handler)
         if caught:
             raise KeyboardInterrupt
-
-
-def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_tasks: int = 600,
-             steps: int | list[int] | None = None, batch: int = 50) -> dict:
-    """Adapt to `num_tasks` tasks from `tasks` and score the query sets: {"metric", "mean", "ci95",
-    "loss", "tasks", "inner_steps"} (95% interval over tasks). `steps` may be a list, giving also
-    "curve": one {"inner_steps", "mean", "ci95", "loss"} per entry (the iterates of one inner loop).
-    Adaptation is first order (no graph is kept); the learner's buffers are restored afterwards.
-    A task whose query loss or output is NaN/inf has diverged: it scores NaN, so the mean is NaN
-    (shown as "diverged"), never a chance-level accuracy."""
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    for name, value in (("num_tasks", num_tasks), ("batch", batch)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    default = learner.inner_steps
-    step_list = [default] if steps is None else ([steps] if isinstance(steps, int) else sorted(set(steps)))
-    if not step_list or min(step_list) < 0:
-        raise ValueError(f"steps must be >= 0, got {steps!r}")
-    last = max(step_list)
-    scores = {s: [] for s in step_list}
-    losses = {s: [] for s in step_list}
-    saved = {n: b.clone() for n, b in learner.named_buffers()}
-    device = next(learner.parameters()).device
-    try:
-        done = 0
-        while done < num_tasks:
-            n = min(batch, num_tasks - done)
-            sx, sy, qx, qy = (t.to(device) for t in tasks.sample(n).tensors())
-            for t in range(n):
-                theta = {k: p.detach().requires_grad_() for k, p in learner.params().items()}
-                with torch.enable_grad():
-                    trajectory = learner.inner_loop(theta, sx[t], sy[t], loss_fn, steps=last, first_order=True)
-                    if len(trajectory) != last + 1:  # not one iterate per step (iMAML: [theta, phi])
-                        trajectory = {s: learner.inner_loop(theta, sx[t], sy[t], loss_fn, steps=s, first_order=True)[-1]
-                                      for s in step_list}
-                with torch.no_grad():
-                    for s in step_list:
-                        phi = {k: v.detach() for k, v in trajectory[s].items()}
-                        out = learner(qx[t], phi)
-                        loss = float(loss_fn(out, qy[t]))
-                        # a diverged task (NaN/inf loss) scores NaN: argmax of NaN outputs is no accuracy
-                        finite = math.isfinite(loss) and bool(torch.isfinite(out).all())
-                        scores[s].append(query_metric(metric, out, qy[t]) if finite else math.nan)
-                        losses[s].append(loss)
-            done += n
-    finally:
-        with torch.no_grad():
-            for name, b in learner.named_buffers():
-                b.copy_(saved[name])
-    curve = []
-    for s in step_list:
-        mean, ci = mean_ci95(scores[s])
-        curve.append({"inner_steps": s, "mean": mean, "ci95": ci, "loss": math.fsum(losses[s]) / len(losses[s])})
-    main = next((c for c in curve if c["inner_steps"] == (steps if isinstance(steps, int) else default)), curve[-1])
-    result = {"metric": metric, "mean": main["mean"], "ci95": main["ci95"], "loss": main["loss"],
-              "tasks": num_tasks, "inner_steps": main["inner_steps"]}
-    if isinstance(steps, (list, tuple)):
-        result["curve"] = curve
-    return result
 
 
 class MetaTrainer:

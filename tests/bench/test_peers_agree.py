@@ -40,12 +40,18 @@ def rel_diff(a, b) -> float:
     return max((x - y).abs().max().item() for x, y in zip(a, b)) / max(scale, 1e-30)
 
 
+# Peers compiled by Inductor take a minute per graph on a 2-core machine: one case each.
+INDUCTOR = {"torch_compile": "sine-2-so", "fastmaml_compiled": "sine-2-so"}
+
+
 @pytest.mark.parametrize("peer", [p for p in P.ORDER if p != "fastmaml"])
 @pytest.mark.parametrize("case", ["sine-1-so", "sine-2-so", "sine-2-fo", "conv-1-so", "conv-2-fo"])
 def test_meta_gradient_matches_fastmaml(peer, case):
     why = P.load(peer).available()
     if why is not None:
         pytest.skip(f"{peer}: {why}")
+    if INDUCTOR.get(peer, case) != case:
+        pytest.skip(f"{peer} is checked on {INDUCTOR[peer]} only (each case compiles for a minute)")
     kind, steps, order = case.split("-")
     model, batch = sine_problem() if kind == "sine" else conv_problem()
     cfg = P.StepConfig(int(steps), order == "fo", 0.1, "mse" if kind == "sine" else "ce")

@@ -1,0 +1,168 @@
+"""The compiled meta-step: the whole meta-gradient as one graph optimised by torch.compile.
+
+For a batch of tasks the traced function is
+
+    losses, d(w . losses)/d meta = grad(w . vmap(task_loss)(meta, buffers, sx, sy, qx, qy))(meta)
+
+where task_loss is the learner's own inner loop (its hooks: rates, forget factors, first-order
+steps, task loss) with the inner gradients by torch.func.grad and the updates through
+fastmaml.ops, and `meta` are all the learner's parameters (the model's and the algorithm's:
+Meta-SGD's rates, L2F's forget nets), substituted by torch.func.functional_call. The inner
+gradients and the outer one are traced, so second order needs no double backward through
+aot_autograd at run time. The losses leave through HandGradLosses (NOTE: [hand meta-gradient],
+fastmaml/execution/hvp_mode.py): `loss.backward()` puts the precomputed gradient, scaled by
+the incoming gradient, on the parameters. The trace uses w = 1 (mean and sum scale it); any other
+incoming gradient runs the same compiled graph again with w = that gradient.
+
+One compiled function per (learner, loss_fn, inner order, outer gradient or not); torch.compile
+guards and recompiles it per shape, dtype, device and hook state (dynamic=False: one graph per
+shape). Inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR, default under /tmp) lets a second
+process skip most of the compilation (bench/bench_compile_cache.py measures it).
+
+    losses = compiled_task_losses(learner, sx, sy, qx, qy, loss_fn)   # [T], differentiable
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fastmaml import functional as F, ops
+from fastmaml.execution import buffers as B
+from fastmaml.execution.batchnorm import DecomposedBatchNorm, has_batch_norm
+from fastmaml.execution.hvp_mode import HandGradLosses
+
+
+def supported(learner) -> str | None:
+    """None when `learner` can take the compiled path, else why not (a sentence). The path runs the
+    learner's own hooks under vmap, so every hook is covered; a learner with its own meta_loss
+    (iMAML) never reaches the execution layer's modes."""
+    if learner.second_order != "autograd":
+        return f"second_order={learner.second_order!r} has its own meta-gradient"
+    return None
+
+
+class _TaskLosses(nn.Module):
+    """forward(buffers, sx, sy, qx, qy) -> [T] query losses; run under functional_call so that
+    the learner's parameters are the traced inputs."""
+
+    def __init__(self, learner, loss_fn, first_order: bool | None):
+        super().__init__()
+        self.learner, self.loss_fn, self.first_order = learner, loss_fn, first_order
+
+    def forward(self, buffers, sx, sy, qx, qy):
+        learner, loss_fn = self.learner, self.loss_fn
+        params = learner.params()
+
+        def one_task(sx, sy, qx, qy, buffers):
+            trajectory = learner.inner_loop(params, sx, sy, loss_fn, buffers, first_order=self.first_order,
+                                            grads_fn=F.func_grads)
+            return learner.task_loss(trajectory, qx, qy, loss_fn, buffers)
+
+        return torch.func.vmap(one_task, randomness="different")(sx, sy, qx, qy, buffers)
+
+
+def _build(learner, loss_fn, first_order: bool | None, outer: bool, backend: str):
+    runner = _TaskLosses(learner, loss_fn, first_order)
+    bn = DecomposedBatchNorm if has_batch_norm(learner.module) else None
+
+    def losses_of(meta, buffers, batch):
+        tensors = {f"learner.{n}": t for n, t in meta.items()}
+        if bn is None:
+            return torch.func.functional_call(runner, tensors, (buffers, *batch))
+        with bn():  # NOTE: [vmap batch norm] in fastmaml/execution/batchnorm.py
+            return torch.func.functional_call(runner, tensors, (buffers, *batch))
+
+    if not outer:
+        def step(meta, buffers, weights, *batch):
+            return losses_of(meta, buffers, batch)
+    else:
+        def weighted(meta, buffers, weights, batch):
+            losses = losses_of(meta, buffers, batch)
+            return (losses * weights).sum(), losses.detach()
+
+        def step(meta, buffers, weights, *batch):
+            return torch.func.grad(weighted, has_aux=True)(meta, buffers, weights, batch)
+
+    return torch.compile(step, fullgraph=True, dynamic=False, backend=backend)
+
+
+def _compiled(learner, loss_fn, first_order, outer, backend):
+    cache = learner.execution_state.compiled
+    key = (loss_fn, first_order, outer, backend)
+    if key not in cache:
+        cache[key] = _build(learner, loss_fn, first_order, outer, backend)
+    return cache[key]
+
+
+class _Solver:
+    """HandGradLosses' solver: the compiled step gives the losses and the meta-gradient of their
+    sum at once; backward scales it (or reruns the step with the incoming gradient as weights)."""
+
+    def __init__(self, run, meta: dict[str, Tensor], buffers, batch, module):
+        self.run, self.meta, self.buffers, self.batch, self.module = run, meta, buffers, batch, module
+
+    def forward(self) -> Tensor:
+        T = self.batch[0].shape[0]
+        ones = torch.ones(T, dtype=self.batch[0].dtype if self.batch[0].is_floating_point() else torch.float32,
+                          device=self.batch[0].device)
+        self.grads, losses = self.run(self.meta, self.buffers, ones, *self.batch)
+        B.merge(self.module, self.buffers)
+        return losses
+
+    def backward(self, grad_losses: Tensor) -> list[Tensor]:
+        grads = self.grads
+        first = grad_losses.reshape(-1)[:1]
+        if bool((grad_losses == first).all()):
+            c = first.reshape(())
+            out = [grads[n] * c for n in self.meta]
+        else:  # non-uniform weights over tasks: the same graph with w = grad_losses
+            buffers = {n: b.clone() for n, b in self.buffers.items()}  # statistics already stored
+            grads, _ = self.run(self.meta, buffers, grad_losses.detach(), *self.batch)
+            out = [grads[n] for n in self.meta]
+        self.grads = None
+        return out
+
+
+def compiled_task_losses(learner, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, loss_fn,
+                         first_order: bool | None = None, backend: str = "inductor") -> Tensor:
+    """The [T] query losses after adaptation by the compiled meta-step, differentiable w.r.t. the
+    learner's parameters (their gradient is computed in the same compiled graph). `first_order`
+    overrides the learner's inner order (True: evaluation). Under torch.no_grad only the losses
+    are computed (its own compiled graph). `backend`: torch.compile's ("aot_eager" traces the
+    same graph without Inductor's code generation: the tests use it to check the maths quickly)."""
+    why = supported(learner)
+    if why is not None:
+        raise ValueError(f"the compiled meta-step does not cover this learner: {why}")
+    # The dispatcher's choice is made here, not in the trace (its first "auto" choice imports and
+    # runs backends, which Dynamo cannot trace; so does every call of a non-native backend).
+    chosen = ops.resolve_backend(sx.device)
+    if chosen != "native":
+        raise ValueError(f"the compiled meta-step runs the inner updates through the native backend; the "
+                         f"{chosen!r} backend is in force on {sx.device.type} (see `fastmaml info`)")
+    buffers = B.task_copies(learner.module, sx.shape[0])
+    batch = (sx, sy, qx, qy)
+    named = dict(learner.named_parameters())
+    outer = torch.is_grad_enabled() and any(p.requires_grad for p in named.values())
+    run = _compiled(learner, loss_fn, first_order, outer, backend)
+    if not outer:
+        with torch.enable_grad():  # the inner steps need gradients, the result does not
+            losses = run({n: p.detach() for n, p in named.items()}, buffers, None, *batch)
+        B.merge(learner.module, buffers)
+        return losses.detach()
+    # Parameters that do not require grad are left to functional_call, which reads the module's own.
+    meta = {n: p for n, p in named.items() if p.requires_grad}
+    solver = _Solver(run, {n: p.detach() for n, p in meta.items()}, buffers, batch, learner.module)
+    return HandGradLosses.apply(solver, *meta.values())
+
+
+def compile(learner, backend: str = "inductor"):
+    """`learner` with batching="compiled": its meta_loss runs the compiled meta-step (a ValueError
+    says why a learner cannot); returns the learner. The first call per shape compiles (tens of
+    seconds, see docs/compile.md). `backend`: torch.compile's."""
+    why = supported(learner)
+    if why is not None:
+        raise ValueError(f"fastmaml.compile: {why}")
+    learner.batching = "compiled"
+    learner.execution_state.compile_backend = backend
+    return learner

@@ -1,0 +1,124 @@
+"""Evaluation on held-out tasks: adapt a batch of tasks at once and score their query sets.
+
+Each chunk of `batch` tasks is adapted at once (first order, no graph, per-task buffers) by the
+execution layer (fastmaml/execution/evaluation.py): the task-batched layers where they cover the
+learner (one autograd.grad for all tasks), one torch.func.vmap pass (batch norm decomposed,
+NOTE: [vmap batch norm]), or task by task. "auto" times each way that runs on a few tasks of the
+first chunk and keeps the fastest (on 2 CPU cores the task loop can win for Conv-4, see
+bench/bench_evaluate.py). The scores are the same whichever way runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from fastmaml.execution.batched.run import why_not_learner
+from fastmaml.execution.evaluation import MODES, query_outputs
+from fastmaml.train.metrics import mean_ci95
+
+METRICS = ("accuracy", "mse")
+
+
+def query_metric(metric: str, output: Tensor, target: Tensor) -> float:
+    if metric == "accuracy":
+        return float((output.argmax(-1) == target).float().mean())
+    return float(torch.nn.functional.mse_loss(output, target))
+
+
+def outputs_by(mode: str, learner, sx, sy, qx, loss_fn, step_list: list[int]) -> list[Tensor]:
+    return query_outputs(learner, mode, sx, sy, qx, loss_fn, step_list)
+
+
+def fastest_mode(learner, sx, sy, qx, loss_fn, step_list: list[int], tasks: int = 8) -> str:
+    """The fastest of MODES (process CPU time) on the first `tasks` tasks; a mode that raises (a model
+    vmap cannot run, one the batched layers do not cover) is skipped; the loop always runs."""
+    sample = (sx[:tasks], sy[:tasks], qx[:tasks])
+    times = {}
+    for mode in MODES:
+        if mode == "batched" and why_not_learner(learner) is not None:
+            continue
+        start = time.process_time()
+        try:
+            outputs_by(mode, learner, *sample, loss_fn, step_list)
+        except Exception:  # noqa: BLE001 - this way does not run the model; the loop always does
+            if mode == "loop":
+                raise
+            continue
+        times[mode] = time.process_time() - start
+    return min(times, key=times.get)
+
+
+def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_tasks: int = 600,
+             steps: int | list[int] | None = None, batch: int = 50, progress: bool = False,
+             batching: str = "auto") -> dict:
+    """Adapt to `num_tasks` tasks from `tasks` and score the query sets: {"metric", "mean", "ci95",
+    "loss", "tasks", "inner_steps"} (95% interval over tasks). `steps` may be a list, giving also
+    "curve": one {"inner_steps", "mean", "ci95", "loss"} per entry (the iterates of one inner loop).
+    Adaptation is first order (no graph is kept), `batch` tasks at a time; the learner's buffers
+    are restored afterwards. A task whose query loss or output is NaN/inf has diverged: it scores
+    NaN, so the mean is NaN (shown as "diverged"), never a chance-level accuracy. `progress`: a tqdm
+    bar over tasks. `batching`: "batched", "vmap", "loop"
+    (one task at a time) or "auto" (the fastest of them on the first tasks)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    for name, value in (("num_tasks", num_tasks), ("batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    default = learner.inner_steps
+    step_list = [default] if steps is None else ([steps] if isinstance(steps, int) else sorted(set(steps)))
+    if not step_list or min(step_list) < 0:
+        raise ValueError(f"steps must be >= 0, got {steps!r}")
+    scores = {s: [] for s in step_list}
+    losses = {s: [] for s in step_list}
+    saved = {n: b.clone() for n, b in learner.named_buffers()}
+    device = next(learner.parameters()).device
+    if batching not in ("auto", *MODES):
+        raise ValueError(f"batching must be one of {('auto', *MODES)}, got {batching!r}")
+    if batching == "batched" and why_not_learner(learner) is not None:
+        raise ValueError(f"batching='batched': {type(learner).__name__} is not supported by the task-batched "
+                         f"layers: {why_not_learner(learner)}")
+    mode = None if batching == "auto" else batching
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_tasks, desc="evaluate", unit="task", dynamic_ncols=True)
+    try:
+        done = 0
+        while done < num_tasks:
+            n = min(batch, num_tasks - done)
+            sx, sy, qx, qy = (t.to(device) for t in tasks.sample(n).tensors())
+            mode = mode or fastest_mode(learner, sx, sy, qx, loss_fn, step_list)
+            outs = outputs_by(mode, learner, sx, sy, qx, loss_fn, step_list)
+            with torch.no_grad():
+                for s, out in zip(step_list, outs):
+                    for t in range(n):
+                        loss = float(loss_fn(out[t], qy[t]))
+                        # a diverged task (NaN/inf loss) scores NaN: argmax of NaN outputs is no accuracy
+                        finite = math.isfinite(loss) and bool(torch.isfinite(out[t]).all())
+                        scores[s].append(query_metric(metric, out[t], qy[t]) if finite else math.nan)
+                        losses[s].append(loss)
+            done += n
+            if bar is not None:
+                bar.update(n)
+    finally:
+        if bar is not None:
+            bar.close()
+        with torch.no_grad():
+            for name, b in learner.named_buffers():
+                b.copy_(saved[name])
+    curve = []
+    for s in step_list:
+        mean, ci = mean_ci95(scores[s])
+        curve.append({"inner_steps": s, "mean": mean, "ci95": ci, "loss": math.fsum(losses[s]) / len(losses[s])})
+    main = next((c for c in curve if c["inner_steps"] == (steps if isinstance(steps, int) else default)), curve[-1])
+    result = {"metric": metric, "mean": main["mean"], "ci95": main["ci95"], "loss": main["loss"],
+              "tasks": num_tasks, "inner_steps": main["inner_steps"]}
+    if isinstance(steps, (list, tuple)):
+        result["curve"] = curve
+    return result
