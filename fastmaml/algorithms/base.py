@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from fastmaml import checks, execution, functional as F
-from fastmaml.execution.hooks import HOOKS
+from fastmaml.execution.hooks import RECORDED
 from fastmaml.execution.inner import GradsFn, unroll
 from fastmaml.execution.user_compile import eager_module, outside_user_graph
 from fastmaml.functional import LossFn, Params
@@ -78,7 +78,7 @@ class MetaLearner(nn.Module):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         # The hooks this class overrides, read by the execution layer (fastmaml/execution/hooks.py).
-        cls.overridden_hooks = frozenset(h for h in HOOKS if getattr(cls, h) is not getattr(MetaLearner, h))
+        cls.overridden_hooks = frozenset(h for h in RECORDED if getattr(cls, h) is not getattr(MetaLearner, h))
 
     @property
     def batching_used(self) -> str | None:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from fastmaml import functional as F, ops
-from fastmaml.execution import buffers as B
+from fastmaml.execution import buffers as B, hooks
 from fastmaml.execution.batchnorm import DecomposedBatchNorm, has_batch_norm
 from fastmaml.execution.hvp_mode import HandGradLosses
 
@@ -37,6 +37,9 @@ def supported(learner) -> str | None:
     """None when `learner` can take the compiled path, else why not (a sentence). The path runs the
     learner's own hooks under vmap, so every hook is covered; a learner with its own meta_loss
     (iMAML) never reaches the execution layer's modes."""
+    why = hooks.why_not(learner, "compiled")
+    if why is not None:
+        return why
     if learner.second_order != "autograd":
         return f"second_order={learner.second_order!r} has its own meta-gradient"
     return None

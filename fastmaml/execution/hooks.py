@@ -12,6 +12,9 @@ from __future__ import annotations
 
 HOOKS = ("inner_rates", "inner_gammas", "is_first_order", "task_forward", "support_loss", "query_loss",
          "task_loss", "inner_loop")
+# What `overridden_hooks` records: the hooks, and meta_loss (a learner with its own, iMAML, never
+# reaches the modes: fastmaml.compile must refuse it rather than set a mode it would ignore)
+RECORDED = HOOKS + ("meta_loss",)
 
 # The hooks each mode replaces (so they must keep their default). `inner_rates` is taken by every
 # mode: rates are per parameter, never per task, and broadcast over a task dimension.
@@ -20,6 +23,7 @@ REPLACED = {
     "vmap": (),
     "batched": ("task_forward", "inner_gammas", "support_loss", "query_loss", "task_loss", "inner_loop"),
     "hvp": ("inner_gammas", "task_loss", "is_first_order", "inner_loop"),
+    "compiled": ("meta_loss",),
 }
 
 

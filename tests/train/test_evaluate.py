@@ -84,5 +84,5 @@ def test_unknown_or_impossible_batching_is_refused():
     learner, tasks, loss_fn, metric = sine(Branchy)
     with pytest.raises(ValueError, match="batching must be one of"):
         evaluate(learner, tasks(), loss_fn, metric, num_tasks=2, batching="fast")
-    with pytest.raises(ValueError, match="no task-batched form"):
+    with pytest.raises(ValueError, match="not supported by the task-batched layers"):
         evaluate(learner, tasks(), loss_fn, metric, num_tasks=2, batching="batched")
