@@ -44,9 +44,9 @@ import torch.nn.functional as F
 
 import fastmaml
 from bench._common import cpu_name, interleaved
+from bench.peers import real as _peers
 from fastmaml import ops
 from fastmaml.compat import (
-    _peers,
     higher as face_higher,
     learn2learn as face_l2l,
     torchopt as face_torchopt,

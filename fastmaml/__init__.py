@@ -16,10 +16,10 @@ from fastmaml.algorithms import (
     Reptile,
     WarpGrad,
 )
-from fastmaml.boml import Init
 from fastmaml.execution.compiled import compile  # noqa: I001 - HOOK (issue 19), see execution/compiled.py
+from fastmaml.faces.boml import Init
+from fastmaml.faces.kata import maml_inner_update, maml_outer_update
 from fastmaml.functional import adapt, buffers_of, functional_forward, inner_update, params_of
-from fastmaml.kata import maml_inner_update, maml_outer_update
 from fastmaml.ops import get_backend, set_backend, use_backend
 from fastmaml.secondorder import CGReport, batched_cg, hvp
 

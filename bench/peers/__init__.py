@@ -45,9 +45,9 @@ def zero_grads(model: torch.nn.Module) -> None:
 
 
 def installed_peer(name: str):
-    """`(lib, available, version)` for a peer library loaded through fastmaml.compat._peers
+    """`(lib, available, version)` for a peer library loaded through bench/peers/real.py
     (learn2learn, higher, torchopt): `lib()` imports it, `available()` says why it does not."""
-    from fastmaml.compat import _peers
+    from bench.peers import real as _peers
 
     def lib():
         return getattr(_peers, name)()

@@ -99,7 +99,7 @@ def assert_rel(actual, expected, what: str = "", rtol: float = RTOL) -> None:
 
 def peer(name: str):
     """The real peer library, or skip the test (CI installs only .[dev,triton])."""
-    from fastmaml.compat import _peers
+    from bench.peers import real as _peers
 
     try:
         return getattr(_peers, name)()
@@ -126,7 +126,7 @@ def learn2learn_parts():
     import types
 
     for name in [m for m in sys.modules if m == "learn2learn" or m.startswith("learn2learn.")]:
-        del sys.modules[name]  # another loader's shell (fastmaml.compat._peers) has no __spec__
+        del sys.modules[name]  # another loader's shell (bench/peers/real.py) has no __spec__
     spec = importlib.util.find_spec("learn2learn")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("learn2learn is not installed; bench/install_peers.sh installs it")

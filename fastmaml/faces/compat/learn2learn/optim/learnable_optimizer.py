@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastmaml.compat._module import FastSlots
-from fastmaml.compat.learn2learn.utils import update_module
+from fastmaml.faces.compat._module import FastSlots
+from fastmaml.faces.compat.learn2learn.utils import update_module
 
 
 class LearnableOptimizer(nn.Module):

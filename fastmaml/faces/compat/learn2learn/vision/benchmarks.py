@@ -16,8 +16,8 @@ import os
 import random
 from collections import namedtuple
 
-from fastmaml.compat.learn2learn.data import FilteredMetaDataset, MetaDataset, Taskset
-from fastmaml.compat.learn2learn.data.transforms import (
+from fastmaml.faces.compat.learn2learn.data import FilteredMetaDataset, MetaDataset, Taskset
+from fastmaml.faces.compat.learn2learn.data.transforms import (
     ConsecutiveLabels,
     FusedNWaysKShots,
     KShots,
@@ -25,8 +25,8 @@ from fastmaml.compat.learn2learn.data.transforms import (
     NWays,
     RemapLabels,
 )
-from fastmaml.compat.learn2learn.vision.datasets import FullOmniglot, MiniImagenet
-from fastmaml.compat.learn2learn.vision.transforms import RandomClassRotation
+from fastmaml.faces.compat.learn2learn.vision.datasets import FullOmniglot, MiniImagenet
+from fastmaml.faces.compat.learn2learn.vision.transforms import RandomClassRotation
 
 __all__ = ["BenchmarkTasksets", "get_tasksets", "list_tasksets"]
 

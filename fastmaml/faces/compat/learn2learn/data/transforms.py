@@ -15,7 +15,7 @@ import copy
 import random
 from collections import defaultdict
 
-from fastmaml.compat.learn2learn.data.task_dataset import DataDescription
+from fastmaml.faces.compat.learn2learn.data.task_dataset import DataDescription
 
 __all__ = ["ConsecutiveLabels", "FilterLabels", "FusedNWaysKShots", "KShots", "LoadData", "NWays", "RemapLabels",
            "TaskTransform"]

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 
 from torch import Tensor, nn
 
-from fastmaml.compat.learn2learn.utils import gradients
+from fastmaml.faces.compat.learn2learn.utils import gradients
 
 
 class ParameterUpdate(nn.Module):

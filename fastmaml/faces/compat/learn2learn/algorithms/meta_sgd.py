@@ -7,9 +7,9 @@ import torch
 from torch import Tensor, nn
 
 from fastmaml import ops
-from fastmaml.compat._module import FastSlots
-from fastmaml.compat.learn2learn.algorithms.base_learner import BaseLearner
-from fastmaml.compat.learn2learn.utils import clone_module
+from fastmaml.faces.compat._module import FastSlots
+from fastmaml.faces.compat.learn2learn.algorithms.base_learner import BaseLearner
+from fastmaml.faces.compat.learn2learn.utils import clone_module
 
 __all__ = ["MetaSGD", "meta_sgd_update"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastmaml.compat.learn2learn.nn import Flatten, Lambda
+from fastmaml.faces.compat.learn2learn.nn import Flatten, Lambda
 
 __all__ = ["CNN4", "CNN4Backbone", "ConvBase", "ConvBlock", "LinearBlock", "MiniImagenetCNN", "OmniglotCNN",
            "OmniglotFC", "fc_init_", "maml_init_"]

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from fastmaml import ops
-from fastmaml.compat._module import FastSlots, copy_detached
+from fastmaml.faces.compat._module import FastSlots, copy_detached
 
 __all__ = [
     "SUPPORTED_OPTIMIZERS",

@@ -2,9 +2,13 @@
 chain of task transforms) and the transforms (`data.transforms`: NWays, KShots, LoadData,
 RemapLabels, ConsecutiveLabels, FusedNWaysKShots, FilterLabels)."""
 
-from fastmaml.compat.learn2learn.data import transforms
-from fastmaml.compat.learn2learn.data.meta_dataset import FilteredMetaDataset, MetaDataset
-from fastmaml.compat.learn2learn.data.task_dataset import DataDescription, TaskDataset, Taskset
+from fastmaml.faces.compat.learn2learn.data import transforms
+from fastmaml.faces.compat.learn2learn.data.meta_dataset import FilteredMetaDataset, MetaDataset
+from fastmaml.faces.compat.learn2learn.data.task_dataset import (
+    DataDescription,
+    TaskDataset,
+    Taskset,
+)
 
 __all__ = ["DataDescription", "FilteredMetaDataset", "MetaDataset", "TaskDataset", "Taskset", "transforms"]
 

@@ -27,9 +27,9 @@ import warnings
 from torch import Tensor, nn
 
 from fastmaml import ops
-from fastmaml.compat._module import FastSlots, lr_list
-from fastmaml.compat.learn2learn.algorithms.base_learner import BaseLearner
-from fastmaml.compat.learn2learn.utils import clone_module, gradients, update_module
+from fastmaml.faces.compat._module import FastSlots, lr_list
+from fastmaml.faces.compat.learn2learn.algorithms.base_learner import BaseLearner
+from fastmaml.faces.compat.learn2learn.utils import clone_module, gradients, update_module
 
 __all__ = ["MAML", "maml_update"]
 

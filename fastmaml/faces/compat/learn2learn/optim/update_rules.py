@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from fastmaml.compat.learn2learn.algorithms.maml import maml_update
+from fastmaml.faces.compat.learn2learn.algorithms.maml import maml_update
 
 
 class DifferentiableSGD(nn.Module):

@@ -1,4 +1,4 @@
-"""Import the real peer libraries for comparison (tests, bench/bench_compat.py). Not for users.
+"""Import the real peer libraries for comparison (tests/compat, bench/bench_compat.py, bench/peers).
 
 learn2learn 0.2.0's top-level `__init__` imports gym, torchvision, requests, ... for its data and
 vision helpers; the meta-learning core (`learn2learn.utils`, `learn2learn.algorithms.maml`,

@@ -15,7 +15,7 @@ import warnings
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from fastmaml.compat.learn2learn.data.meta_dataset import MetaDataset
+from fastmaml.faces.compat.learn2learn.data.meta_dataset import MetaDataset
 
 __all__ = ["DataDescription", "TaskDataset", "Taskset"]
 

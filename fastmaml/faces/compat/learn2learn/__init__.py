@@ -17,9 +17,9 @@ task transforms draw the same tasks from the same seed (tests/compat). What diff
 docs/migration/learn2learn.md.
 """
 
-from fastmaml.compat.learn2learn import algorithms, data, nn, optim, utils, vision
-from fastmaml.compat.learn2learn.algorithms import GBML, MAML, BaseLearner, MetaSGD
-from fastmaml.compat.learn2learn.utils import (
+from fastmaml.faces.compat.learn2learn import algorithms, data, nn, optim, utils, vision
+from fastmaml.faces.compat.learn2learn.algorithms import GBML, MAML, BaseLearner, MetaSGD
+from fastmaml.faces.compat.learn2learn.utils import (
     accuracy,
     clone_module,
     clone_named_parameters,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fastmaml.compat.learn2learn.optim import DifferentiableSGD, ParameterUpdate
-from fastmaml.compat.learn2learn.utils import clone_module
+from fastmaml.faces.compat.learn2learn.optim import DifferentiableSGD, ParameterUpdate
+from fastmaml.faces.compat.learn2learn.utils import clone_module
 
 
 class GBML(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from fastmaml import ops
-from fastmaml.compat._module import FastSlots, share
+from fastmaml.faces.compat._module import FastSlots, share
 
 __all__ = ["accuracy", "clone_module", "clone_named_parameters", "clone_parameters", "detach_module",
            "magic_box", "update_module"]

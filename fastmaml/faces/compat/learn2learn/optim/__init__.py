@@ -1,15 +1,15 @@
 """learn2learn.optim: learnable update functions (ParameterUpdate and its transforms) and the
 differentiable SGD step that applies them (on fastmaml's fused update)."""
 
-from fastmaml.compat.learn2learn.optim import transforms
-from fastmaml.compat.learn2learn.optim.learnable_optimizer import LearnableOptimizer
-from fastmaml.compat.learn2learn.optim.parameter_update import ParameterUpdate
-from fastmaml.compat.learn2learn.optim.transforms import (
+from fastmaml.faces.compat.learn2learn.optim import transforms
+from fastmaml.faces.compat.learn2learn.optim.learnable_optimizer import LearnableOptimizer
+from fastmaml.faces.compat.learn2learn.optim.parameter_update import ParameterUpdate
+from fastmaml.faces.compat.learn2learn.optim.transforms import (
     KroneckerTransform,
     ModuleTransform,
     ReshapedTransform,
 )
-from fastmaml.compat.learn2learn.optim.update_rules import DifferentiableSGD
+from fastmaml.faces.compat.learn2learn.optim.update_rules import DifferentiableSGD
 
 __all__ = ["DifferentiableSGD", "KroneckerTransform", "LearnableOptimizer", "ModuleTransform", "ParameterUpdate",
            "ReshapedTransform", "transforms"]
