@@ -1,6 +1,6 @@
 """The GPU run of issue 17, section by section, each in its own process under a time budget so that a
 slow or hung section cannot eat the others' time (what it had measured is kept, what it skipped is
-recorded); unused time passes to the next section. Writes OUT/gpu.json (machine, versions, commit,
+recorded); unused time passes to the next section, all within TOTAL_S. Writes OUT/gpu.json (machine, versions, commit,
 every section's record) beside the log that bench/gpu/run.sh tees to OUT/gpu.log.
 
     python -m bench.gpu [--out DIR] [--total SECONDS]     # on the GPU machine (bench/gpu/README.md)
@@ -33,11 +33,14 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Seconds per section on the device (their sum, plus ~10 s of start-up, stays under 8 minutes);
-# a section that ends early passes its time on.
-BUDGETS = {"build": 170, "tests": 100, "update": 70, "metastep": 130}
-DRY_BUDGETS = {"build": 0, "tests": 120, "update": 240, "metastep": 240}  # ~30 s in all unloaded
-GRACE_S = 20  # past its budget a section's process is killed: its config in flight may overrun
+# Seconds per section on the device: at most its cap plus what the sections before it left unused,
+# never so much that the sections after it get less than their floor, all within TOTAL_S (8 minutes
+# less start-up and slack). The build's cap is generous: nothing else can run without it.
+BUDGETS = {"build": 240, "tests": 100, "update": 70, "metastep": 130}
+FLOORS = {"build": 60, "tests": 60, "update": 40, "metastep": 80}
+TOTAL_S = 465
+DRY_BUDGETS = {"build": 0, "tests": 120, "update": 240, "metastep": 240}  # ~1 min in all unloaded
+GRACE_S = 20  # a timing section stops starting work this long before its budget, when it is killed
 TESTS = ["tests/ops", "tests/hvp", "-k", "cuda or vectorizes"]
 BUILD_ENV = {"TORCH_CUDA_ARCH_LIST": "9.0", "MAX_JOBS": "16", "FASTMAML_REQUIRE_CUDA": "1"}
 
@@ -124,9 +127,9 @@ def tests(out_dir: Path, budget: float, dry_run: bool) -> dict:
 
 def section(module: str, out_dir: Path, budget: float, dry_run: bool) -> dict:
     part = out_dir / f".{module}.part.json"
-    cmd = [sys.executable, "-m", f"bench.gpu.{module}", "--out", str(part), "--budget", str(budget)]
+    cmd = [sys.executable, "-m", f"bench.gpu.{module}", "--out", str(part), "--budget", str(max(budget - GRACE_S, 5))]
     env = {"TRITON_INTERPRET": "1"} if dry_run else None  # Triton runs on the CPU only interpreted
-    res = _run(cmd + (["--cpu-dry-run"] if dry_run else []), budget + GRACE_S, env)
+    res = _run(cmd + (["--cpu-dry-run"] if dry_run else []), budget, env)
     data = json.loads(part.read_text()) if part.exists() else {}
     part.unlink(missing_ok=True)
     if res["status"] != "ok":
@@ -213,10 +216,12 @@ def main(argv=None) -> int:
     log(f"bench.gpu: {'CPU dry run' if dry else data['machine'].get('device')}, torch {data['versions']['torch']}, "
         f"writing {path}")
     t0, carry = time.perf_counter(), 0.0
-    for name, budget in budgets.items():
-        if name not in wanted:
-            continue
-        budget += carry
+    names = [n for n in budgets if n in wanted]
+    for i, name in enumerate(names):
+        budget = budgets[name] + carry
+        if not dry:
+            left = TOTAL_S - (time.perf_counter() - t0) - sum(FLOORS[n] for n in names[i + 1:])
+            budget = max(FLOORS[name], min(budget, left))
         log(f"== {name} (budget {budget:.0f} s)")
         if name == "build":
             res = build(out_dir, budget, dry)

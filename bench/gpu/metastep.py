@@ -41,7 +41,7 @@ CONFIGS = {
 }
 DRY_CONFIGS = {
     "sine-T6-2": ("sine", 6, 2, ()),
-    "conv4-T5-1": ("conv4", 5, 1, ("torchfunc_loop",)),
+    "conv4-T3-1": ("conv4", 3, 1, ("torchfunc_loop",)),
 }
 
 
@@ -59,7 +59,7 @@ def problem(model_name: str, tasks: int, steps: int, device, dtype, dry_run: boo
         from fastmaml.models import conv4
 
         size = 16 if dry_run else 28
-        model = conv4(n_way=5, hidden=8 if dry_run else 64, image_size=size)
+        model = conv4(n_way=5, hidden=4 if dry_run else 64, image_size=size)
         g = torch.Generator().manual_seed(0)
         batches = []
         for _ in range(2):

@@ -15,6 +15,9 @@ from bench.tables import TABLES
 ROOT = Path(__file__).resolve().parents[2]
 
 
+pytestmark = pytest.mark.slow  # one run of ~1 minute of CPU (four processes importing torch, JAX's compilations)
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu")
@@ -49,7 +52,7 @@ def test_update_section_covers_every_case(dry_run):
 
 def test_metastep_gradients_agree(dry_run):
     sec = dry_run["sections"]["metastep"]
-    assert [c["config"] for c in sec["configs"]] == ["sine-T6-2", "conv4-T5-1"]
+    assert [c["config"] for c in sec["configs"]] == ["sine-T6-2", "conv4-T3-1"]
     for c in sec["configs"]:
         for peer, r in c["results"].items():
             assert "median_ms" in r, f"{c['config']} {peer} was not timed"
@@ -65,4 +68,4 @@ def test_tables_render(dry_run, table, tmp_path):
     path.write_text(json.dumps(dry_run))
     text = TABLES[table](path)
     assert "CPU dry run" in text and "|---" in text
-    assert TABLES[table](tmp_path / "missing.json") == report.NO_RUN
+    assert TABLES[table](tmp_path / "missing.json") == (report.NO_RUN if table == "gpu_run" else "")

@@ -17,7 +17,7 @@ def many_sizes(count: int, chunk: int) -> list[int]:
     return [base[i % len(base)] for i in range(count)]
 
 
-def many_case(form, dtype, device="cpu", count=60, chunk=4096, misaligned=True, seed=0):
+def many_case(form, dtype, device="cpu", count=30, chunk=4096, misaligned=True, seed=0):
     """params, grads, lrs, gammas: `count` tensors (2-d where the size allows, so "channel" is a
     real channel broadcast); with `misaligned`, p of tensor 2 starts 4 bytes into its storage."""
     gen = torch.Generator().manual_seed(seed)

@@ -60,7 +60,7 @@ def test_aligned_kernel_vectorizes():
 @pytest.mark.parametrize("form", MANY_FORMS)
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES, ids=[str(d[0]).split(".")[1] for d in DTYPES])
 def test_triton_cuda_one_kernel_for_many_tensors(form, dtype, atol, rtol):
-    """On the GPU: the reference's numbers, and one kernel (torch.profiler) per update of 60 tensors."""
+    """On the GPU: the reference's numbers, and one kernel (torch.profiler) per update of 30 tensors."""
     pytest.importorskip("triton")
     from fastmaml.ops import reference, triton as kernels
 
