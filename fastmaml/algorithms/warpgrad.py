@@ -128,23 +128,34 @@ class WarpGrad(MetaLearner):
         return loss + (warp - warp.detach()) * (1.0 if reduction == "mean" else support_x.shape[0])
 
     def _record(self, sx, sy, qx, qy, loss_fn) -> int:
-        """Push the points theta_0..theta_{K-1} of each task's trajectory (detached); return how many."""
+        """Push the points theta_0..theta_{K-1} of each task's trajectory (detached), task by task;
+        return how many."""
         theta = {n: p.detach() for n, p in self.params().items()}
-        count = 0
+
+        def points(x, y, grads_fn):
+            trajectory = self.inner_loop(theta, x, y, loss_fn, first_order=True, grads_fn=grads_fn)[:-1]
+            return [{n: phi[n].detach() for n in self.adapt_names} for phi in trajectory]
+
         with torch.enable_grad():
-            for t in range(sx.shape[0]):
-                trajectory = self.inner_loop(theta, sx[t], sy[t], loss_fn, first_order=True, grads_fn=F.func_grads)
-                for k, phi in enumerate(trajectory[:-1]):
-                    point = {n: phi[n].detach() for n in self.adapt_names}
-                    self.buffer.append((k, point, sx[t], sy[t], qx[t], qy[t]))
-                    count += 1
-        return count
+            if self._mapped():
+                batched = torch.func.vmap(lambda x, y: points(x, y, F.func_grads), randomness="different")(sx, sy)
+                per_task = [[{n: v[t] for n, v in phi.items()} for phi in batched] for t in range(sx.shape[0])]
+            else:
+                per_task = [points(sx[t], sy[t], F.func_grads) for t in range(sx.shape[0])]
+        for t, trajectory in enumerate(per_task):
+            for k, phi in enumerate(trajectory):
+                self.buffer.append((k, phi, sx[t], sy[t], qx[t], qy[t]))
+        return sum(len(tr) for tr in per_task)
+
+    def _mapped(self) -> bool:
+        """vmap over tasks / points unless batching="loop" or the model has batch norm."""
+        return self.batching != "loop" and not has_batch_norm(self.module)
 
     def replay_objective(self, loss_fn, count: int):
         """J over `count` points drawn uniformly (with replacement) from the buffer."""
         points = [self.buffer[i] for i in torch.randint(len(self.buffer), (count,)).tolist()]
         params = self.params()
-        if self.batching == "loop" or has_batch_norm(self.module) or len({p[2].shape for p in points}) > 1:
+        if not self._mapped() or len({p[2].shape for p in points}) > 1:
             return torch.stack([self.lookahead({**params, **phi}, sx, sy, qx, qy, loss_fn, None, k)
                                 for k, phi, sx, sy, qx, qy in points]).mean()
         stacked = [torch.stack([p[i] for p in points]) for i in range(2, 6)]
