@@ -64,6 +64,10 @@ def run(algo, seed, iters, tasks, inner_steps):
     return {k: query_mse(learner, ev, k) for k in (0, 1, 5)}
 
 
+def fmt(v):
+    return f"{v:.3f}" if v < 1000 else f"{v:.2g}"  # a diverged run: its order of magnitude (or inf)
+
+
 def table(path):
     rows = [json.loads(line) for line in open(path) if line.strip()]
     print("| algorithm | inner steps (training) | seed | iterations | query MSE, 0 steps | 1 step | 5 steps "
@@ -71,8 +75,9 @@ def table(path):
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in sorted(rows, key=lambda r: (list(RECIPES).index(r["algo"]), r.get("inner_steps", 5), r["seed"])):
         m = r["mse"]
-        print(f"| {r['algo']} | {r.get('inner_steps', 5)} | {r['seed']} | {r['iters']} | {m['0']:.3f} | {m['1']:.3f} | {m['5']:.3f} | "
-              f"{r['ratio_1']:.3f} | {r['ratio_5']:.3f} |")
+        cells = [m["0"], m["1"], m["5"], r["ratio_1"], r["ratio_5"]]
+        print(f"| {r['algo']} | {r.get('inner_steps', 5)} | {r['seed']} | {r['iters']} | "
+              + " | ".join(fmt(v) for v in cells) + " |")
 
 
 def main():
