@@ -51,14 +51,14 @@ class WarpGrad(MetaLearner):
 
     `warp_after` registers the warp layers on `model` itself (a parameter `warp` on each chosen
     layer and a forward hook applying it), so `model` changes in place; `warp_names` (names or
-    globs, e.g. "*warp*") instead names the warp parameters the model already has."""
+    globs, e.g. "*.warp.*") instead names the warp parameters the model already has. The buffer
+    (`warpgrad.buffer`) is not part of `state_dict()`: a resumed run starts with an empty one."""
 
     def __init__(self, model, inner_lr=0.01, inner_steps=5, warp_after=None, objective="trajectory",
                  batching="auto", warp_names=None, buffer_size=0, replay=None):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        self_made = warp_names is None
-        if not self_made:
+        if warp_names is not None:
             if warp_after is not None:
                 raise ValueError("give warp_after (layers to attach warps to) or warp_names (warps the model has), not both")
             warps = F.select_names(F.params_of(model), warp_names, "warp_names")
@@ -69,12 +69,11 @@ class WarpGrad(MetaLearner):
                     raise ValueError("warp_after: the model has a single layer; name the layer(s) to warp")
                 warp_after = found[:-1]
             warp_after = layer_names(model, warp_after, "warp_after")
-            own = list(F.params_of(model))
             warps = [attach_transform(model, layer, "warp") for layer in warp_after]
         task = [n for n in F.params_of(model) if n not in warps]
         if not task:
             raise ValueError(f"warp_names {warp_names!r} cover every parameter; WarpGrad needs task parameters to adapt")
-        super().__init__(model, inner_lr, inner_steps, objective == "trajectory", own if self_made else task, batching)
+        super().__init__(model, inner_lr, inner_steps, objective == "trajectory", task, batching)
         self.warp_after = warp_after
         self.objective = objective
         self.warp_names = warps
