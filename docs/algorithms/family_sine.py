@@ -24,14 +24,14 @@ import fastmaml
 from fastmaml.tasks.sine import SineTasks, sine_mlp
 
 # algo -> (constructor, Adam rate, rate of the slow group, slow group)
-RECIPES = {
-    "maml": (lambda m: fastmaml.MAML(m, 0.01, 5, batching="vmap"), 3e-3, None, lambda a: []),
-    "l2f": (lambda m: fastmaml.L2F(m, 0.01, 5, batching="vmap"), 3e-3, None, lambda a: []),
-    "alfa": (lambda m: fastmaml.ALFA(m, 0.01, 5, batching="vmap"), 3e-3, 3e-4,
+RECIPES = {  # constructors of (model, inner steps)
+    "maml": (lambda m, k: fastmaml.MAML(m, 0.01, k, batching="vmap"), 3e-3, None, lambda a: []),
+    "l2f": (lambda m, k: fastmaml.L2F(m, 0.01, k, batching="vmap"), 3e-3, None, lambda a: []),
+    "alfa": (lambda m, k: fastmaml.ALFA(m, 0.01, k, batching="vmap"), 3e-3, 3e-4,
              lambda a: [*a.generator.parameters(), a.alpha0, a.beta0]),
-    "mtnet": (lambda m: fastmaml.MTNet(m, 0.01, 5, mask="sampled", batching="vmap"), 3e-3, 3e-4,
+    "mtnet": (lambda m, k: fastmaml.MTNet(m, 0.01, k, mask="sampled", batching="vmap"), 3e-3, 3e-4,
               lambda a: [*(dict(a.module.named_parameters())[n] for n in a.transform_names), *a.mask_logits.values()]),
-    "warpgrad": (lambda m: fastmaml.WarpGrad(m, 0.01, 5, batching="vmap", buffer_size=100), 3e-3, 1e-3,
+    "warpgrad": (lambda m, k: fastmaml.WarpGrad(m, 0.01, k, batching="vmap", buffer_size=100), 3e-3, 1e-3,
                  lambda a: a.warp_parameters()),
 }
 
@@ -47,10 +47,10 @@ def query_mse(learner, ev, steps):
         learner.inner_steps = saved
 
 
-def run(algo, seed, iters, tasks):
+def run(algo, seed, iters, tasks, inner_steps):
     make, lr, slow_lr, slow_of = RECIPES[algo]
     torch.manual_seed(seed)
-    learner = make(sine_mlp(40))
+    learner = make(sine_mlp(40), inner_steps)
     slow = list(slow_of(learner))
     rest = [p for p in learner.parameters() if all(p is not s for s in slow)]
     opt = torch.optim.Adam([{"params": rest, "lr": lr}] + ([{"params": slow, "lr": slow_lr}] if slow else []))
@@ -64,14 +64,20 @@ def run(algo, seed, iters, tasks):
     return {k: query_mse(learner, ev, k) for k in (0, 1, 5)}
 
 
+def fmt(v):
+    return f"{v:.3f}" if v < 1000 else f"{v:.2g}"  # a diverged run: its order of magnitude (or inf)
+
+
 def table(path):
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    print("| algorithm | seed | iterations | query MSE, 0 steps | 1 step | 5 steps | ratio 1 step / 0 | ratio 5 steps / 0 |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in sorted(rows, key=lambda r: (list(RECIPES).index(r["algo"]), r["seed"])):
+    print("| algorithm | inner steps (training) | seed | iterations | query MSE, 0 steps | 1 step | 5 steps "
+          "| ratio 1 step / 0 | ratio 5 steps / 0 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in sorted(rows, key=lambda r: (list(RECIPES).index(r["algo"]), r.get("inner_steps", 5), r["seed"])):
         m = r["mse"]
-        print(f"| {r['algo']} | {r['seed']} | {r['iters']} | {m['0']:.3f} | {m['1']:.3f} | {m['5']:.3f} | "
-              f"{r['ratio_1']:.3f} | {r['ratio_5']:.3f} |")
+        cells = [m["0"], m["1"], m["5"], r["ratio_1"], r["ratio_5"]]
+        print(f"| {r['algo']} | {r.get('inner_steps', 5)} | {r['seed']} | {r['iters']} | "
+              + " | ".join(fmt(v) for v in cells) + " |")
 
 
 def main():
@@ -81,6 +87,7 @@ def main():
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--tasks", type=int, default=10)
+    p.add_argument("--inner-steps", type=int, default=5, help="inner steps in training")
     p.add_argument("--json", help="append one JSON line per seed to this file")
     args = p.parse_args()
     if args.table:
@@ -90,8 +97,8 @@ def main():
     torch.set_num_threads(1)
     for seed in map(int, args.seeds.split(",")):
         start = time.perf_counter()
-        mse = run(args.algo, seed, args.iters, args.tasks)
-        row = {"algo": args.algo, "seed": seed, "iters": args.iters, "mse": mse,
+        mse = run(args.algo, seed, args.iters, args.tasks, args.inner_steps)
+        row = {"algo": args.algo, "seed": seed, "iters": args.iters, "inner_steps": args.inner_steps, "mse": mse,
                "ratio_1": mse[1] / mse[0], "ratio_5": mse[5] / mse[0], "seconds": time.perf_counter() - start}
         print(f"{args.algo} seed {seed}: MSE 0 steps {mse[0]:.3f}, 1 step {mse[1]:.3f}, 5 steps {mse[5]:.3f}; "
               f"ratio 1 step {row['ratio_1']:.3f}, 5 steps {row['ratio_5']:.3f} ({row['seconds']:.0f} s)", flush=True)

@@ -34,7 +34,7 @@ from fastmaml.secondorder.hvp import hvp_and_grad
 
 # The defaults, chosen from the sweep of docs/imaml.md ("Defaults"): CG converges on >= 90% of sine
 # and Conv-4 Omniglot tasks at initialisation and during training.
-LAM, INNER_LR, INNER_STEPS, CG_STEPS, CG_DAMPING, INNER_TOL = 10.0, 0.01, 30, 10, 0.0, 0.25
+LAM, INNER_LR, INNER_STEPS, CG_STEPS, CG_DAMPING, INNER_TOL = 20.0, 0.01, 30, 10, 0.0, 0.25
 
 
 @dataclass

@@ -51,14 +51,14 @@ class WarpGrad(MetaLearner):
 
     `warp_after` registers the warp layers on `model` itself (a parameter `warp` on each chosen
     layer and a forward hook applying it), so `model` changes in place; `warp_names` (names or
-    globs, e.g. "*warp*") instead names the warp parameters the model already has."""
+    globs, e.g. "*.warp.*") instead names the warp parameters the model already has. The buffer
+    (`warpgrad.buffer`) is not part of `state_dict()`: a resumed run starts with an empty one."""
 
     def __init__(self, model, inner_lr=0.01, inner_steps=5, warp_after=None, objective="trajectory",
                  batching="auto", warp_names=None, buffer_size=0, replay=None):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        self_made = warp_names is None
-        if not self_made:
+        if warp_names is not None:
             if warp_after is not None:
                 raise ValueError("give warp_after (layers to attach warps to) or warp_names (warps the model has), not both")
             warps = F.select_names(F.params_of(model), warp_names, "warp_names")
@@ -69,12 +69,11 @@ class WarpGrad(MetaLearner):
                     raise ValueError("warp_after: the model has a single layer; name the layer(s) to warp")
                 warp_after = found[:-1]
             warp_after = layer_names(model, warp_after, "warp_after")
-            own = list(F.params_of(model))
             warps = [attach_transform(model, layer, "warp") for layer in warp_after]
         task = [n for n in F.params_of(model) if n not in warps]
         if not task:
             raise ValueError(f"warp_names {warp_names!r} cover every parameter; WarpGrad needs task parameters to adapt")
-        super().__init__(model, inner_lr, inner_steps, objective == "trajectory", own if self_made else task, batching)
+        super().__init__(model, inner_lr, inner_steps, objective == "trajectory", task, batching)
         self.warp_after = warp_after
         self.objective = objective
         self.warp_names = warps
@@ -128,23 +127,34 @@ class WarpGrad(MetaLearner):
         return loss + (warp - warp.detach()) * (1.0 if reduction == "mean" else support_x.shape[0])
 
     def _record(self, sx, sy, qx, qy, loss_fn) -> int:
-        """Push the points theta_0..theta_{K-1} of each task's trajectory (detached); return how many."""
+        """Push the points theta_0..theta_{K-1} of each task's trajectory (detached), task by task;
+        return how many."""
         theta = {n: p.detach() for n, p in self.params().items()}
-        count = 0
+
+        def points(x, y, grads_fn):
+            trajectory = self.inner_loop(theta, x, y, loss_fn, first_order=True, grads_fn=grads_fn)[:-1]
+            return [{n: phi[n].detach() for n in self.adapt_names} for phi in trajectory]
+
         with torch.enable_grad():
-            for t in range(sx.shape[0]):
-                trajectory = self.inner_loop(theta, sx[t], sy[t], loss_fn, first_order=True, grads_fn=F.func_grads)
-                for k, phi in enumerate(trajectory[:-1]):
-                    point = {n: phi[n].detach() for n in self.adapt_names}
-                    self.buffer.append((k, point, sx[t], sy[t], qx[t], qy[t]))
-                    count += 1
-        return count
+            if self._mapped():
+                batched = torch.func.vmap(lambda x, y: points(x, y, F.func_grads), randomness="different")(sx, sy)
+                per_task = [[{n: v[t] for n, v in phi.items()} for phi in batched] for t in range(sx.shape[0])]
+            else:
+                per_task = [points(sx[t], sy[t], F.func_grads) for t in range(sx.shape[0])]
+        for t, trajectory in enumerate(per_task):
+            for k, phi in enumerate(trajectory):
+                self.buffer.append((k, phi, sx[t], sy[t], qx[t], qy[t]))
+        return sum(len(tr) for tr in per_task)
+
+    def _mapped(self) -> bool:
+        """vmap over tasks / points unless batching="loop" or the model has batch norm."""
+        return self.batching != "loop" and not has_batch_norm(self.module)
 
     def replay_objective(self, loss_fn, count: int):
         """J over `count` points drawn uniformly (with replacement) from the buffer."""
         points = [self.buffer[i] for i in torch.randint(len(self.buffer), (count,)).tolist()]
         params = self.params()
-        if self.batching == "loop" or has_batch_norm(self.module) or len({p[2].shape for p in points}) > 1:
+        if not self._mapped() or len({p[2].shape for p in points}) > 1:
             return torch.stack([self.lookahead({**params, **phi}, sx, sy, qx, qy, loss_fn, None, k)
                                 for k, phi, sx, sy, qx, qy in points]).mean()
         stacked = [torch.stack([p[i] for p in points]) for i in range(2, 6)]
