@@ -3,7 +3,7 @@
 Parameter sets: the sine MLP 1-40-40-1 (1.7k elements, 6 tensors), Conv-4 Omniglot (4 x conv3x3
 64ch + BN, linear to 5 ways: 112k elements, 18 tensors) for one task and as the task-batched
 [32, ...] tensors of a meta-batch of 32, and a 10M-element set. Forms (NOTE: [update forms]): sgd;
-scaled with an elementwise a (Meta-SGD); forget with elementwise a and a per-layer gamma (L2F). In
+scaled with an elementwise a (Meta-SGD); forget with elementwise a and a per-layer gamma (ALFA). In
 the batched set a and gamma are shared by the tasks, as in the vmap path.
 
 For each: median time and spread (25th-75th percentile) of the out-of-place update (allocating

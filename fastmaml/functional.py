@@ -67,7 +67,7 @@ def select_names(all_names: Iterable[str], patterns: Iterable[str] | None, arg: 
 def inner_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr, gamma=None) -> Params:
     """p - lr * g for every name in `grads` (one fused op for all of them); other params pass
     through unchanged. `lr` is a number or a dict name -> tensor broadcastable to the param
-    (Meta-SGD); `gamma`, a dict name -> forget factor, gives gamma * p - lr * g (L2F).
+    (Meta-SGD); `gamma`, a dict name -> forget factor, gives gamma * p - lr * g (ALFA).
     Differentiable in params, grads, lr and gamma."""
     names = list(grads)
     missing = [n for n in names if n not in params]

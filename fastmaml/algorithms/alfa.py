@@ -28,6 +28,7 @@ class ALFA(MetaLearner):
     `alfa.generator`: Linear(2L, h) - ReLU - Linear(h, h) - ReLU - Linear(h, 2L) for the L adapted
     tensors (h defaults to 2L); `alfa.alpha0`, `alfa.beta0`: [K, L]. `hyperparameters(step,
     params, grads)` gives the step's (alpha, beta) dicts."""
+    cli_name, paper = "alfa", "Baik et al. NeurIPS 2020"  # fastmaml train --algo alfa
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
                  batching="auto", hidden=None):

@@ -24,6 +24,7 @@ class ANIL(MAML):
 
     `head`: names/patterns of the adapted parameters (default: the parameters of the model's last
     module that has any, e.g. the final nn.Linear)."""
+    cli_name, paper = "anil", "Raghu et al. 2020"  # fastmaml train --algo anil
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, head=None, batching="auto", *,
                  second_order="autograd"):
@@ -38,6 +39,7 @@ class BOIL(MAML):
 
     Adapts every parameter except the head (`head` as in ANIL); the head is frozen in the inner
     loop and meta-learned in the outer loop."""
+    cli_name, paper = "boil", "Oh et al. 2021"  # fastmaml train --algo boil
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, head=None, batching="auto", *,
                  second_order="autograd"):

@@ -33,6 +33,11 @@ BATCHING = execution.MODES
 
 class MetaLearner(nn.Module):
     overridden_hooks: frozenset[str] = frozenset()  # set per subclass by __init_subclass__
+    # The command line's registry (fastmaml/train/registry.py) finds every class naming itself here:
+    # a new algorithm is one file in fastmaml/algorithms/ (with its test and docs page).
+    cli_name: str | None = None
+    paper: str = ""
+    outer_update: str = "meta_loss"  # "meta_grad": the learner's own outer update (Reptile)
 
     def __init__(
         self,

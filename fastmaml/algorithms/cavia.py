@@ -34,6 +34,7 @@ class CAVIA(MetaLearner):
     `model` must accept its input with `num_context` extra features (`context_at=None`: on its
     input; `context_at="name"`: on the input of submodule `name`, e.g. an nn.Linear whose
     in_features counts them). The context is the params-dict entry "cavia.context"."""
+    cli_name, paper = "cavia", "Zintgraf et al. 2019"  # fastmaml train --algo cavia
 
     def __init__(self, model, num_context=4, inner_lr=1.0, inner_steps=1, first_order=False, context_at=None,
                  batching="auto"):

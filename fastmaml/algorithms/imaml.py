@@ -78,6 +78,7 @@ class IMAML(MetaLearner):
     inner_tol: the implicit gradient assumes the inner problem is solved; `last_inner_report`
     (InnerReport) holds each task's residual ||grad L_support(phi) + lam (phi - theta)|| relative
     to ||grad L_support(theta)||, and tasks above inner_tol warn / raise / pass per on_inner_fail."""
+    cli_name, paper = "imaml", "Rajeswaran et al. 2019"  # fastmaml train --algo imaml
 
     def __init__(self, model, lam: float = LAM, inner_lr: float = INNER_LR, inner_steps: int = INNER_STEPS,
                  inner_optimizer=None, cg_steps: int = CG_STEPS, cg_tol: float = 1e-3, cg_damping: float = CG_DAMPING,

@@ -31,6 +31,7 @@ class L2F(MetaLearner):
     tensors (h defaults to 2L); its last layer starts at small weights and bias logit(init_gamma),
     so gamma starts near init_gamma for every layer. `attenuate(params, x, y, loss_fn)` gives
     (theta~, gamma) for one task."""
+    cli_name, paper = "l2f", "Baik et al. CVPR 2020"  # fastmaml train --algo l2f
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
                  batching="auto", hidden=None, init_gamma=0.99):

@@ -16,11 +16,13 @@ class MAML(MetaLearner):
     of tasks; `adapt(x, y, loss_fn)` adapts one task; `maml(x, params)` runs the model.
     `second_order="hvp"` gives the same meta-gradient by a reverse recursion of batched
     Hessian-vector products, keeping only the K parameter iterates (docs/imaml.md)."""
+    cli_name, paper = "maml", "Finn et al. 2017"  # fastmaml train --algo maml
 
 
 class FOMAML(MAML):
     """First-order MAML: MAML with first_order=True. `second_order` is MAML's keyword: "autograd";
     "hvp" is refused with a message (first order has no second-order term to compute)."""
+    cli_name, paper = "fomaml", "Finn et al. 2017 (first order)"  # fastmaml train --algo fomaml
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, adapt_names=None, batching="auto", *,
                  second_order="autograd"):

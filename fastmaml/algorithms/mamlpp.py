@@ -38,6 +38,7 @@ class MAMLpp(MetaLearner):
     `step_running_mean/var`, [K + 1, C]) and of affine parameters (`step_weight/bias`, [K + 1, C],
     initialised from the layer's own, which are then unused). BatchNorm parameters are not adapted
     by default. `adapt(..., steps=n)` with n > K reuses the last rate and BN set."""
+    cli_name, paper = "mamlpp", "Antoniou et al. 2019"  # fastmaml train --algo mamlpp
 
     def __init__(self, model, inner_lr=0.01, inner_steps=5, adapt_names=None, batching="auto",
                  msl_iterations=10, first_order_iterations=50, per_step_bn=True, learn_rates=True,

@@ -23,6 +23,7 @@ class MetaSGD(MetaLearner):
     `per="element"`: alpha has each parameter's shape; `per="layer"`: one rate (shape [1]) per
     parameter tensor. The rates, initialised to `inner_lr`, are parameters of this module
     (`metasgd.lrs`), so an optimizer over `metasgd.parameters()` learns them."""
+    cli_name, paper = "metasgd", "Li et al. 2017"  # fastmaml train --algo metasgd
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
                  batching="auto", per="element", *, second_order="autograd"):

@@ -48,6 +48,7 @@ class MTNet(MetaLearner):
     (`mtnet.mask_logits`, one logit per output unit, starting at `mask_logit`: at 3, a unit is
     kept with probability 0.95; on sine the sampled mask at +1 (0.73) left a post/pre ratio of 0.77
     after 100 meta-steps, at 3 0.25)."""
+    cli_name, paper = "mtnet", "Lee & Choi 2018"  # fastmaml train --algo mtnet
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, layers=None, mask=False,
                  batching="auto", temperature=1.0, mask_logit=3.0):

@@ -22,6 +22,8 @@ class Reptile(MetaLearner):
     Inputs carry a leading task dimension: support_x [tasks, k, ...], support_y [tasks, k, ...].
     `meta_loss` (inherited) is the post-adaptation query loss, useful for evaluation; its gradient
     is first-order MAML's, not Reptile's: train with `step` or `meta_grad`."""
+    cli_name, paper = "reptile", "Nichol et al. 2018"  # fastmaml train --algo reptile
+    outer_update = "meta_grad"  # its own outer update (step / meta_grad), not meta_loss().backward()
 
     def __init__(self, model, inner_lr=0.02, inner_steps=5, adapt_names=None, batching="auto"):
         super().__init__(model, inner_lr, inner_steps, True, adapt_names, batching)

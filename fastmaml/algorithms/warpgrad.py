@@ -53,6 +53,7 @@ class WarpGrad(MetaLearner):
     layer and a forward hook applying it), so `model` changes in place; `warp_names` (names or
     globs, e.g. "*.warp.*") instead names the warp parameters the model already has. The buffer
     (`warpgrad.buffer`) is not part of `state_dict()`: a resumed run starts with an empty one."""
+    cli_name, paper = "warpgrad", "Flennerhag et al. 2020"  # fastmaml train --algo warpgrad
 
     def __init__(self, model, inner_lr=0.01, inner_steps=5, warp_after=None, objective="trajectory",
                  batching="auto", warp_names=None, buffer_size=0, replay=None):

@@ -7,7 +7,7 @@ For a batch of tasks the traced function is
 where task_loss is the learner's own inner loop (its hooks: rates, forget factors, first-order
 steps, task loss) with the inner gradients by torch.func.grad and the updates through
 fastmaml.ops, and `meta` are all the learner's parameters (the model's and the algorithm's:
-Meta-SGD's rates, L2F's forget nets), substituted by torch.func.functional_call. The inner
+Meta-SGD's rates, ALFA's generators), substituted by torch.func.functional_call. The inner
 gradients and the outer one are traced, so second order needs no double backward through
 aot_autograd at run time. The losses leave through HandGradLosses (NOTE: [hand meta-gradient],
 fastmaml/execution/hvp_mode.py): `loss.backward()` puts the precomputed gradient, scaled by

@@ -7,7 +7,7 @@ Every inner update in fastmaml, whatever the algorithm, is one call of
 in one of three forms (NOTE: [update forms], same names in csrc/include/fastmaml/update.h):
   * "sgd"     lrs=None,  gammas=None:  p - alpha * g                   (MAML, FOMAML, ANIL, ...)
   * "scaled"  lrs=[a],   gammas=None:  p - alpha * a * g               (Meta-SGD, MAML++ LSLR)
-  * "forget"  lrs/None,  gammas=[gam]: gam * p - alpha * [a *] g       (L2F, ALFA)
+  * "forget"  lrs/None,  gammas=[gam]: gam * p - alpha * [a *] g       (ALFA)
 a[i] and gamma[i] broadcast to p[i] (a per-layer scalar, an elementwise tensor, ...); the operands:
 NOTE: [update operands] in ops/operands.py.
 
@@ -111,7 +111,7 @@ def update(params: Sequence[Tensor], grads: Sequence[Tensor], lr, gammas=None, *
     """Differentiable fused update: [gamma *] p - lr * g for every tensor of the list.
 
     `lr` is a number (one rate for all) or a list of tensors broadcastable to each param
-    (Meta-SGD). `gammas`, if given, is a list of forget factors broadcastable to each param (L2F).
+    (Meta-SGD). `gammas`, if given, is a list of forget factors broadcastable to each param (ALFA).
     `names` only improves error messages.
     """
     lrs, alpha = _split_lr(lr)

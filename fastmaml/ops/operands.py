@@ -5,7 +5,7 @@ in the C++ checks and kernels (csrc/include/fastmaml/operands.h, update.h) and i
     params  Tensor[]    p_i, the tensors updated
     grads   Tensor[]    g_i, each of p_i's shape, dtype and device
     lrs     Tensor[]?   a_i, each broadcastable to p_i (learned rates: Meta-SGD, MAML++)
-    gammas  Tensor[]?   gamma_i, each broadcastable to p_i (forget factors: L2F, ALFA)
+    gammas  Tensor[]?   gamma_i, each broadcastable to p_i (forget factors: ALFA)
     alpha   float       one rate for all:  out_i = gamma_i * p_i - alpha * a_i * g_i
 
 A new operand is one entry here (LISTS, and BROADCAST when it broadcasts) and one in the schema.

@@ -87,7 +87,8 @@ def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_ta
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_tasks, desc="evaluate", unit="task", dynamic_ncols=True)
+        bar = tqdm(total=num_tasks, desc="evaluate", unit="task", dynamic_ncols=True,
+                   disable=None)  # None: off when stderr is not a terminal (logs, pipes)
     try:
         done = 0
         while done < num_tasks:

@@ -1,13 +1,19 @@
-"""Algorithms by command-line name. A name resolves to a class of fastmaml.algorithms when that
-class exists in this build; otherwise `build_learner` says clearly that it is not available yet."""
+"""Algorithms by command-line name, found, not listed: every module of fastmaml.algorithms is
+imported and every learner class that names itself (`cli_name`, `paper`, `outer_update` on the
+class) is registered. A new algorithm is one file in fastmaml/algorithms/ with its test and docs
+page; `fastmaml train --algo NAME` finds it."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 from dataclasses import dataclass
 
 from torch import nn
+
+import fastmaml.algorithms
+from fastmaml.algorithms.base import MetaLearner
 
 
 class AlgorithmUnavailable(LookupError):
@@ -17,34 +23,46 @@ class AlgorithmUnavailable(LookupError):
 @dataclass(frozen=True)
 class Algorithm:
     name: str
-    classes: tuple[str, ...]  # class names tried in fastmaml.algorithms, first found wins
+    classes: tuple[str, ...]  # class names tried in `module`, first found wins
     paper: str
     outer: str = "meta_loss"  # "meta_loss" or "meta_grad" (own outer update, e.g. Reptile)
+    module: str = "fastmaml.algorithms"
 
 
-ALGORITHMS = {a.name: a for a in (
-    Algorithm("maml", ("MAML",), "Finn et al. 2017"),
-    Algorithm("fomaml", ("FOMAML",), "Finn et al. 2017 (first order)"),
-    Algorithm("metasgd", ("MetaSGD",), "Li et al. 2017"),
-    Algorithm("anil", ("ANIL",), "Raghu et al. 2020"),
-    Algorithm("boil", ("BOIL",), "Oh et al. 2021"),
-    Algorithm("reptile", ("Reptile",), "Nichol et al. 2018", outer="meta_grad"),
-    Algorithm("mamlpp", ("MAMLpp",), "Antoniou et al. 2019"),
-    Algorithm("cavia", ("CAVIA",), "Zintgraf et al. 2019"),
-    Algorithm("mtnet", ("MTNet",), "Lee & Choi 2018"),
-    Algorithm("warpgrad", ("WarpGrad",), "Flennerhag et al. 2020"),
-    Algorithm("l2f", ("L2F",), "Baik et al. CVPR 2020"),
-    Algorithm("alfa", ("ALFA",), "Baik et al. NeurIPS 2020"),
-    Algorithm("imaml", ("IMAML",), "Rajeswaran et al. 2019"),
-)}
+def _discover() -> dict[str, Algorithm]:
+    for info in pkgutil.iter_modules(fastmaml.algorithms.__path__):
+        importlib.import_module(f"fastmaml.algorithms.{info.name}")
+    found: dict[str, Algorithm] = {}
+
+    def walk(cls):
+        for sub in cls.__subclasses__():
+            name = sub.__dict__.get("cli_name")  # its own, not inherited (FOMAML is not "maml")
+            if name:
+                if name in found:
+                    raise RuntimeError(f"two learner classes name themselves {name!r}: {found[name].classes[0]} "
+                                       f"and {sub.__name__}")
+                found[name] = Algorithm(name, (sub.__name__,), sub.paper, sub.outer_update, sub.__module__)
+            walk(sub)
+
+    walk(MetaLearner)
+    # the family in the order of its papers (MAML first), whatever the order of the files
+    return dict(sorted(found.items(), key=lambda item: (item[0] != "maml", _year(item[1].paper), item[0])))
+
+
+def _year(paper: str) -> int:
+    years = [int(w) for w in paper.replace("(", " ").replace(")", " ").split() if w.isdigit() and len(w) == 4]
+    return years[0] if years else 9999
+
+
+ALGORITHMS = _discover()
 
 
 def algorithm_class(name: str):
     """The class behind `name`; AlgorithmUnavailable names the choices or what is missing."""
     if name not in ALGORITHMS:
         raise AlgorithmUnavailable(f"unknown algorithm {name!r}; choose from {', '.join(ALGORITHMS)}")
-    module = importlib.import_module("fastmaml.algorithms")
     algo = ALGORITHMS[name]
+    module = importlib.import_module(algo.module)
     for cls_name in algo.classes:
         cls = getattr(module, cls_name, None)
         if cls is not None:
@@ -57,7 +75,7 @@ def algorithm_class(name: str):
 def is_available(name: str) -> bool:
     if name not in ALGORITHMS:
         return False
-    module = importlib.import_module("fastmaml.algorithms")
+    module = importlib.import_module(ALGORITHMS[name].module)
     return any(getattr(module, c, None) is not None for c in ALGORITHMS[name].classes)
 
 

@@ -154,9 +154,9 @@ def test_forward_ad_is_refused():
 
 
 @pytest.mark.parametrize("batching", ["loop", "vmap"])
-@pytest.mark.parametrize("algo", ["maml", "metasgd-layer", "l2f"])
+@pytest.mark.parametrize("algo", ["maml", "metasgd-layer", "alfa"])
 def test_meta_gradient_is_the_same_on_every_backend(algo, batching):
-    """Second-order meta-gradients of MAML, Meta-SGD (per-layer rates: dot-product d a) and L2F
+    """Second-order meta-gradients of MAML, Meta-SGD (per-layer rates: dot-product d a) and ALFA
     (per-layer forget factors from a network: d gamma) on each backend, against reference: per
     task, and task-batched (the vmap rule hands the node [T, ...] tensors with a shared a)."""
     batch = regression_tasks()
@@ -168,7 +168,7 @@ def test_meta_gradient_is_the_same_on_every_backend(algo, batching):
         elif algo == "metasgd-layer":
             learner = fastmaml.MetaSGD(model, inner_lr=0.3, inner_steps=2, batching=batching, per="layer")
         else:
-            learner = fastmaml.L2F(model, inner_lr=0.3, inner_steps=2, batching=batching)
+            learner = fastmaml.ALFA(model, inner_lr=0.3, inner_steps=2, batching=batching)
         with fastmaml.use_backend(backend):
             loss = learner.meta_loss(*batch, torch.nn.functional.mse_loss)
             results[backend] = [loss, *torch.autograd.grad(loss, list(learner.parameters()))]

@@ -4,6 +4,7 @@ with learner.adapt scores, whichever way adapts the batch (task-batched layers, 
 nor vmap run (the loop takes over)."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -74,8 +75,11 @@ def test_batched_evaluation_scores_like_one_task_at_a_time(case, batching):
         assert math.isclose(c["loss"], sum(losses[s]) / len(losses[s]), rel_tol=1e-4), f"{case}, {s} steps: loss"
 
 
-def test_progress_bar_counts_tasks(capsys):
+def test_progress_bar_counts_tasks_on_a_terminal_only(capsys, monkeypatch):
     learner, tasks, loss_fn, metric = sine(lambda: mlp(1, 1, hidden=8))
+    evaluate(learner, tasks(), loss_fn, metric, num_tasks=5, batch=2, progress=True)
+    assert "evaluate" not in capsys.readouterr().err  # a log or a pipe gets no bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     evaluate(learner, tasks(), loss_fn, metric, num_tasks=5, batch=2, progress=True)
     assert "5/5" in capsys.readouterr().err
 
