@@ -123,8 +123,16 @@ def check_batch(support_x, support_y, query_x, query_y, learner=None) -> None:
 _FIRST_LAYER_RANK = ((nn.Linear, 1), (nn.Conv1d, 2), (nn.Conv2d, 3), (nn.Conv3d, 4))
 
 
+_FIRST_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its first layer
+
+
 def _first_layer(learner) -> nn.Module | None:
-    return next((m for m in learner.module.modules() if any(True for _ in m.parameters(recurse=False))), None)
+    """The model's first module with parameters of its own, found at the model's first check (the
+    walk over the modules would otherwise run on every meta_loss)."""
+    model = learner.module
+    if model not in _FIRST_LAYERS:
+        _FIRST_LAYERS[model] = next((m for m in model.modules() if any(True for _ in m.parameters(recurse=False))), None)
+    return _FIRST_LAYERS[model]
 
 
 def _example_rank(learner, first: nn.Module | None) -> tuple[int | None, str]:
