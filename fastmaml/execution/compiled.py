@@ -110,9 +110,8 @@ class _Solver:
         self.run, self.meta, self.buffers, self.batch, self.map = run, meta, buffers, batch, mapper
 
     def forward(self) -> Tensor:
-        T = self.batch[0].shape[0]
-        ones = torch.ones(T, dtype=self.batch[0].dtype if self.batch[0].is_floating_point() else torch.float32,
-                          device=self.batch[0].device)
+        p = next(iter(self.meta.values()))  # the losses' dtype and device are the parameters'
+        ones = torch.ones(self.batch[0].shape[0], dtype=p.dtype, device=p.device)
         self.grads, losses = self.run(self.meta, self.buffers, ones, *self.batch)
         self.map.store_buffers(self.buffers)
         return losses
