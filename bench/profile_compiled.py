@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     from fastmaml.ops import native, reference
 
     ops.backend_module = lambda name, family=ops.UPDATE: {"native": native, "reference": reference}[name]
-    # compiled.py refuses a non-native backend (its lookup is not traceable without the line above)
+    ops.resolve_backend(torch.device("cpu"))  # the "auto" choice, made outside the trace
+    # compiled.py refuses a non-native backend (its lookup is not traceable without the lines above)
     C.ops = types.SimpleNamespace(resolve_backend=lambda device: "native")
     model, cfg, batches = B.problem(args.config)
     batch, loss_fn = batches[0], cfg.loss_fn
