@@ -356,9 +356,9 @@ def render_markdown(data: dict | str | Path = DEFAULT_OUT) -> str:
                 f"| {'-' if mem is None else f'{mem:.1f}'} | {check} |"
             )
             label = ""
-    peers = ", ".join(f"{k} {v[k]}" for k in ("higher", "learn2learn", "torchopt") if k in v)
+    peers = "".join(f", {k} {v[k]}" for k in ("higher", "learn2learn", "torchopt", "jax") if k in v)
     missing = "; missing: " + ", ".join(data["peers_missing"]) if data.get("peers_missing") else ""
-    caption = (f"Float32 on {m['cpu']} ({m['torch_threads']} torch thread(s)), torch {v['torch']}, {peers}{missing}, "
+    caption = (f"Float32 on {m['cpu']} ({m['torch_threads']} torch thread(s)), torch {v['torch']}{peers}{missing}, "
               f"{data['date'][:10]} (each config's own date and commit are in the JSON). CPU ms: median process CPU time per meta-step, over samples of consecutive meta-steps filling 20 ms (one thread; wall time on this shared "
               f"machine adds scheduler preemptions). × fastmaml: peer CPU median / fastmaml CPU median in the same run. "
               f"First step s: wall seconds of the first float32 meta-step, which pays any compilation "

@@ -42,6 +42,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cache-dir", help="decoded-image cache folder")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", help="where to write the JSON result (default RUN_DIR/eval.json)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -98,7 +99,7 @@ def run(args) -> int:
     seed = args.seed if args.seed is not None else cfg["seed"] + 2
     tasks.generator.manual_seed(seed)
     start = time.perf_counter()
-    result = evaluate(exp.learner, tasks, exp.loss_fn, exp.metric, args.tasks, steps, progress=True)
+    result = evaluate(exp.learner, tasks, exp.loss_fn, exp.metric, args.tasks, steps, progress=not args.no_progress)
     wall = time.perf_counter() - start
     main = next(c for c in result["curve"] if c["inner_steps"] == main_steps)
     result.update(mean=main["mean"], ci95=main["ci95"], loss=main["loss"], inner_steps=main_steps)

@@ -24,6 +24,9 @@ process skip most of the compilation (bench/bench_compile_cache.py measures it).
 
 from __future__ import annotations
 
+import itertools
+import types
+
 import torch
 from torch import Tensor, nn
 
@@ -87,7 +90,18 @@ def _build(learner, loss_fn, first_order: bool | None, outer: bool, backend: str
         def step(meta, buffers, weights, *batch):
             return torch.func.grad(weighted, has_aux=True)(meta, buffers, weights, batch)
 
-    return torch.compile(step, fullgraph=True, dynamic=False, backend=backend)
+    return torch.compile(_own_code(step), fullgraph=True, dynamic=False, backend=backend)
+
+
+_ids = itertools.count()
+
+
+def _own_code(fn):
+    """`fn` with a code object of its own. Dynamo caches compiled graphs per code object, at most
+    8 of them (recompile_limit), and checks their guards one after another on every call: every
+    learner, loss and order gets its own step, so each must get its own cache."""
+    code = fn.__code__.replace(co_name=f"compiled_meta_step_{next(_ids)}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
 def _compiled(learner, loss_fn, first_order, outer, backend):
@@ -106,9 +120,8 @@ class _Solver:
         self.run, self.meta, self.buffers, self.batch, self.module = run, meta, buffers, batch, module
 
     def forward(self) -> Tensor:
-        T = self.batch[0].shape[0]
-        ones = torch.ones(T, dtype=self.batch[0].dtype if self.batch[0].is_floating_point() else torch.float32,
-                          device=self.batch[0].device)
+        p = next(iter(self.meta.values()))  # the losses' dtype and device are the parameters'
+        ones = torch.ones(self.batch[0].shape[0], dtype=p.dtype, device=p.device)
         self.grads, losses = self.run(self.meta, self.buffers, ones, *self.batch)
         B.merge(self.module, self.buffers)
         return losses

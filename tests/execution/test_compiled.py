@@ -114,3 +114,13 @@ def test_a_non_native_backend_is_refused_by_name():
     learner = fastmaml.MAML(sine_mlp(hidden=8).double(), inner_lr=0.1)
     with fastmaml.use_backend("reference"), pytest.raises(ValueError, match="'reference' backend is in force"):
         compiled_task_losses(learner, *sine_batch(), F.mse_loss, backend="aot_eager")
+
+
+def test_many_learners_each_get_their_own_compiled_step():
+    """Dynamo keeps at most 8 graphs per code object: more learners than that must still compile."""
+    batch = sine_batch()
+    for i in range(9):
+        learner = fastmaml.MAML(sine_mlp(hidden=8).double(), inner_lr=0.1 + i / 100, batching="loop")
+        want = meta_grads(learner, learner.meta_loss(*batch, F.mse_loss))
+        got = meta_grads(learner, compiled_task_losses(learner, *batch, F.mse_loss, backend="aot_eager").mean())
+        assert rel_diff(got, want) <= TOL

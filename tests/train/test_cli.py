@@ -143,7 +143,7 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path, capsys)
     assert (cfg["init_from"], cfg["init_from_iteration"]) == (str(source), 4)
     from fastmaml.train.report import table
 
-    assert main(["eval", str(run), "--tasks", "2", "--steps", "0,1"]) == 0
+    assert main(["eval", str(run), "--tasks", "2", "--steps", "0,1", "--no-progress"]) == 0
     assert "| maml | 4 + 1 | 0.01, 1 |" in table([run])  # the report counts the stages
     fails(capsys, ["train", "--resume", "--run-dir", str(run), "--init-from", str(source)], "cannot be combined")
     fails(capsys, ["train", *SINE_TINY, "--init-from", str(tmp_path / "none"), "--run-dir", str(tmp_path / "a")],
