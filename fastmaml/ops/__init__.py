@@ -28,33 +28,8 @@ from torch import Tensor
 from fastmaml.ops.checks import check_update_args
 from fastmaml.ops.dispatch import BACKENDS, CHOICES, Family, get_backend, set_backend, use_backend
 
-
-def _reference():
-    from fastmaml.ops import reference
-
-    return reference
-
-
-def _foreach():
-    from fastmaml.ops import foreach
-
-    return foreach
-
-
-def _native():
-    from fastmaml.ops import native
-
-    return native
-
-
-def _triton():
-    from fastmaml.ops import triton
-
-    return triton
-
-
-UPDATE = Family("update", {"reference": _reference, "foreach": _foreach, "native": _native, "triton": _triton},
-                auto={"cpu": ("native", "foreach"), "cuda": ("native", "triton", "foreach")})
+UPDATE = Family.of_package("update", __name__, BACKENDS,
+                           auto={"cpu": ("native", "foreach"), "cuda": ("native", "triton", "foreach")})
 
 
 def backend_module(name: str):
@@ -116,7 +91,7 @@ def update(params: Sequence[Tensor], grads: Sequence[Tensor], lr, gammas=None, *
     """
     lrs, alpha = _split_lr(lr)
     if _native_fast(params, grads, lrs, gammas, alpha):
-        return _fast_call("inner_update", _native().update, params, grads, lrs, gammas, alpha, names)
+        return _fast_call("inner_update", UPDATE.load("native").update, params, grads, lrs, gammas, alpha, names)
     check_update_args("inner_update", params, grads, lrs, gammas, alpha, names)
     if len(params) == 0:
         return []
@@ -128,7 +103,7 @@ def update_(params: Sequence[Tensor], grads: Sequence[Tensor], lr, gammas=None, 
     """In-place, non-differentiable fused update (first order, evaluation, Reptile's outer step)."""
     lrs, alpha = _split_lr(lr)
     if _native_fast(params, grads, lrs, gammas, alpha):
-        _fast_call("inner_update_", _native().update_, params, grads, lrs, gammas, alpha, names)
+        _fast_call("inner_update_", UPDATE.load("native").update_, params, grads, lrs, gammas, alpha, names)
         return
     check_update_args("inner_update_", params, grads, lrs, gammas, alpha, names)
     if len(params) == 0:

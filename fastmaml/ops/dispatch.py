@@ -16,6 +16,8 @@ the plain PyTorch oracle every other backend is tested against.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import os
 import warnings
 from collections.abc import Callable
@@ -64,6 +66,12 @@ class Family:
     def __init__(self, name: str, loaders: dict[str, Callable[[], ModuleType]], auto: dict[str, tuple[str, ...]]):
         self.name, self.loaders, self.auto = name, loaders, auto
         self._auto_cache: dict[str, str] = {}
+        self._modules: dict[str, ModuleType] = {}
+
+    @classmethod
+    def of_package(cls, name: str, package: str, backends: tuple[str, ...], auto: dict[str, tuple[str, ...]]):
+        """A family whose backend `b` is the module `{package}.{b}`, imported on first use."""
+        return cls(name, {b: functools.partial(importlib.import_module, f"{package}.{b}") for b in backends}, auto)
 
     def load(self, name: str) -> ModuleType:
         """The module of backend `name`."""
@@ -71,7 +79,9 @@ class Family:
             raise ValueError(f"backend must be one of {CHOICES}, got {name!r}")
         if name not in self.loaders:
             raise ValueError(f"the {self.name} ops have no {name!r} backend; they have {tuple(self.loaders)}")
-        return self.loaders[name]()
+        if name not in self._modules:
+            self._modules[name] = self.loaders[name]()
+        return self._modules[name]
 
     def is_available(self, name: str, device: torch.device | str = "cpu") -> bool:
         """Whether backend `name` runs this family on `device` here."""

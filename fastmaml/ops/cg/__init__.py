@@ -24,35 +24,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fastmaml.ops.dispatch import BACKENDS as BACKENDS, Family
+from fastmaml.ops.dispatch import BACKENDS, Family
 
-
-def _reference():
-    from fastmaml.ops.cg import reference
-
-    return reference
-
-
-def _foreach():
-    from fastmaml.ops.cg import foreach
-
-    return foreach
-
-
-def _native():
-    from fastmaml.ops.cg import native
-
-    return native
-
-
-def _triton():
-    from fastmaml.ops.cg import triton
-
-    return triton
-
-
-CG = Family("batched CG", {"reference": _reference, "foreach": _foreach, "native": _native, "triton": _triton},
-            auto={"cpu": ("native", "foreach"), "cuda": ("native", "triton", "foreach")})
+CG = Family.of_package("batched CG", __name__, BACKENDS,
+                       auto={"cpu": ("native", "foreach"), "cuda": ("native", "triton", "foreach")})
 
 
 def backend_module(name: str):

@@ -16,20 +16,7 @@ import torch
 
 from fastmaml.ops.dispatch import Family
 
-
-def _reference():
-    from fastmaml.ops.chain import reference
-
-    return reference
-
-
-def _native():
-    from fastmaml.ops.chain import native
-
-    return native
-
-
-CHAIN = Family("chain", {"reference": _reference, "native": _native}, auto={"cpu": ("native",), "cuda": ("native",)})
+CHAIN = Family.of_package("chain", __name__, ("reference", "native"), auto={"cpu": ("native",), "cuda": ("native",)})
 
 
 def loss_and_grad(x, y, weights, biases, layers):
