@@ -4,7 +4,7 @@ Each chunk of `batch` tasks is adapted at once (first order, no graph, per-task 
 execution layer (fastmaml/execution/evaluation.py): the task-batched layers where they cover the
 learner (one autograd.grad for all tasks), one torch.func.vmap pass (batch norm decomposed,
 NOTE: [vmap batch norm]), or task by task. "auto" times each way that runs on a few tasks of the
-first chunk and keeps the fastest (on 2 CPU cores the task loop can win for Conv-4, see
+first chunk and keeps the fastest, remembered per batch shape in the learner's execution state (on 2 CPU cores the task loop can win for Conv-4, see
 bench/bench_evaluate.py). The scores are the same whichever way runs.
 """
 
@@ -94,7 +94,10 @@ def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_ta
         while done < num_tasks:
             n = min(batch, num_tasks - done)
             sx, sy, qx, qy = (t.to(device) for t in tasks.sample(n).tensors())
-            mode = mode or fastest_mode(learner, sx, sy, qx, loss_fn, step_list)
+            if mode is None:  # "auto": timed once per batch signature, then remembered by the learner
+                key = ("evaluate", tuple((tuple(t.shape), t.dtype, t.device) for t in (sx, sy, qx)), tuple(step_list))
+                choices = learner.execution_state.auto_choice
+                mode = choices[key] = choices.get(key) or fastest_mode(learner, sx, sy, qx, loss_fn, step_list)
             outs = outputs_by(mode, learner, sx, sy, qx, loss_fn, step_list)
             with torch.no_grad():
                 for s, out in zip(step_list, outs):
