@@ -27,6 +27,8 @@ def task_copies(module: nn.Module, tasks: int) -> Params:
 
 def merge(module: nn.Module, copies: Params) -> None:
     """The module's buffers after the tasks ran on `copies` (NOTE: [buffer rule])."""
+    if not copies:  # a model without buffers (the walk below would cost more than the sine step's update)
+        return
     with torch.no_grad():
         for name, b in module.named_buffers():
             new = copies[name]

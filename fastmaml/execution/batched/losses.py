@@ -31,10 +31,8 @@ def _ignore_index(loss_fn: LossFn) -> int | None:
 
 def per_task_loss(loss_fn: LossFn) -> PerTaskLoss:
     """loss_fn over [T, N, ...] predictions and targets -> [T]."""
-    each = torch.func.vmap(loss_fn)
-
     def vmapped(out, y):
-        losses = each(out, y)
+        losses = torch.func.vmap(loss_fn)(out, y)
         if losses.dim() != 1:  # the loop would fail differentiating it; say why here
             raise ValueError(f"loss_fn must return one number per task (a scalar), got shape {list(losses.shape[1:])} "
                              f"per task")
