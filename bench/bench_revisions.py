@@ -8,7 +8,7 @@ bench.bench_peers.problem from THIS tree, so both time the same model and data).
 asked in alternation, ABAB..., for a sample of meta-steps each; a sample is the process CPU time of
 `reps` consecutive steps on one torch thread (the CPU-time clock leaves out the time other processes
 take on a shared machine). The result per config is the median of the per-round ratios
-candidate/base (< 1: the candidate is faster) with its quartiles, and first the float64
+candidate/base (< 1: the candidate is faster) with a 95% interval of that median, and first the float64
 meta-gradients of both trees on the same batch must agree. JSON to bench/results/revisions.json.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -99,10 +100,27 @@ def run_config(name: str, trees: dict[str, Path], rounds: int, sample_s: float) 
             w.close()
     ratios = sorted(c / b for c, b in zip(samples["candidate"], samples["base"]))
     q = statistics.quantiles(ratios, n=4)
+    # a distribution-free 95% interval of the median: order statistics n/2 -+ 1.96 sqrt(n)/2
+    half = 0.98 * math.sqrt(len(ratios))
+    ci = ratios[max(0, math.floor(len(ratios) / 2 - half))], ratios[min(len(ratios) - 1, math.ceil(len(ratios) / 2 + half))]
     return {"config": name, "rounds": rounds, "steps_per_sample": reps, "grad_rel_diff_f64": agree,
             "modes": {k: s["mode"] for k, s in setup.items()},
             "median_ms": {k: 1e3 * statistics.median(v) for k, v in samples.items()},
-            "ratio_median": statistics.median(ratios), "ratio_p25": q[0], "ratio_p75": q[2]}
+            "ratio_median": statistics.median(ratios), "ratio_ci95": ci, "ratio_p25": q[0], "ratio_p75": q[2]}
+
+
+def render_markdown(path: Path = DEFAULT_OUT) -> str:
+    """The table of a saved run: per config, both trees' medians and candidate/base."""
+    data = json.loads(Path(path).read_text())
+    revs = data["revisions"]
+    rows = [f"base {revs['base']} -> candidate {revs['candidate']}, {data['date']}; CPU ms per meta-step, one thread, "
+            "medians of alternating samples", "",
+            "| config | mode | base ms | candidate ms | candidate / base (95% CI) | rounds |", "|---|---|---|---|---|---|"]
+    for r in data["results"]:
+        lo, hi = r["ratio_ci95"]
+        rows.append(f"| {r['config']} | {r['modes']['candidate']} | {r['median_ms']['base']:.3f} | "
+                    f"{r['median_ms']['candidate']:.3f} | {r['ratio_median']:.3f} ({lo:.3f}-{hi:.3f}) | {r['rounds']} |")
+    return "\n".join(rows)
 
 
 def main(argv=None):
@@ -129,7 +147,7 @@ def main(argv=None):
         res = run_config(name, trees, args.rounds, args.sample_s)
         results.append(res)
         print(f"{name:16s} base {res['median_ms']['base']:8.3f} ms  candidate {res['median_ms']['candidate']:8.3f} ms  "
-              f"candidate/base {res['ratio_median']:.3f} [{res['ratio_p25']:.3f}, {res['ratio_p75']:.3f}]  "
+              f"candidate/base {res['ratio_median']:.3f} (95% CI {res['ratio_ci95'][0]:.3f}-{res['ratio_ci95'][1]:.3f})  "
               f"({res['modes']['candidate']}, {res['rounds']} rounds x {res['steps_per_sample']})", flush=True)
     revs = {k: subprocess.run(["git", "-C", str(t), "describe", "--always", "--dirty"], capture_output=True,
                               text=True).stdout.strip() for k, t in trees.items()}

@@ -1,7 +1,7 @@
 """Markdown tables for the README, made from the saved benchmark JSON.
 
     python -m bench.tables inner_update      # prints the table of bench/results/inner_update.json
-    python -m bench.tables --readme          # rewrites every <!-- table:NAME --> block of README.md
+    python -m bench.tables --readme          # rewrites every <!-- table:NAME --> block of README.md and bench/README.md
 """
 
 from __future__ import annotations
@@ -106,6 +106,12 @@ def distributed_table(path: Path = RESULTS / "distributed.json") -> str:
     return render_table(json.loads(Path(path).read_text()))
 
 
+def revisions_table(path: Path = RESULTS / "revisions.json") -> str:
+    from bench.bench_revisions import render_markdown
+
+    return render_markdown(path)
+
+
 def _gpu(name):
     """bench/gpu/report.py's tables of bench/results/gpu.json (a note until a device run exists)."""
     def render(data=RESULTS / "gpu.json"):
@@ -118,7 +124,7 @@ def _gpu(name):
 
 TABLES = {"inner_update": inner_update_table, "inner_update_fwd_bwd": inner_update_fwd_bwd_table, "peers": peers_table,
           "peers_compiled": peers_compiled_table, "memory": memory_table,
-          "compat": compat_table, "distributed": distributed_table,
+          "compat": compat_table, "distributed": distributed_table, "revisions": revisions_table,
           **{f"gpu_{name}": _gpu(name) for name in ("run", "goals", "update", "metastep")}}
 
 
@@ -139,8 +145,9 @@ def rewrite_readme(path: Path) -> list[str]:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--readme"]:
-        readme = Path(__file__).resolve().parent.parent / "README.md"
-        print(f"rewrote {', '.join(rewrite_readme(readme)) or 'no'} tables in {readme}")
+        root = Path(__file__).resolve().parent.parent
+        for readme in (root / "README.md", root / "bench" / "README.md"):
+            print(f"rewrote {', '.join(rewrite_readme(readme)) or 'no'} tables in {readme}")
     else:
         names = sys.argv[1:] or list(TABLES)
         print("\n\n".join(TABLES[n]() for n in names))
