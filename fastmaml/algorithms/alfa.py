@@ -22,16 +22,26 @@ from fastmaml.algorithms.base import MetaLearner
 
 
 class ALFA(MetaLearner):
-    """`ALFA(model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
-    batching="auto", hidden=None)`.
+    """ALFA: a meta-learned network generates each step's per-layer learning rates and forget factors.
 
     `alfa.generator`: Linear(2L, h) - ReLU - Linear(h, h) - ReLU - Linear(h, 2L) for the L adapted
-    tensors (h defaults to 2L); `alfa.alpha0`, `alfa.beta0`: [K, L]. `hyperparameters(step,
-    params, grads)` gives the step's (alpha, beta) dicts."""
+    tensors; `alfa.alpha0`, `alfa.beta0`: [K, L]. `hyperparameters(step, params, grads)` gives the
+    step's (alpha, beta) dicts.
+
+    Args:
+        model: the network whose parameters are meta-learned.
+        inner_lr: the initial per-step, per-layer rate alpha0.
+        inner_steps: the number K of inner steps per task.
+        first_order: if True, no graph through the inner gradients (tau detached).
+        adapt_names: the names (or patterns) of the adapted parameters; None: all.
+        batching: "auto", "vmap", "loop" or "compiled" (see `MetaLearner`).
+        hidden: the generator's hidden width h (default 2L).
+    """
     cli_name, paper = "alfa", "Baik et al. NeurIPS 2020"  # fastmaml train --algo alfa
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
                  batching="auto", hidden=None):
+        """Build the learner and its generator (the arguments: see the class docstring)."""
         super().__init__(model, inner_lr, inner_steps, first_order, adapt_names, batching)
         n = len(self.adapt_names)
         hidden = 2 * n if hidden is None else checks.check_int(hidden, "hidden", 1)
@@ -47,7 +57,14 @@ class ALFA(MetaLearner):
         self.beta0 = nn.Parameter(torch.ones(steps, n, **kw))
 
     def hyperparameters(self, step: int, params, grads, first_order: bool):
-        """(alpha, beta) of `step`: dicts name -> scalar tensor, from the layer-wise means."""
+        """(alpha, beta) of `step`: dicts name -> scalar tensor, from the layer-wise means.
+
+        Args:
+            step: the inner step.
+            params: the task's parameters at this step.
+            grads: their support gradients (the adapted names).
+            first_order: if True, the generator's input is detached.
+        """
         names = list(grads)
         tau = torch.stack([grads[n].mean() for n in names] + [params[n].mean() for n in names])
         if first_order:

@@ -24,17 +24,27 @@ from fastmaml.algorithms.base import MetaLearner
 
 
 class L2F(MetaLearner):
-    """`L2F(model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
-    batching="auto", hidden=None, init_gamma=0.99)`.
+    """L2F: a task-conditioned, layer-wise attenuation of the initialisation, then plain adaptation.
 
     `l2f.attenuator`: Linear(L, h) - ReLU - Linear(h, h) - ReLU - Linear(h, L) for the L adapted
-    tensors (h defaults to 2L); its last layer starts at small weights and bias logit(init_gamma),
-    so gamma starts near init_gamma for every layer. `attenuate(params, x, y, loss_fn)` gives
-    (theta~, gamma) for one task."""
+    tensors; its last layer starts at small weights and bias logit(init_gamma), so gamma starts near
+    init_gamma for every layer. `attenuate(params, x, y, loss_fn)` gives (theta~, gamma) for one task.
+
+    Args:
+        model: the network whose parameters are meta-learned.
+        inner_lr: the inner learning rate alpha.
+        inner_steps: the number K of inner steps per task.
+        first_order: if True, no graph through the inner gradients (nor through gamma's input).
+        adapt_names: the names (or patterns) of the adapted parameters; None: all.
+        batching: "auto", "vmap", "loop" or "compiled" (see `MetaLearner`).
+        hidden: the attenuator's hidden width h (default 2L).
+        init_gamma: the attenuation at the start, a float in (0, 1).
+    """
     cli_name, paper = "l2f", "Baik et al. CVPR 2020"  # fastmaml train --algo l2f
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
                  batching="auto", hidden=None, init_gamma=0.99):
+        """Build the learner and its attenuator (the arguments: see the class docstring)."""
         super().__init__(model, inner_lr, inner_steps, first_order, adapt_names, batching)
         if not (isinstance(init_gamma, float) and 0.0 < init_gamma < 1.0):
             raise ValueError(f"init_gamma must be a float in (0, 1), got {init_gamma!r}")
@@ -49,7 +59,17 @@ class L2F(MetaLearner):
 
     def attenuate(self, params, support_x, support_y, loss_fn, buffers=None, first_order=None,
                   grads_fn=F.autograd_grads):
-        """(theta~, gamma): the attenuated initialisation of one task and its factors (name -> scalar)."""
+        """(theta~, gamma): the attenuated initialisation of one task and its factors (name -> scalar).
+
+        Args:
+            params: theta, the parameters to attenuate.
+            support_x: support inputs of one task.
+            support_y: support targets.
+            loss_fn: loss_fn(output, y) -> scalar.
+            buffers: the task's buffers, or None.
+            first_order: overrides `first_order` (None: keep it).
+            grads_fn: computes the support gradient (the modes pass their own).
+        """
         order = self.first_order if first_order is None else first_order
 
         def support_loss(p, b):
