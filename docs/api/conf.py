@@ -19,6 +19,7 @@ extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon"]
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 autoclass_content = "class"
+napoleon_use_ivar = True  # Attributes: as fields, not a second description of each member
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"members": True, "show-inheritance": True}

@@ -51,7 +51,7 @@ class MetaLearner(nn.Module):
         batching: how tasks run: "auto" (chooses, see `fastmaml.execution.explain`), "batched"
             (task-batched layers), "vmap", "loop", "compiled" (one torch.compile graph).
         second_order: "autograd" (differentiate through the inner steps) or "hvp" (the same
-            meta-gradient by a reverse recursion of batched Hessian-vector products, O(K |theta|)
+            meta-gradient by a reverse recursion of batched Hessian-vector products, `O(K |theta|)`
             memory; docs/imaml.md).
         hvp_method: how the hvp mode computes Hessian-vector products: "auto" or one of
             `fastmaml.secondorder.hvp.METHODS`.

@@ -145,7 +145,7 @@ def hvp_and_grad(loss_of: Callable[..., Tensor], params: Mapping[str, Tensor], v
     through.
 
     Args:
-        loss_of: (params, *data) -> the scalar loss of one task.
+        loss_of: `(params, *data) -> loss`, the scalar loss of one task.
         params: name -> tensor, [T, ...] per task if params_batched, else shared.
         vectors: name -> [T, ...] vectors v_t; their names are the ones differentiated.
         *data: the tasks' data, each [T, ...].
@@ -185,7 +185,7 @@ def hvp(loss_of: Callable[..., Tensor], params: Mapping[str, Tensor], vectors: M
     """H_t v_t for every task t (see the module docstring).
 
     Args:
-        loss_of: (params, *data) -> the scalar loss of one task.
+        loss_of: `(params, *data) -> loss`, the scalar loss of one task.
         params: name -> tensor, [T, ...] per task if params_batched, else shared.
         vectors: name -> [T, ...] vectors v_t.
         *data: the tasks' data, each [T, ...].

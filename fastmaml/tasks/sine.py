@@ -37,9 +37,11 @@ class SineBatch:
 class SineTasks:
     """A seeded stream of sine regression tasks.
 
-    tasks = SineTasks(k_shot=10, q_query=10, seed=0)
-    batch = tasks.sample(25)       # 25 tasks
-    maml.meta_loss(*batch.tensors(), F.mse_loss)
+    Example::
+
+        tasks = SineTasks(k_shot=10, q_query=10, seed=0)
+        batch = tasks.sample(25)       # 25 tasks
+        maml.meta_loss(*batch.tensors(), F.mse_loss)
 
     Args:
         k_shot: support points per task.

@@ -74,7 +74,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class MetricsLogger:
-    """Appends records {"kind": "train"|"eval"|..., "iteration": i, ...} to run_dir/metrics.jsonl
+    """Appends records `{"kind": "train"|"eval"|..., "iteration": i, ...}` to run_dir/metrics.jsonl
     and the known fields to run_dir/<kind>.csv. `run_dir=None` keeps them in memory only.
 
     Args:

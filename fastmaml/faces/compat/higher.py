@@ -1,4 +1,4 @@
-"""higher-shaped `innerloop_ctx` on fastmaml's fused inner update.
+"""higher-shaped `innerloop_ctx` on fastmaml's fused inner update. ::
 
     import fastmaml.compat.higher as higher           # was: import higher
     inner_opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -1,4 +1,4 @@
-"""TorchOpt-shaped MetaSGD, extract_state_dict and recover_state_dict on fastmaml's fused update.
+"""TorchOpt-shaped MetaSGD, extract_state_dict and recover_state_dict on fastmaml's fused update. ::
 
     import fastmaml.compat.torchopt as torchopt       # was: import torchopt
     inner_opt = torchopt.MetaSGD(net, lr=0.1)

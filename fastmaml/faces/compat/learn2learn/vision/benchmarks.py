@@ -1,4 +1,4 @@
-"""learn2learn.vision.benchmarks: get_tasksets(name, ...) -> (train, validation, test) Tasksets.
+"""learn2learn.vision.benchmarks: get_tasksets(name, ...) -> (train, validation, test) Tasksets. ::
 
     "omniglot"       fastmaml's Omniglot loader on `root` (the official full sets, or the two small
                      background splits); characters split at random (`random.shuffle`) in
