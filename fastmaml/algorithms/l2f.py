@@ -15,12 +15,15 @@ called L2F before is ALFA's forget factor (fastmaml/algorithms/alfa.py).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fastmaml import checks, functional as F
 from fastmaml.algorithms.base import MetaLearner
+from fastmaml.execution.inner import GradsFn
+from fastmaml.functional import LossFn, Params
 
 
 class L2F(MetaLearner):
@@ -42,8 +45,9 @@ class L2F(MetaLearner):
     """
     cli_name, paper = "l2f", "Baik et al. CVPR 2020"  # fastmaml train --algo l2f
 
-    def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
-                 batching="auto", hidden=None, init_gamma=0.99):
+    def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 1, first_order: bool = False,
+                 adapt_names: Iterable[str] | None = None, batching: str = "auto", hidden: int | None = None,
+                 init_gamma: float = 0.99) -> None:
         """Build the learner and its attenuator (the arguments: see the class docstring)."""
         super().__init__(model, inner_lr, inner_steps, first_order, adapt_names, batching)
         if not (isinstance(init_gamma, float) and 0.0 < init_gamma < 1.0):
@@ -51,14 +55,16 @@ class L2F(MetaLearner):
         n = len(self.adapt_names)
         hidden = 2 * n if hidden is None else checks.check_int(hidden, "hidden", 1)
         p = next(iter(self.params().values()))
-        net = nn.Sequential(nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n))
+        last = nn.Linear(hidden, n)
+        net = nn.Sequential(nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), last)
         with torch.no_grad():
-            net[4].weight.mul_(0.1)
-            net[4].bias.fill_(math.log(init_gamma / (1 - init_gamma)))
+            last.weight.mul_(0.1)
+            last.bias.fill_(math.log(init_gamma / (1 - init_gamma)))
         self.attenuator = net.to(dtype=p.dtype, device=p.device)
 
-    def attenuate(self, params, support_x, support_y, loss_fn, buffers=None, first_order=None,
-                  grads_fn=F.autograd_grads):
+    def attenuate(self, params: Params, support_x: Tensor, support_y: Tensor, loss_fn: LossFn,
+                  buffers: Params | None = None, first_order: bool | None = None,
+                  grads_fn: GradsFn = F.autograd_grads) -> tuple[Params, dict[str, Tensor]]:
         """(theta~, gamma): the attenuated initialisation of one task and its factors (name -> scalar).
 
         Args:
@@ -72,17 +78,18 @@ class L2F(MetaLearner):
         """
         order = self.first_order if first_order is None else first_order
 
-        def support_loss(p, b):
+        def support_loss(p: Params, b: Params | None) -> Tensor:
             return self.support_loss(p, support_x, support_y, loss_fn, b, 0)
 
         _, grads = grads_fn(support_loss, params, self.adapt_names, order, buffers)
         names = self.adapt_names
         stats = torch.stack([grads[n].mean() for n in names])
-        gamma = torch.sigmoid(self.attenuator(stats.detach() if order else stats))
-        gamma = {n: gamma[i] for i, n in enumerate(names)}
+        factors = torch.sigmoid(self.attenuator(stats.detach() if order else stats))
+        gamma = {n: factors[i] for i, n in enumerate(names)}
         return {**params, **{n: gamma[n] * params[n] for n in names}}, gamma
 
-    def inner_loop(self, params, support_x, support_y, loss_fn, buffers=None, steps=None, first_order=None,
-                   grads_fn=F.autograd_grads):
+    def inner_loop(self, params: Params, support_x: Tensor, support_y: Tensor, loss_fn: LossFn,
+                   buffers: Params | None = None, steps: int | None = None, first_order: bool | None = None,
+                   grads_fn: GradsFn = F.autograd_grads) -> list[Params]:
         start, _ = self.attenuate(params, support_x, support_y, loss_fn, buffers, first_order, grads_fn)
         return super().inner_loop(start, support_x, support_y, loss_fn, buffers, steps, first_order, grads_fn)
