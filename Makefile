@@ -10,7 +10,7 @@ export MAX_JOBS ?= 2
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh') setup.py
 EXT_STAMP := build/.ext-built
 
-.PHONY: install ext demo test test-fast test-torch-low bench bench-kernels info clean lint
+.PHONY: install ext demo test test-fast test-torch-low bench bench-kernels info clean lint docs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,10 +72,17 @@ bench-kernels: $(EXT_STAMP)
 info: $(EXT_STAMP)
 	$(PY) -m fastmaml info
 
-# ruff, and the import-linter contract of pyproject.toml (NOTE: [the house]: one way through the layers)
+# ruff, the import-linter contract of pyproject.toml (NOTE: [the house]: one way through the layers),
+# and mypy over fastmaml/ ([tool.mypy] in pyproject.toml; its cache in build/mypy)
 lint: $(VENV)/.installed
 	$(PY) -m ruff check fastmaml tests bench
 	$(VENV)/bin/lint-imports
+	$(PY) -m mypy
+
+# The API reference (docs/api/, Sphinx autodoc + napoleon) into build/docs/index.html; any warning
+# fails it. tests/test_api_docs.py builds it too, so `make test` keeps it true.
+docs: $(VENV)/.installed
+	$(PY) -m sphinx -b html -E -W --keep-going -q docs/api build/docs
 
 clean:
 	rm -rf build fastmaml/*.so *.egg-info

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,18 +24,37 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def params_of(model: nn.Module) -> Params:
-    """The model's parameters by name (the tensors themselves: gradients flow back to them)."""
+    """The model's parameters by name (the tensors themselves: gradients flow back to them).
+
+    Args:
+        model: any nn.Module.
+    """
     return dict(model.named_parameters())
 
 
 def buffers_of(model: nn.Module) -> Params:
+    """The model's buffers by name (BatchNorm's running statistics, ...).
+
+    Args:
+        model: any nn.Module.
+    """
     return dict(model.named_buffers())
 
 
-def functional_forward(model: nn.Module, params: Mapping[str, Tensor], *args, buffers=None, **kwargs):
-    """Run `model` with `params` in place of its parameters (missing names fall back to the
-    model's own) and `buffers` (default: the model's own, updated in place as usual). A name that
-    is neither a parameter nor a buffer of `model` (a misspelled key) is a ValueError naming it."""
+def functional_forward(model: nn.Module, params: Mapping[str, Tensor], *args: Any,
+                       buffers: Mapping[str, Tensor] | None = None, **kwargs: Any) -> Any:
+    """Run `model` with `params` in place of its parameters.
+
+    Args:
+        model: the module to run.
+        params: name -> tensor; missing names fall back to the model's own.
+        *args: the model's positional inputs.
+        buffers: name -> tensor (default: the model's own, updated in place as usual).
+        **kwargs: the model's keyword inputs.
+
+    Raises:
+        ValueError: if a name is neither a parameter nor a buffer of `model` (a misspelled key).
+    """
     tensors = dict(params)
     if buffers is not None:
         tensors.update(buffers)
@@ -44,9 +64,19 @@ def functional_forward(model: nn.Module, params: Mapping[str, Tensor], *args, bu
 
 
 def select_names(all_names: Iterable[str], patterns: Iterable[str] | None, arg: str = "adapt_names") -> list[str]:
-    """The names matched by `patterns` (None: all). A pattern matches a name exactly, as a module
-    prefix ("head" matches "head.weight"), or as a glob ("*.bias"). A pattern matching nothing is
-    an error naming it."""
+    """The names matched by `patterns`, in the order of `all_names`.
+
+    A pattern matches a name exactly, as a module prefix ("head" matches "head.weight"), or as a glob
+    ("*.bias").
+
+    Args:
+        all_names: the names to choose from.
+        patterns: a name/pattern or a list of them; None: all.
+        arg: the argument's name in error messages.
+
+    Raises:
+        ValueError: if a pattern matches nothing, or the list is empty.
+    """
     names = list(all_names)
     if patterns is None:
         return names
@@ -64,11 +94,24 @@ def select_names(all_names: Iterable[str], patterns: Iterable[str] | None, arg: 
     return [n for n in names if n in chosen]
 
 
-def inner_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr, gamma=None) -> Params:
-    """p - lr * g for every name in `grads` (one fused op for all of them); other params pass
-    through unchanged. `lr` is a number or a dict name -> tensor broadcastable to the param
-    (Meta-SGD); `gamma`, a dict name -> forget factor, gives gamma * p - lr * g (ALFA).
-    Differentiable in params, grads, lr and gamma."""
+def inner_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr: float | Mapping[str, Tensor],
+                 gamma: Mapping[str, Tensor] | None = None) -> Params:
+    """p - lr * g (or gamma * p - lr * g) for every name in `grads`, in one fused op.
+
+    Other params pass through unchanged. Differentiable in params, grads, lr and gamma.
+
+    Args:
+        params: name -> tensor.
+        grads: name -> gradient, for the names to update.
+        lr: a number, or a dict name -> tensor broadcastable to the param (Meta-SGD).
+        gamma: a dict name -> forget factor broadcastable to the param (ALFA), or None.
+
+    Returns:
+        A new dict with the updated tensors.
+
+    Raises:
+        KeyError: if grads, lr or gamma lacks a name the others have.
+    """
     names = list(grads)
     missing = [n for n in names if n not in params]
     if missing:
@@ -77,24 +120,35 @@ def inner_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr, 
         lack = [n for n in names if n not in lr]
         if lack:
             raise KeyError(f"inner_update: lr has no rate for {lack}")
-        lr = [lr[n] for n in names]
+        rates: float | list[Tensor] = [lr[n] for n in names]
+    else:
+        rates = lr
     gammas = None
     if gamma is not None:
         lack = [n for n in names if n not in gamma]
         if lack:
             raise KeyError(f"inner_update: gamma has no factor for {lack}")
         gammas = [gamma[n] for n in names]
-    new = ops.update([params[n] for n in names], [grads[n] for n in names], lr, gammas, names=names)
+    new = ops.update([params[n] for n in names], [grads[n] for n in names], rates, gammas, names=names)
     out = dict(params)
     out.update(zip(names, new))
     return out
 
 
 def autograd_grads(loss_of: Callable[[Params, Params | None], Tensor], params: Params, names: list[str],
-                   first_order: bool, buffers: Params | None = None):
-    """The support loss `loss_of(params, buffers)` and its gradients w.r.t. params[names] by
-    torch.autograd.grad: the graph through the gradients is kept (second order) unless
-    first_order. Unused params get zero gradients."""
+                   first_order: bool, buffers: Params | None = None) -> tuple[Tensor, Params]:
+    """The support loss `loss_of(params, buffers)` and its gradients w.r.t. params[names], by autograd.
+
+    The graph through the gradients is kept (second order) unless first_order. Unused params get zero
+    gradients.
+
+    Args:
+        loss_of: (params, buffers) -> scalar loss.
+        params: name -> tensor.
+        names: the names to differentiate w.r.t.
+        first_order: if True, no graph through the gradients.
+        buffers: passed to `loss_of`.
+    """
     loss = loss_of(params, buffers)
     wrt = [params[n] for n in names]
     grads = torch.autograd.grad(loss, wrt, create_graph=not first_order, allow_unused=True)
@@ -102,16 +156,25 @@ def autograd_grads(loss_of: Callable[[Params, Params | None], Tensor], params: P
 
 
 def func_grads(loss_of: Callable[[Params, Params | None], Tensor], params: Params, names: list[str],
-               first_order: bool, buffers: Params | None = None):
-    """Same as autograd_grads by torch.func.grad, which composes with vmap (the task-batched
-    path). An outer autograd pass differentiates through it (second order); first order
-    differentiates a detached copy so the gradients are constants to the outer pass. Buffers
-    are an explicit input: BatchNorm updates them in place, which grad allows only on inputs."""
+               first_order: bool, buffers: Params | None = None) -> tuple[Tensor, Params]:
+    """Same as `autograd_grads` by torch.func.grad, which composes with vmap (the task-batched path).
+
+    An outer autograd pass differentiates through it (second order); first order differentiates a
+    detached copy so the gradients are constants to the outer pass. Buffers are an explicit input:
+    BatchNorm updates them in place, which grad allows only on inputs.
+
+    Args:
+        loss_of: (params, buffers) -> scalar loss.
+        params: name -> tensor.
+        names: the names to differentiate w.r.t.
+        first_order: if True, the gradients are constants to an outer pass.
+        buffers: passed to `loss_of`.
+    """
     if first_order:
         params = {n: p.detach() for n, p in params.items()}
     rest = {n: p for n, p in params.items() if n not in names}
 
-    def loss_wrt(adapted, buffers):
+    def loss_wrt(adapted: Params, buffers: Params | None) -> tuple[Tensor, Tensor]:
         loss = loss_of({**rest, **adapted}, buffers)
         return loss, loss.detach()
 
@@ -126,15 +189,29 @@ def adapt(
     support_y: Tensor,
     loss_fn: LossFn,
     *,
-    lr=0.01,
+    lr: float | Mapping[str, Tensor] = 0.01,
     steps: int = 1,
     first_order: bool = False,
     adapt_names: Iterable[str] | None = None,
     buffers: Mapping[str, Tensor] | None = None,
 ) -> Params:
-    """k inner steps of gradient descent on one task's support set:
-    phi <- phi - lr * grad L_support(phi), with torch.autograd.grad(create_graph=not first_order).
-    Returns the adapted params (a new dict; params not in `adapt_names` pass through)."""
+    """`steps` inner steps of gradient descent on one task's support set, phi <- phi - lr * grad L_support(phi).
+
+    Args:
+        model: the module to run.
+        params: phi_0, name -> tensor (e.g. `params_of(model)`).
+        support_x: the task's support inputs, [N, ...].
+        support_y: the support targets.
+        loss_fn: loss_fn(output, y) -> scalar.
+        lr: a number, or a dict name -> tensor (per-parameter rates).
+        steps: the number of steps, an int >= 0.
+        first_order: if True, no graph through the inner gradients.
+        adapt_names: names/patterns of the adapted params (None: all); the others pass through.
+        buffers: name -> tensor for the model's buffers (None: its own).
+
+    Returns:
+        The adapted params (a new dict).
+    """
     params = dict(params)
     check_task(support_x, support_y)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
@@ -142,10 +219,10 @@ def adapt(
     names = select_names(params, adapt_names)
     check_rates(lr, names)
 
-    def loss_of(p, buffers):
+    def loss_of(p: Params, buffers: Params | None) -> Tensor:
         return loss_fn(functional_forward(model, p, support_x, buffers=buffers), support_y)
 
     for _ in range(steps):
-        _, grads = autograd_grads(loss_of, params, names, first_order, buffers)
+        _, grads = autograd_grads(loss_of, params, names, first_order, None if buffers is None else dict(buffers))
         params = inner_update(params, grads, lr)
     return params

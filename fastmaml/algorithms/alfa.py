@@ -14,40 +14,64 @@ meta-step is exactly MAML. tau is detached in first-order steps, so loop and vma
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fastmaml import checks, functional as F
 from fastmaml.algorithms.base import MetaLearner
+from fastmaml.execution.inner import GradsFn
+from fastmaml.functional import LossFn, Params
 
 
 class ALFA(MetaLearner):
-    """`ALFA(model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
-    batching="auto", hidden=None)`.
+    """ALFA: a meta-learned network generates each step's per-layer learning rates and forget factors.
 
     `alfa.generator`: Linear(2L, h) - ReLU - Linear(h, h) - ReLU - Linear(h, 2L) for the L adapted
-    tensors (h defaults to 2L); `alfa.alpha0`, `alfa.beta0`: [K, L]. `hyperparameters(step,
-    params, grads)` gives the step's (alpha, beta) dicts."""
+    tensors; `alfa.alpha0`, `alfa.beta0`: [K, L]. `hyperparameters(step, params, grads)` gives the
+    step's (alpha, beta) dicts.
+
+    Args:
+        model: the network whose parameters are meta-learned.
+        inner_lr: the initial per-step, per-layer rate alpha0.
+        inner_steps: the number K of inner steps per task.
+        first_order: if True, no graph through the inner gradients (tau detached).
+        adapt_names: the names (or patterns) of the adapted parameters; None: all.
+        batching: "auto", "vmap", "loop" or "compiled" (see `MetaLearner`).
+        hidden: the generator's hidden width h (default 2L).
+    """
     cli_name, paper = "alfa", "Baik et al. NeurIPS 2020"  # fastmaml train --algo alfa
 
-    def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
-                 batching="auto", hidden=None):
+    def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 1, first_order: bool = False,
+                 adapt_names: Iterable[str] | None = None, batching: str = "auto", hidden: int | None = None) -> None:
+        """Build the learner and its generator (the arguments: see the class docstring)."""
         super().__init__(model, inner_lr, inner_steps, first_order, adapt_names, batching)
         n = len(self.adapt_names)
         hidden = 2 * n if hidden is None else checks.check_int(hidden, "hidden", 1)
         p = next(iter(self.params().values()))
-        kw = dict(dtype=p.dtype, device=p.device)
+        kw: dict[str, Any] = dict(dtype=p.dtype, device=p.device)
+        last = nn.Linear(hidden, 2 * n)
         self.generator = nn.Sequential(nn.Linear(2 * n, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                       nn.Linear(hidden, 2 * n)).to(**kw)
+                                       last).to(**kw)
         with torch.no_grad():
-            self.generator[4].weight.zero_()
-            self.generator[4].bias.fill_(1.0)
+            last.weight.zero_()
+            last.bias.fill_(1.0)
         steps = max(inner_steps, 1)
         self.alpha0 = nn.Parameter(torch.full((steps, n), self.inner_lr, **kw))
         self.beta0 = nn.Parameter(torch.ones(steps, n, **kw))
 
-    def hyperparameters(self, step: int, params, grads, first_order: bool):
-        """(alpha, beta) of `step`: dicts name -> scalar tensor, from the layer-wise means."""
+    def hyperparameters(self, step: int, params: Params, grads: Params,
+                        first_order: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(alpha, beta) of `step`: dicts name -> scalar tensor, from the layer-wise means.
+
+        Args:
+            step: the inner step.
+            params: the task's parameters at this step.
+            grads: their support gradients (the adapted names).
+            first_order: if True, the generator's input is detached.
+        """
         names = list(grads)
         tau = torch.stack([grads[n].mean() for n in names] + [params[n].mean() for n in names])
         if first_order:
@@ -57,15 +81,16 @@ class ALFA(MetaLearner):
         alpha, beta = self.alpha0[k] * a, self.beta0[k] * b
         return {n: alpha[i] for i, n in enumerate(names)}, {n: beta[i] for i, n in enumerate(names)}
 
-    def inner_loop(self, params, support_x, support_y, loss_fn, buffers=None, steps=None, first_order=None,
-                   grads_fn=F.autograd_grads):
+    def inner_loop(self, params: Params, support_x: Tensor, support_y: Tensor, loss_fn: LossFn,
+                   buffers: Params | None = None, steps: int | None = None, first_order: bool | None = None,
+                   grads_fn: GradsFn = F.autograd_grads) -> list[Params]:
         # The base loop asks for the rates before the gradient; ALFA's rates depend on it.
         steps = self.inner_steps if steps is None else steps
         trajectory = [params]
         for step in range(steps):
             order = self.is_first_order(step) if first_order is None else first_order
 
-            def support_loss(p, b, step=step):
+            def support_loss(p: Params, b: Params | None, step: int = step) -> Tensor:
                 return self.support_loss(p, support_x, support_y, loss_fn, b, step)
 
             _, grads = grads_fn(support_loss, params, self.adapt_names, order, buffers)

@@ -10,10 +10,11 @@ across tasks and meta-learned (through the context's inner steps, second order b
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fastmaml import checks, functional as F
 from fastmaml.algorithms.base import MetaLearner
+from fastmaml.functional import Params
 
 CONTEXT = "cavia.context"
 
@@ -28,16 +29,29 @@ def _concat(x: Tensor, context: Tensor) -> Tensor:
 
 
 class CAVIA(MetaLearner):
-    """`CAVIA(model, num_context=4, inner_lr=1.0, inner_steps=1, first_order=False,
-    context_at=None, batching="auto")`.
+    """CAVIA: only a context vector, concatenated to an input, is adapted; the network is shared.
 
-    `model` must accept its input with `num_context` extra features (`context_at=None`: on its
-    input; `context_at="name"`: on the input of submodule `name`, e.g. an nn.Linear whose
-    in_features counts them). The context is the params-dict entry "cavia.context"."""
+    The context is the params-dict entry "cavia.context".
+
+    Args:
+        model: the network; it must accept its input with `num_context` extra features (on its
+            input, or on the input of submodule `context_at`, e.g. an nn.Linear whose in_features
+            counts them).
+        num_context: the context's size.
+        inner_lr: the inner learning rate of the context.
+        inner_steps: the number of inner steps per task.
+        first_order: if True, no graph through the inner gradients.
+        context_at: the submodule whose input gets the context; None: the model's input.
+        batching: "auto", "vmap", "loop" or "compiled" (see `MetaLearner`).
+
+    Raises:
+        ValueError: if `context_at` names no submodule or `num_context` < 1.
+    """
     cli_name, paper = "cavia", "Zintgraf et al. 2019"  # fastmaml train --algo cavia
 
-    def __init__(self, model, num_context=4, inner_lr=1.0, inner_steps=1, first_order=False, context_at=None,
-                 batching="auto"):
+    def __init__(self, model: nn.Module, num_context: int = 4, inner_lr: float = 1.0, inner_steps: int = 1,
+                 first_order: bool = False, context_at: str | None = None, batching: str = "auto") -> None:
+        """Build the learner (the arguments: see the class docstring)."""
         super().__init__(model, inner_lr, inner_steps, first_order, None, batching)
         self.num_context = checks.check_int(num_context, "num_context", 1)
         if CONTEXT in self.adapt_names:
@@ -52,20 +66,22 @@ class CAVIA(MetaLearner):
                 raise ValueError(f"context_at: model has no submodule {context_at!r}") from None
             target.register_forward_pre_hook(self._hook)
 
-    def _hook(self, module, args):
+    def _hook(self, module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         context = self._context
         if context is None:  # the model called directly: a zero context
             p = next(iter(F.params_of(self.module).values()))
             context = torch.zeros(self.num_context, dtype=p.dtype, device=p.device)
         return (_concat(args[0], context),) + tuple(args[1:])
 
-    def params(self):
+    def params(self) -> Params:
+        """The model's parameters and a zero context (requires grad), the start of every task."""
         params = F.params_of(self.module)
         p = next(iter(params.values()))
         params[CONTEXT] = torch.zeros(self.num_context, dtype=p.dtype, device=p.device, requires_grad=True)
         return params
 
-    def task_forward(self, params, x, buffers, step):
+    def task_forward(self, params: Params, x: Tensor, buffers: Params | None, step: int | None) -> Tensor:
+        """The model's output with the context of `params` concatenated (see the class docstring)."""
         params = dict(params)
         context = params.pop(CONTEXT)
         if self.context_at is None:

@@ -58,32 +58,41 @@ class InnerReport:
 
 
 class IMAML(MetaLearner):
-    """`IMAML(model, lam=LAM, inner_lr=INNER_LR, inner_steps=INNER_STEPS, inner_optimizer=None,
-    cg_steps=CG_STEPS, cg_tol=1e-3, cg_damping=CG_DAMPING, adapt_names=None, batching="auto",
-    hvp_method="auto", on_cg_fail="warn", inner_optimizer_kwargs=None, inner_tol=INNER_TOL,
-    on_inner_fail="warn")` (the defaults: docs/imaml.md, "Defaults").
+    """iMAML: implicit meta-gradients through a proximal inner problem solved by batched CG.
 
-    inner_optimizer: None for gradient descent with `inner_lr` through the fused update
-    (fastmaml.ops.update_); a torch.optim.Optimizer class, built as `cls(params, lr=inner_lr,
-    **inner_optimizer_kwargs)`; or a callable `params -> optimizer`. The optimizer steps the
-    adapted parameters of all tasks at once, stacked on a task dimension, on the sum over tasks of
-    the proximal support losses, so each task's slice sees its own gradient: any elementwise
-    optimizer (SGD, momentum, Adam, RMSprop, ...) keeps the tasks independent (LBFGS would not).
+    The defaults come from the sweep of docs/imaml.md ("Defaults"). The inner optimizer steps the
+    adapted parameters of all tasks at once, stacked on a task dimension, on the sum over tasks of the
+    proximal support losses, so each task's slice sees its own gradient: any elementwise optimizer (SGD,
+    momentum, Adam, RMSprop, ...) keeps the tasks independent (LBFGS would not). `last_cg_report`
+    holds the last solve's per-task report (`fastmaml.CGReport`), `last_inner_report` (InnerReport)
+    each task's residual ||grad L_support(phi) + lam (phi - theta)|| relative to ||grad L_support(theta)||.
 
-    cg_steps, cg_tol, cg_damping: the CG budget, relative residual tolerance and damping of
-    ((1 + damping) I + H / lam) x = grad L_query. `last_cg_report` holds the last solve's
-    per-task report (fastmaml.CGReport); tasks missing the tolerance warn (on_cg_fail="warn"),
-    raise ("raise") or are only reported ("ignore").
-
-    inner_tol: the implicit gradient assumes the inner problem is solved; `last_inner_report`
-    (InnerReport) holds each task's residual ||grad L_support(phi) + lam (phi - theta)|| relative
-    to ||grad L_support(theta)||, and tasks above inner_tol warn / raise / pass per on_inner_fail."""
+    Args:
+        model: the network whose parameters are meta-learned.
+        lam: the proximal regularisation lambda, a finite number > 0.
+        inner_lr: the inner learning rate.
+        inner_steps: the number of inner steps per task.
+        inner_optimizer: None for gradient descent with `inner_lr` through the fused update; a
+            torch.optim.Optimizer class, built as `cls(params, lr=inner_lr, **inner_optimizer_kwargs)`;
+            or a callable `params -> optimizer`.
+        cg_steps: the CG budget for ((1 + damping) I + H / lam) x = grad L_query.
+        cg_tol: CG's relative residual tolerance.
+        cg_damping: CG's damping.
+        adapt_names: the names (or patterns) of the adapted parameters; None: all.
+        batching: "auto", "vmap" or "loop" (how the per-task gradients run).
+        hvp_method: how Hessian-vector products are computed (`fastmaml.secondorder.hvp.METHODS`).
+        on_cg_fail: tasks missing cg_tol "warn", "raise" or are only reported ("ignore").
+        inner_optimizer_kwargs: keyword arguments of an inner optimizer class.
+        inner_tol: the relative residual of the inner problem above which a task is not stationary.
+        on_inner_fail: tasks above inner_tol "warn", "raise" or pass ("ignore").
+    """
     cli_name, paper = "imaml", "Rajeswaran et al. 2019"  # fastmaml train --algo imaml
 
     def __init__(self, model, lam: float = LAM, inner_lr: float = INNER_LR, inner_steps: int = INNER_STEPS,
                  inner_optimizer=None, cg_steps: int = CG_STEPS, cg_tol: float = 1e-3, cg_damping: float = CG_DAMPING,
                  adapt_names=None, batching: str = "auto", hvp_method: str = "auto", on_cg_fail: str = "warn",
                  inner_optimizer_kwargs: dict | None = None, inner_tol: float = INNER_TOL, on_inner_fail: str = "warn"):
+        """Build the learner (the arguments: see the class docstring)."""
         super().__init__(model, inner_lr, inner_steps, False, adapt_names, batching, hvp_method=hvp_method)
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0 or lam == float("inf"):
             raise ValueError(f"lam must be a finite number > 0, got {lam!r}")

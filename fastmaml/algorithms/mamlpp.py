@@ -30,19 +30,32 @@ COUNTERS = ("meta_loss", "manual")
 
 
 class MAMLpp(MetaLearner):
-    """`MAMLpp(model, inner_lr=0.01, inner_steps=5, adapt_names=None, batching="auto",
-    msl_iterations=10, first_order_iterations=50, per_step_bn=True, learn_rates=True,
-    iteration_counter="meta_loss")`.
+    """MAML++: per-step learned rates and BatchNorm sets, the multi-step loss, derivative-order annealing.
 
     `per_step_bn=True` gives every nn.BatchNorm layer K + 1 sets of running statistics (buffers
     `step_running_mean/var`, [K + 1, C]) and of affine parameters (`step_weight/bias`, [K + 1, C],
     initialised from the layer's own, which are then unused). BatchNorm parameters are not adapted
-    by default. `adapt(..., steps=n)` with n > K reuses the last rate and BN set."""
+    by default. `adapt(..., steps=n)` with n > K reuses the last rate and BN set.
+
+    Args:
+        model: the network whose parameters are meta-learned (its BatchNorm layers get per-step sets).
+        inner_lr: the initial per-layer, per-step rate.
+        inner_steps: the number K >= 1 of inner steps per task.
+        adapt_names: the names (or patterns) of the adapted parameters; None: all but BatchNorm's.
+        batching: "auto", "vmap", "loop" or "compiled" (see `MetaLearner`).
+        msl_iterations: the iterations over which the multi-step loss anneals to the final step.
+        first_order_iterations: the iterations run first order (derivative-order annealing).
+        per_step_bn: BNRS and BNWB, per-step BatchNorm statistics and affine parameters.
+        learn_rates: LSLR, whether the per-step rates are meta-learned.
+        iteration_counter: "meta_loss" (each training meta_loss counts one) or "manual"
+            (`set_iteration` only).
+    """
     cli_name, paper = "mamlpp", "Antoniou et al. 2019"  # fastmaml train --algo mamlpp
 
     def __init__(self, model, inner_lr=0.01, inner_steps=5, adapt_names=None, batching="auto",
                  msl_iterations=10, first_order_iterations=50, per_step_bn=True, learn_rates=True,
                  iteration_counter="meta_loss"):
+        """Build the learner (the arguments: see the class docstring)."""
         if iteration_counter not in COUNTERS:
             raise ValueError(f"iteration_counter must be one of {COUNTERS}, got {iteration_counter!r}")
         checks.check_int(inner_steps, "inner_steps", 1)
@@ -72,10 +85,15 @@ class MAMLpp(MetaLearner):
 
     # ---- the iteration counter -------------------------------------------------------------
     def set_iteration(self, iteration: int) -> None:
-        """Set the annealing counter (epoch or iteration, as long as you are consistent)."""
+        """Set the annealing counter (epoch or iteration, as long as you are consistent).
+
+        Args:
+            iteration: the counter's new value, an int >= 0.
+        """
         self.iteration = checks.check_int(iteration, "iteration")
 
     def meta_loss(self, *args, **kwargs):
+        """`MetaLearner.meta_loss`, then one count of the iteration counter (training only)."""
         loss = super().meta_loss(*args, **kwargs)
         if self.iteration_counter == "meta_loss" and self.training and torch.is_grad_enabled():
             self.iteration += 1

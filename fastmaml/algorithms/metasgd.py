@@ -7,8 +7,10 @@ every parameter tensor).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fastmaml.algorithms._util import safe_names
 from fastmaml.algorithms.base import MetaLearner
@@ -17,16 +19,28 @@ PER = ("element", "layer")
 
 
 class MetaSGD(MetaLearner):
-    """`MetaSGD(model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
-    batching="auto", per="element", second_order="autograd")`.
+    """Meta-SGD: MAML with a learned inner learning rate per parameter element (or tensor).
 
-    `per="element"`: alpha has each parameter's shape; `per="layer"`: one rate (shape [1]) per
-    parameter tensor. The rates, initialised to `inner_lr`, are parameters of this module
-    (`metasgd.lrs`), so an optimizer over `metasgd.parameters()` learns them."""
+    The rates, initialised to `inner_lr`, are parameters of this module (`metasgd.lrs`), so an
+    optimizer over `metasgd.parameters()` learns them.
+
+    Args:
+        model: the network whose parameters are meta-learned.
+        inner_lr: the initial value of every learned rate.
+        inner_steps: the number K of inner steps per task.
+        first_order: if True, no graph through the inner gradients.
+        adapt_names: the names (or patterns) of the adapted parameters; None: all.
+        batching: "auto", "batched", "vmap", "loop" or "compiled" (see `MetaLearner`).
+        per: "element" (alpha has each parameter's shape) or "layer" (one rate, shape [1], per
+            parameter tensor).
+        second_order: "autograd" or "hvp" (see `MetaLearner`).
+    """
     cli_name, paper = "metasgd", "Li et al. 2017"  # fastmaml train --algo metasgd
 
-    def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, adapt_names=None,
-                 batching="auto", per="element", *, second_order="autograd"):
+    def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 1, first_order: bool = False,
+                 adapt_names: Iterable[str] | None = None, batching: str = "auto", per: str = "element", *,
+                 second_order: str = "autograd") -> None:
+        """Build the learner and its rates (the arguments: see the class docstring)."""
         super().__init__(model, inner_lr, inner_steps, first_order, adapt_names, batching,
                          second_order=second_order)
         if per not in PER:
@@ -40,5 +54,6 @@ class MetaSGD(MetaLearner):
             for n, key in self._keys.items()
         })
 
-    def inner_rates(self, step):
+    def inner_rates(self, step: int) -> dict[str, Tensor]:
+        """The learned rates, name -> tensor (the same at every step)."""
         return {n: self.lrs[key] for n, key in self._keys.items()}

@@ -29,29 +29,45 @@ MASKS = (False, "sampled", "deterministic")
 
 
 def relaxed_bernoulli(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """A reparameterised binary Concrete sample, sigmoid((logits + log u - log(1 - u)) / temperature),
+    """A reparameterised binary Concrete sample, sigmoid((logits + log u - log(1 - u)) / temperature).
+
     u ~ U(0, 1): torch.distributions.RelaxedBernoulli's, written on the logits (torch's goes through
-    sigmoid(logits) and its clamp, which loses the tails and validates with data-dependent checks)."""
+    sigmoid(logits) and its clamp, which loses the tails and validates with data-dependent checks).
+
+    Args:
+        logits: the logits, any shape.
+        temperature: the relaxation temperature, > 0.
+    """
     eps = torch.finfo(logits.dtype).eps
     u = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device).clamp(eps, 1 - eps)
     return torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
 
 
 class MTNet(MetaLearner):
-    """`MTNet(model, inner_lr=0.01, inner_steps=1, first_order=False, layers=None, mask=False,
-    batching="auto", temperature=1.0, mask_logit=3.0)`.
+    """MT-net: T-layers after chosen layers and learned masks on which rows the inner loop adapts.
 
-    `layers`: names of the nn.Linear/nn.Conv submodules that get a T-layer (default: all). The
-    T-layers are registered on `model` itself (a parameter `transform` on each layer and a
-    forward hook applying it), so `model` changes in place. `mask=True` or "sampled" adds the
-    M-net masks sampled per task at `temperature`, "deterministic" the straight-through threshold
-    (`mtnet.mask_logits`, one logit per output unit, starting at `mask_logit`: at 3, a unit is
-    kept with probability 0.95; on sine the sampled mask at +1 (0.73) left a post/pre ratio of 0.77
-    after 100 meta-steps, at 3 0.25)."""
+    The T-layers are registered on `model` itself (a parameter `transform` on each layer and a forward
+    hook applying it), so `model` changes in place. The masks (`mtnet.mask_logits`, one logit per
+    output unit) start at `mask_logit`: at 3, a unit is kept with probability 0.95 (on sine the sampled
+    mask at +1 (0.73) left a post/pre ratio of 0.77 after 100 meta-steps, at 3 0.25).
+
+    Args:
+        model: the network whose parameters are meta-learned.
+        inner_lr: the inner learning rate alpha.
+        inner_steps: the number K of inner steps per task.
+        first_order: if True, no graph through the inner gradients.
+        layers: names of the nn.Linear/nn.Conv submodules that get a T-layer (default: all).
+        mask: False (none), True or "sampled" (M-net masks sampled per task at `temperature`),
+            "deterministic" (the straight-through threshold).
+        batching: "auto", "vmap", "loop" or "compiled" (see `MetaLearner`).
+        temperature: the relaxed Bernoulli's temperature, > 0.
+        mask_logit: the masks' initial logit.
+    """
     cli_name, paper = "mtnet", "Lee & Choi 2018"  # fastmaml train --algo mtnet
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, layers=None, mask=False,
                  batching="auto", temperature=1.0, mask_logit=3.0):
+        """Build the learner, attaching the T-layers (the arguments: see the class docstring)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         own = list(F.params_of(model))
@@ -78,8 +94,12 @@ class MTNet(MetaLearner):
             })
 
     def masks(self, sample: bool | None = None) -> dict[str, torch.Tensor]:
-        """layer -> mask over its output units: a relaxed Bernoulli sample (mask="sampled", or
-        sample=True) or the straight-through threshold."""
+        """layer -> mask over its output units.
+
+        Args:
+            sample: True: a relaxed Bernoulli sample; False: the straight-through threshold; None: as
+                the `mask` setting says.
+        """
         sample = self.mask == "sampled" if sample is None else sample
         out = {}
         for layer, key in self._mask_keys.items():

@@ -46,17 +46,32 @@ OBJECTIVES = ("trajectory", "unrolled")
 
 
 class WarpGrad(MetaLearner):
-    """`WarpGrad(model, inner_lr=0.01, inner_steps=5, warp_after=None, objective="trajectory",
-    batching="auto", warp_names=None, buffer_size=0, replay=None)`.
+    """WarpGrad: meta-learned warp layers interleaved with the task layers precondition the inner loop.
 
-    `warp_after` registers the warp layers on `model` itself (a parameter `warp` on each chosen
-    layer and a forward hook applying it), so `model` changes in place; `warp_names` (names or
-    globs, e.g. "*.warp.*") instead names the warp parameters the model already has. The buffer
-    (`warpgrad.buffer`) is not part of `state_dict()`: a resumed run starts with an empty one."""
+    `warp_after` registers the warp layers on `model` itself (a parameter `warp` on each chosen layer
+    and a forward hook applying it), so `model` changes in place; `warp_names` instead names the warp
+    parameters the model already has. The buffer (`warpgrad.buffer`) is not part of `state_dict()`: a
+    resumed run starts with an empty one.
+
+    Args:
+        model: the network whose parameters are meta-learned.
+        inner_lr: the inner learning rate alpha.
+        inner_steps: the number K of inner steps per task.
+        warp_after: the nn.Linear/nn.Conv layers to put a warp after (default: every such layer but
+            the last).
+        objective: "trajectory" (the paper's, first-order inner loop) or "unrolled" (second order
+            through the inner loop).
+        batching: "auto", "vmap", "loop" or "compiled" (see `MetaLearner`).
+        warp_names: names or globs (e.g. "*.warp.*") of warp parameters the model has; not with
+            `warp_after`.
+        buffer_size: the replay buffer's size in trajectory points (0: no buffer).
+        replay: the points drawn from the buffer per meta-step (default: as many as the batch added).
+    """
     cli_name, paper = "warpgrad", "Flennerhag et al. 2020"  # fastmaml train --algo warpgrad
 
     def __init__(self, model, inner_lr=0.01, inner_steps=5, warp_after=None, objective="trajectory",
                  batching="auto", warp_names=None, buffer_size=0, replay=None):
+        """Build the learner, attaching the warps (the arguments: see the class docstring)."""
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if warp_names is not None:
@@ -93,8 +108,20 @@ class WarpGrad(MetaLearner):
         return super().inner_loop(params, support_x, support_y, loss_fn, *args, **kwargs)
 
     def lookahead(self, phi, support_x, support_y, query_x, query_y, loss_fn, buffers=None, step=0):
-        """L_query(phi - alpha grad L_support(phi; omega); omega) with phi (the task parameters)
-        fixed: the term of J for one trajectory point; differentiable w.r.t. the warps."""
+        """L_query(phi - alpha grad L_support(phi; omega); omega) with phi (the task parameters) fixed.
+
+        The term of J for one trajectory point; differentiable w.r.t. the warps.
+
+        Args:
+            phi: the trajectory point (all parameters).
+            support_x: support inputs of one task.
+            support_y: support targets.
+            query_x: query inputs.
+            query_y: query targets.
+            loss_fn: loss_fn(output, y) -> scalar.
+            buffers: the task's buffers, or None.
+            step: the point's inner step.
+        """
         adapted = set(self.adapt_names)
         start = {n: p.detach() if n in adapted else p for n, p in phi.items()}
 
@@ -120,6 +147,7 @@ class WarpGrad(MetaLearner):
 
     # ---- the replay buffer -------------------------------------------------------------------
     def meta_loss(self, support_x, support_y, query_x, query_y, loss_fn, reduction="mean"):
+        """`MetaLearner.meta_loss`, plus the replay buffer's J term in its gradient when `buffer_size` > 0."""
         loss = super().meta_loss(support_x, support_y, query_x, query_y, loss_fn, reduction)
         if not (self.buffer_size and self.objective == "trajectory" and torch.is_grad_enabled() and self.inner_steps):
             return loss
@@ -152,7 +180,12 @@ class WarpGrad(MetaLearner):
         return self.batching != "loop" and not has_batch_norm(self.module)
 
     def replay_objective(self, loss_fn, count: int):
-        """J over `count` points drawn uniformly (with replacement) from the buffer."""
+        """J over `count` points drawn uniformly (with replacement) from the buffer.
+
+        Args:
+            loss_fn: loss_fn(output, y) -> scalar.
+            count: the number of points.
+        """
         points = [self.buffer[i] for i in torch.randint(len(self.buffer), (count,)).tolist()]
         params = self.params()
         if not self._mapped() or len({p[2].shape for p in points}) > 1:

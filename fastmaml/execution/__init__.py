@@ -29,7 +29,16 @@ from fastmaml.functional import LossFn, Params
 def meta_losses(learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
                 loss_fn: LossFn) -> Tensor:
     """The [T] query losses after adaptation, differentiable w.r.t. the learner's parameters (under
-    no_grad: the inner loop still takes gradients, the result is detached)."""
+    no_grad: the inner loop still takes gradients, the result is detached).
+
+    Args:
+        learner: a MetaLearner (its settings and hooks).
+        support_x: [T, N, ...] support inputs.
+        support_y: [T, N, ...] support targets.
+        query_x: [T, M, ...] query inputs.
+        query_y: [T, M, ...] query targets.
+        loss_fn: loss_fn(output, y) -> scalar.
+    """
     if learner.second_order == "hvp" and torch.is_grad_enabled():
         return hvp_meta_losses(learner, support_x, support_y, query_x, query_y, loss_fn)
     mode = auto.choose(learner, support_x, support_y, query_x, query_y, loss_fn)
@@ -50,7 +59,14 @@ def meta_losses(learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, 
 
 def adapted(learner, support_x: Tensor, support_y: Tensor, loss_fn: LossFn) -> tuple[Params, Tensor]:
     """Every task's adapted parameters ([T, ...] per adapted name, no graph) and post-adaptation
-    support losses ([T]), first order ("loop" or "vmap"; Reptile's meta-step)."""
+    support losses ([T]), first order ("loop" or "vmap"; Reptile's meta-step).
+
+    Args:
+        learner: a MetaLearner (its settings and hooks).
+        support_x: [T, N, ...] support inputs.
+        support_y: [T, N, ...] support targets.
+        loss_fn: loss_fn(output, y) -> scalar.
+    """
     mode = auto.choose(learner, support_x, support_y, support_x, support_y, loss_fn, batched_ok=False)
     if mode in ("batched", "compiled"):
         mode = "vmap"
@@ -60,7 +76,11 @@ def adapted(learner, support_x: Tensor, support_y: Tensor, loss_fn: LossFn) -> t
 
 
 def explain(learner) -> dict[str, str | None]:
-    """Each mode with the reason the learner cannot take it (None: it can)."""
+    """Each mode with the reason the learner cannot take it (None: it can).
+
+    Args:
+        learner: a MetaLearner.
+    """
     return {"loop": None, "vmap": None, "batched": batched.why_not_learner(learner),
             "compiled": compiled.supported(learner), "hvp": hooks.why_not(learner, "hvp")}
 

@@ -175,7 +175,12 @@ def compiled_task_losses(learner, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor
 def compile(learner, backend: str = "inductor"):
     """`learner` with batching="compiled": its meta_loss runs the compiled meta-step (a ValueError
     says why a learner cannot); returns the learner. The first call per shape compiles (tens of
-    seconds, see docs/compile.md). `backend`: torch.compile's."""
+    seconds, see docs/compile.md). `backend`: torch.compile's.
+
+    Args:
+        learner: a MetaLearner the compiled meta-step covers.
+        backend: torch.compile's backend.
+    """
     why = supported(learner)
     if why is not None:
         raise ValueError(f"fastmaml.compile: {why}")

@@ -57,6 +57,11 @@ class HandGradLosses(torch.autograd.Function):
 
 
 def check_second_order(value) -> str:
+    """`value` if it is a second_order setting ("autograd" or "hvp"), else a ValueError naming it.
+
+    Args:
+        value: the learner's second_order argument.
+    """
     if value not in SECOND_ORDER:
         raise ValueError(f"second_order must be one of {SECOND_ORDER}, got {value!r}")
     return value

@@ -33,15 +33,17 @@ Switches (at most one of the four; each combines with use_second_order):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from fastmaml import checks
-from fastmaml.algorithms import L2F, MAML, MetaSGD
+from fastmaml.algorithms import L2F, MAML, MetaLearner, MetaSGD
 from fastmaml.algorithms.mtnet import MTNet
 from fastmaml.algorithms.warpgrad import WarpGrad
+from fastmaml.functional import LossFn, Params
 
 _OBJECTIVE_CLASSES: dict[type, type] = {}
 
@@ -51,7 +53,8 @@ class StateModel(nn.Module):
     the model's own (so names resolve as in the model); called plainly it uses the weights it was
     made with, under torch.func.functional_call the ones passed there."""
 
-    def __init__(self, learner, weights: dict[str, Tensor], buffers, step):
+    def __init__(self, learner: MetaLearner, weights: dict[str, Tensor], buffers: Params | None,
+                 step: int | None) -> None:
         super().__init__()
         model = learner.module
         for name, child in model.named_children():
@@ -60,18 +63,18 @@ class StateModel(nn.Module):
             self.register_parameter(name, p)
         self._meta = (learner, weights, buffers, step, {n: p for n, p in model.named_parameters()})
 
-    def forward(self, x: Tensor, weights=None) -> Tensor:
+    def forward(self, x: Tensor, weights: Sequence[Tensor] | Mapping[str, Tensor] | None = None) -> Tensor:
         learner, own, buffers, step, originals = self._meta
         if weights is not None:
             params = as_dict(weights, list(originals), "weights")
         else:
-            current = dict(self.named_parameters())
+            current: dict[str, Tensor] = dict(self.named_parameters())
             swapped = any(current[n] is not p for n, p in originals.items())
             params = current if swapped else own  # swapped: inside functional_call
         return learner.task_forward({**own, **params}, x, buffers, step)
 
 
-def as_dict(weights, names: list[str], arg: str) -> dict[str, Tensor]:
+def as_dict(weights: Sequence[Tensor] | Mapping[str, Tensor], names: list[str], arg: str) -> dict[str, Tensor]:
     """A list of tensors in model.parameters() order, or a dict, as a dict name -> tensor."""
     if isinstance(weights, dict):
         return weights
@@ -88,15 +91,18 @@ def _with_objectives(cls: type) -> type:
     if cls not in _OBJECTIVE_CLASSES:
 
         class WithObjectives(cls):
-            def _state(self, params, x, y, buffers, step):
+            def _state(self, params: Params, x: Tensor, y: Tensor, buffers: Params | None,
+                       step: int | None) -> dict[str, Any]:
                 names = [n for n, _ in self.module.named_parameters()]
                 return {"data": x, "target": y, "updated_weights": [params[n] for n in names],
                         "model": StateModel(self, params, buffers, step)}
 
-            def support_loss(self, params, x, y, loss_fn, buffers, step):
+            def support_loss(self, params: Params, x: Tensor, y: Tensor, loss_fn: LossFn,
+                             buffers: Params | None, step: int) -> Tensor:
                 return _scalar(self.inner_objective(self._state(params, x, y, buffers, step)), "inner_objective")
 
-            def query_loss(self, params, x, y, loss_fn, buffers, step=None):
+            def query_loss(self, params: Params, x: Tensor, y: Tensor, loss_fn: LossFn,
+                           buffers: Params | None, step: int | None = None) -> Tensor:
                 return _scalar(self.outer_objective(self._state(params, x, y, buffers, step)), "outer_objective")
 
         WithObjectives.__name__ = WithObjectives.__qualname__ = f"Init{cls.__name__}"
@@ -104,25 +110,44 @@ def _with_objectives(cls: type) -> type:
     return _OBJECTIVE_CLASSES[cls]
 
 
-def _scalar(loss, arg):
+def _scalar(loss: object, arg: str) -> Tensor:
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         raise ValueError(f"{arg} must return a scalar tensor, got {type(loss).__name__}"
                          + (f" of shape {list(loss.shape)}" if isinstance(loss, Tensor) else ""))
     return loss.reshape(())
 
 
-def _unused_loss(output, target):  # the objectives compute the losses
+def _unused_loss(output: Tensor, target: Tensor) -> Tensor:  # the objectives compute the losses
     raise AssertionError("unreachable")
 
 
 class Init(nn.Module):
-    """See the module docstring. `init.learner` is the algorithm object, `init.model` the
-    (wrapped) model; `init.parameters()` are the meta-parameters (model, plus rates, T-layers,
-    warp layers or forget nets)."""
+    """BOML's `Init`: a model, objectives of the state dict, and the inner-loop choice by flags.
+
+    `init.learner` is the algorithm object, `init.model` the (wrapped) model; `init.parameters()` are
+    the meta-parameters (model, plus rates, T-layers, warp layers or forget nets). See the module
+    docstring for the state dict the objectives receive.
+
+    Args:
+        model: the network whose parameters are meta-learned.
+        inner_objective: state -> the inner (support) loss.
+        outer_objective: state -> the outer (validation) loss.
+        inner_learning_rate: the inner learning rate.
+        inner_loop: the number of inner steps.
+        use_second_order: differentiate through the inner steps (False: first order).
+        learn_lr: Meta-SGD's learned rates.
+        use_t: MT-net's T-layers.
+        use_warp: WarpGrad's warp layers.
+        use_forget: L2F's attenuation.
+
+    Raises:
+        ValueError: if more than one of learn_lr, use_t, use_warp, use_forget is set.
+    """
 
     def __init__(self, model: nn.Module, inner_objective: Callable, outer_objective: Callable,
                  inner_learning_rate: float = 0.01, inner_loop: int = 5, use_second_order: bool = True,
                  learn_lr: bool = False, use_t: bool = False, use_warp: bool = False, use_forget: bool = False):
+        """Build the learner the flags choose (the arguments: see the class docstring)."""
         super().__init__()
         for arg, fn in (("inner_objective", inner_objective), ("outer_objective", outer_objective)):
             if not callable(fn):
@@ -150,28 +175,48 @@ class Init(nn.Module):
 
     @property
     def model(self) -> nn.Module:
+        """The (wrapped) model."""
         return self.learner.module
 
     def adapt(self, train_data: Tensor, train_target: Tensor) -> list[Tensor]:
-        """The task's updated weights after the inner loop (differentiable), a list in
-        model.parameters() order like state["updated_weights"]."""
+        """The task's updated weights after the inner loop (differentiable).
+
+        Args:
+            train_data: the task's support inputs.
+            train_target: the support targets.
+
+        Returns:
+            A list in model.parameters() order, like state["updated_weights"].
+        """
         checks.check_task(train_data, train_target, "train")
         with torch.enable_grad():
             phi = self.learner.inner_loop(self.learner.params(), train_data, train_target, _unused_loss)[-1]
         return [phi[n] for n, _ in self.model.named_parameters()]
 
-    def forward(self, x: Tensor, updated_weights=None) -> Tensor:
-        """The model on `x` with `updated_weights` (a list as `adapt` returns, or a dict; None: the
-        meta-parameters)."""
+    def forward(self, x: Tensor, updated_weights: Sequence[Tensor] | Mapping[str, Tensor] | None = None) -> Tensor:
+        """The model on `x` with `updated_weights`.
+
+        Args:
+            x: the inputs.
+            updated_weights: a list as `adapt` returns, or a dict; None: the meta-parameters.
+        """
         if updated_weights is not None:
             updated_weights = as_dict(updated_weights, [n for n, _ in self.model.named_parameters()], "updated_weights")
         return self.learner(x, updated_weights)
 
     def optimize(self, train_data: Tensor, train_target: Tensor, validate_data: Tensor,
                  validate_target: Tensor) -> Tensor:
-        """One task: the inner loop on (train_data, train_target), the outer objective on the
-        validation split; its gradient is added to the meta-parameters' `.grad`. Returns the
-        outer loss (detached)."""
+        """One task: the inner loop, then the outer objective; its gradient is added to the meta-parameters' `.grad`.
+
+        Args:
+            train_data: the task's support inputs.
+            train_target: the support targets.
+            validate_data: the query inputs.
+            validate_target: the query targets.
+
+        Returns:
+            The outer loss (detached).
+        """
         checks.check_task(train_data, train_target, "train")
         checks.check_task(validate_data, validate_target, "validate")
         wrt = [p for p in self.parameters() if p.requires_grad]

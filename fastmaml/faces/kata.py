@@ -20,12 +20,31 @@ import torch
 from torch import Tensor, nn
 
 from fastmaml import checks, functional as F
+from fastmaml.functional import LossFn
 
 
-def maml_inner_update(model: nn.Module, support_x: Tensor, support_y: Tensor, loss_fn, inner_lr: float,
+def maml_inner_update(model: nn.Module, support_x: Tensor, support_y: Tensor, loss_fn: LossFn, inner_lr: float,
                       *, steps: int = 1, first_order: bool = False) -> nn.Module:
-    """A new model instance whose weights are `steps` (default 1) SGD steps from `model`'s on the
-    support set, through the fused update; differentiable w.r.t. `model`'s parameters."""
+    """A new model instance whose weights are `steps` SGD steps from `model`'s on the support set.
+
+    The steps go through the fused update; the new model is differentiable w.r.t. `model`'s
+    parameters (its BatchNorm statistics are its own copy).
+
+    Args:
+        model: the model to adapt (not changed).
+        support_x: the task's support inputs, [N, ...].
+        support_y: the support targets.
+        loss_fn: loss_fn(output, y) -> scalar.
+        inner_lr: the inner learning rate, a finite number.
+        steps: the number of inner steps.
+        first_order: if True, no graph through the inner gradients.
+
+    Returns:
+        The adapted copy of `model`.
+
+    Raises:
+        TypeError: if `model` is not an nn.Module or `loss_fn` is not callable.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
@@ -43,15 +62,30 @@ def maml_inner_update(model: nn.Module, support_x: Tensor, support_y: Tensor, lo
                       first_order=first_order)
     for name, tensor in phi.items():
         owner, _, leaf = name.rpartition(".")
-        fast.get_submodule(owner)._parameters[leaf] = tensor  # a plain tensor, as functional_call puts it
+        fast.get_submodule(owner)._parameters[leaf] = tensor  # type: ignore[assignment]  # a plain tensor, as functional_call puts it
     return fast
 
 
 def maml_outer_update(original_model: nn.Module, fast_model: nn.Module, query_x: Tensor, query_y: Tensor,
-                      loss_fn) -> Tensor:
-    """The meta-loss loss_fn(fast_model(query_x), query_y); its gradient w.r.t. the parameters of
-    `original_model` is added to their `.grad` (accumulating like backward). Returns the loss
-    (detached)."""
+                      loss_fn: LossFn) -> Tensor:
+    """The meta-loss loss_fn(fast_model(query_x), query_y), its gradient added to `original_model`'s.
+
+    The gradient w.r.t. the parameters of `original_model` is added to their `.grad` (accumulating
+    like backward).
+
+    Args:
+        original_model: the model `fast_model` was adapted from by `maml_inner_update`.
+        fast_model: the adapted model.
+        query_x: the task's query inputs.
+        query_y: the query targets.
+        loss_fn: loss_fn(output, y) -> scalar.
+
+    Returns:
+        The loss (detached).
+
+    Raises:
+        ValueError: if `fast_model` is not connected to `original_model`'s graph.
+    """
     for arg, m in (("original_model", original_model), ("fast_model", fast_model)):
         if not isinstance(m, nn.Module):
             raise TypeError(f"{arg} must be an nn.Module, got {type(m).__name__}")

@@ -4,10 +4,12 @@ Every inner update in fastmaml, whatever the algorithm, is one call of
 
     out[i] = gamma[i] * p[i] - alpha * a[i] * g[i]        for every tensor i of the list
 
-in one of three forms (NOTE: [update forms], same names in csrc/include/fastmaml/update.h):
+in one of three forms (NOTE: [update forms], same names in csrc/include/fastmaml/update.h)::
+
   * "sgd"     lrs=None,  gammas=None:  p - alpha * g                   (MAML, FOMAML, ANIL, ...)
   * "scaled"  lrs=[a],   gammas=None:  p - alpha * a * g               (Meta-SGD, MAML++ LSLR)
   * "forget"  lrs/None,  gammas=[gam]: gam * p - alpha * [a *] g       (ALFA)
+
 a[i] and gamma[i] broadcast to p[i] (a per-layer scalar, an elementwise tensor, ...); the operands:
 NOTE: [update operands] in ops/operands.py.
 
@@ -33,17 +35,30 @@ UPDATE = Family.of_package("update", __name__, BACKENDS,
 
 
 def backend_module(name: str):
-    """The module of the update's backend `name`."""
+    """The module of the update's backend `name`.
+
+    Args:
+        name: a backend of `BACKENDS`.
+    """
     return UPDATE.load(name)
 
 
 def is_available(name: str, device: torch.device | str = "cpu") -> bool:
-    """Whether the update's backend `name` runs on `device` here (each backend runs a tiny op)."""
+    """Whether the update's backend `name` runs on `device` here (each backend runs a tiny op).
+
+    Args:
+        name: a backend of `BACKENDS`.
+        device: the device to try.
+    """
     return UPDATE.is_available(name, device)
 
 
 def resolve_backend(device: torch.device) -> str:
-    """The backend that runs the update on `device` now."""
+    """The backend that runs the update on `device` now.
+
+    Args:
+        device: the parameters' device.
+    """
     return UPDATE.resolve(device)
 
 
@@ -83,11 +98,17 @@ def _fast_call(fn_name, fn, params, grads, lrs, gammas, alpha, names):
 
 
 def update(params: Sequence[Tensor], grads: Sequence[Tensor], lr, gammas=None, *, names=None) -> list[Tensor]:
-    """Differentiable fused update: [gamma *] p - lr * g for every tensor of the list.
+    """Differentiable fused update: `[gamma *] p - lr * g` for every tensor of the list.
 
-    `lr` is a number (one rate for all) or a list of tensors broadcastable to each param
-    (Meta-SGD). `gammas`, if given, is a list of forget factors broadcastable to each param (ALFA).
-    `names` only improves error messages.
+    Args:
+        params: the tensors p[i].
+        grads: their gradients g[i], same shapes.
+        lr: a number (one rate for all) or a list of tensors a[i] broadcastable to each param (Meta-SGD).
+        gammas: a list of forget factors broadcastable to each param (ALFA), or None.
+        names: the params' names, only for error messages.
+
+    Returns:
+        The updated tensors, differentiable w.r.t. params, grads, lr and gammas.
     """
     lrs, alpha = _split_lr(lr)
     if _native_fast(params, grads, lrs, gammas, alpha):
@@ -100,7 +121,15 @@ def update(params: Sequence[Tensor], grads: Sequence[Tensor], lr, gammas=None, *
 
 
 def update_(params: Sequence[Tensor], grads: Sequence[Tensor], lr, gammas=None, *, names=None) -> None:
-    """In-place, non-differentiable fused update (first order, evaluation, Reptile's outer step)."""
+    """In-place, non-differentiable fused update (first order, evaluation, Reptile's outer step).
+
+    Args:
+        params: the tensors p[i].
+        grads: their gradients g[i], same shapes.
+        lr: a number (one rate for all) or a list of tensors a[i] broadcastable to each param (Meta-SGD).
+        gammas: a list of forget factors broadcastable to each param (ALFA), or None.
+        names: the params' names, only for error messages.
+    """
     lrs, alpha = _split_lr(lr)
     if _native_fast(params, grads, lrs, gammas, alpha):
         _fast_call("inner_update_", UPDATE.load("native").update_, params, grads, lrs, gammas, alpha, names)

@@ -17,7 +17,17 @@ def _describe(names: Sequence[str] | None, i: int) -> str:
 
 
 def check_update_args(fn: str, params, grads, lrs, gammas, alpha, names=None) -> None:
-    """Raise a ValueError/TypeError naming the argument and index on any malformed input."""
+    """Raise a ValueError/TypeError naming the argument and index on any malformed input.
+
+    Args:
+        fn: the op's name in messages.
+        params: the params list.
+        grads: the grads list.
+        lrs: the per-tensor rates, or None.
+        gammas: the forget factors, or None.
+        alpha: the scalar rate.
+        names: the params' names, for messages.
+    """
     lists = dict(zip(LISTS, (params, grads, lrs, gammas)))
     for arg, seq in lists.items():
         if seq is not None and (isinstance(seq, Tensor) or not isinstance(seq, Sequence)):

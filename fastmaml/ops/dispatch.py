@@ -33,8 +33,11 @@ _warned: set[str] = set()
 
 
 def set_backend(name: str) -> None:
-    """Choose the backend of every op family: one of "auto", "reference", "foreach", "native",
-    "triton". The environment variable FASTMAML_BACKEND sets the initial choice."""
+    """Choose the backend of every op family (the environment variable FASTMAML_BACKEND sets the initial choice).
+
+    Args:
+        name: one of "auto", "reference", "foreach", "native", "triton".
+    """
     global _choice
     if name not in CHOICES:
         raise ValueError(f"set_backend: name must be one of {CHOICES}, got {name!r}")
@@ -50,7 +53,11 @@ def get_backend() -> str:
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Context manager: `with fastmaml.use_backend("reference"): ...`."""
+    """Context manager: `with fastmaml.use_backend("reference"): ...`, the previous choice restored after.
+
+    Args:
+        name: the backend in force inside the block (see `set_backend`).
+    """
     previous = get_backend()
     set_backend(name)
     try:

@@ -40,7 +40,18 @@ ON_FAIL = ("warn", "raise", "ignore")
 
 @dataclass
 class CGReport:
-    """Per-task outcome of batched_cg (all tensors have shape [T])."""
+    """Per-task outcome of `batched_cg` (all tensors have shape [T]).
+
+    Attributes:
+        iterations: int64, the iterations in which the task moved.
+        residual_norm: ||r_t|| at the end.
+        rhs_norm: ||b_t||.
+        converged: bool, ||r_t|| <= max(tol ||b_t||, atol).
+        breakdown: bool, <p, A p> <= 0 (or not finite) was met.
+        tol: the relative tolerance asked for.
+        atol: the absolute tolerance asked for.
+        max_iter: the iteration budget.
+    """
 
     iterations: Tensor      # int64: iterations in which the task moved
     residual_norm: Tensor   # ||r_t|| at the end
@@ -53,16 +64,20 @@ class CGReport:
 
     @property
     def all_converged(self) -> bool:
+        """Whether every task converged."""
         return bool(self.converged.all())
 
     @property
     def relative_residual(self) -> Tensor:
+        """||r_t|| / ||b_t|| per task."""
         return self.residual_norm / self.rhs_norm.clamp_min(torch.finfo(self.rhs_norm.dtype).tiny)
 
     def failed_tasks(self) -> list[int]:
+        """The indices of the tasks that did not converge."""
         return (~self.converged).nonzero().flatten().tolist()
 
     def summary(self) -> str:
+        """One line for people: how many tasks converged, which did not, and what to change."""
         T = self.converged.numel()
         done = int(self.converged.sum())
         text = (f"batched_cg: {done} of {T} tasks reached tol={self.tol:g} (atol={self.atol:g}) within "
@@ -103,8 +118,27 @@ def batched_cg(
     atol: float = 0.0,
     on_fail: str = "warn",
 ) -> tuple[dict[str, Tensor] | list[Tensor], CGReport]:
-    """Solve ((1 + damping) I + H_t / lam) x_t = b_t for every task t (see the module docstring).
-    Returns (x, report), x in the form of b (dict or list)."""
+    """Solve ((1 + damping) I + H_t / lam) x_t = b_t for every task t by conjugate gradient.
+
+    All tasks run in lockstep; a task stops moving once converged (see the module docstring).
+
+    Args:
+        matvec: v -> H v for a batch of vectors in the form of `b` (dict or list of [T, ...] tensors).
+        b: the right-hand sides, a dict or list of [T, ...] tensors.
+        lam: lambda > 0.
+        damping: a finite number >= 0.
+        x0: the starting point in the form of b (None: zero).
+        max_iter: the iteration budget, an int >= 0.
+        tol: the relative residual tolerance.
+        atol: the absolute residual tolerance.
+        on_fail: tasks not converged "warn", "raise" or are only reported ("ignore").
+
+    Returns:
+        (x, report): x in the form of b, and the `CGReport`.
+
+    Raises:
+        ValueError: if an argument is out of range, or on_fail="raise" and a task did not converge.
+    """
     for arg, value in (("lam", lam), ("damping", damping), ("tol", tol), ("atol", atol)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"batched_cg: {arg} must be a finite number >= 0, got {value!r}")

@@ -138,12 +138,25 @@ def _run(loss_of, params, vectors, data, params_batched, method, T, context):
 
 def hvp_and_grad(loss_of: Callable[..., Tensor], params: Mapping[str, Tensor], vectors: Mapping[str, Tensor],
                  *data, params_batched: bool = True, method: str = "auto", context=None):
-    """(grads, hvps, method_used): the per-task gradient of `loss_of` w.r.t. `vectors`' names and
-    H_t v_t, both dicts of [T, ...] tensors, computed in the same pass (the gradient is the primal
-    output of the jvp/vjp). `context` is a callable returning a context manager entered around
-    the computation (e.g. fastmaml.execution.batchnorm.DecomposedBatchNorm for models with batch norm).
-    The results are detached: this is for meta-gradients computed by hand (see
-    fastmaml/execution/hvp_mode.py), not for differentiating through."""
+    """The per-task gradient of `loss_of` and the Hessian-vector products H_t v_t, in one pass.
+
+    The gradient is the primal output of the jvp/vjp. The results are detached: this is for
+    meta-gradients computed by hand (see fastmaml/execution/hvp_mode.py), not for differentiating
+    through.
+
+    Args:
+        loss_of: `(params, *data) -> loss`, the scalar loss of one task.
+        params: name -> tensor, [T, ...] per task if params_batched, else shared.
+        vectors: name -> [T, ...] vectors v_t; their names are the ones differentiated.
+        *data: the tasks' data, each [T, ...].
+        params_batched: whether params carry the task dimension.
+        method: "auto" or one of `METHODS` (NOTE: [hvp methods]).
+        context: a callable returning a context manager entered around the computation (e.g.
+            fastmaml.execution.batchnorm.DecomposedBatchNorm for models with batch norm).
+
+    Returns:
+        (grads, hvps, method_used): grads and hvps dicts of [T, ...] tensors.
+    """
     if method not in METHODS:
         raise ValueError(f"hvp: method must be one of {METHODS}, got {method!r}")
     T = _check(params, vectors, data, params_batched)
@@ -169,7 +182,20 @@ def hvp_and_grad(loss_of: Callable[..., Tensor], params: Mapping[str, Tensor], v
 
 def hvp(loss_of: Callable[..., Tensor], params: Mapping[str, Tensor], vectors: Mapping[str, Tensor], *data,
         params_batched: bool = True, method: str = "auto", context=None) -> Params:
-    """H_t v_t for every task t (see the module docstring): a dict with `vectors`' keys and shapes."""
+    """H_t v_t for every task t (see the module docstring).
+
+    Args:
+        loss_of: `(params, *data) -> loss`, the scalar loss of one task.
+        params: name -> tensor, [T, ...] per task if params_batched, else shared.
+        vectors: name -> [T, ...] vectors v_t.
+        *data: the tasks' data, each [T, ...].
+        params_batched: whether params carry the task dimension.
+        method: "auto" or one of `METHODS`.
+        context: a callable returning a context manager entered around the computation.
+
+    Returns:
+        A dict with `vectors`' keys and shapes (detached).
+    """
     return hvp_and_grad(loss_of, params, vectors, *data, params_batched=params_batched, method=method,
                         context=context)[1]
 

@@ -342,7 +342,15 @@ def load_set(source: Path, image_size: int = 28, cache_dir: str | os.PathLike | 
 @dataclass
 class Omniglot:
     """Labeled images: `images` [N, 1, s, s] float32 in [0, 1], `labels` [N] in 0..C-1, and per
-    class its `class_names` ("Alphabet/characterNN/rot90") and `class_alphabets`."""
+    class its `class_names` ("Alphabet/characterNN/rot90") and `class_alphabets`.
+
+    Attributes:
+        images: [N, 1, s, s] float32 in [0, 1].
+        labels: [N] in 0..C-1.
+        class_names: each class's name.
+        class_alphabets: each class's alphabet.
+        sources: where the images came from (files or archives).
+    """
 
     images: Tensor
     labels: Tensor
@@ -416,7 +424,17 @@ def load_split(split: str = "small", part: str = "train", root: str | os.PathLik
                rotations: Sequence[int] | None = None, image_size: int = 28,
                cache_dir: str | os.PathLike | None = None, download: bool = False) -> Omniglot:
     """One side of a split by alphabet (see SPLITS): part "train" (default rotations 0/90/180/270)
-    or "test" (default no rotation: the unseen characters as drawn)."""
+    or "test" (default no rotation: the unseen characters as drawn).
+
+    Args:
+        split: the split by alphabet (see SPLITS), "small" by default.
+        part: "train" or "test".
+        root: the Omniglot folder (None: the default data folder).
+        rotations: the rotations added as new classes (default: train 0/90/180/270, test 0).
+        image_size: the side the images are resized to.
+        cache_dir: where the decoded tensors are cached (None: the default).
+        download: download the archives if missing.
+    """
     if split not in SPLITS:
         raise OmniglotError(f"unknown Omniglot split {split!r}; the splits are {list(SPLITS)}")
     if part not in SPLITS[split]:

@@ -30,6 +30,15 @@ class SamplerError(ValueError):
 
 @dataclass
 class FewShotBatch:
+    """A batch of few-shot episodes (as `FewShotSampler.sample` returns).
+
+    Attributes:
+        support_x: [T, n_way * k_shot, ...] support images.
+        support_y: [T, n_way * k_shot] labels 0..n_way-1.
+        query_x: [T, n_way * q_query, ...] query images.
+        query_y: [T, n_way * q_query] labels.
+        classes: [T, n_way] the dataset classes of each task, in label order.
+    """
     support_x: Tensor
     support_y: Tensor
     query_x: Tensor
@@ -42,7 +51,20 @@ class FewShotBatch:
 
 class FewShotSampler:
     """Episodes over `classes` (default: every label present) of a dataset of `images` [M, ...]
-    with integer `labels` [M]."""
+    with integer `labels` [M].
+
+    Args:
+        images: [N, ...] the examples.
+        labels: [N] their integer classes.
+        n_way: classes per task.
+        k_shot: support examples per class.
+        q_query: query examples per class.
+        classes: the classes to draw from (default: every label present).
+        seed: the generator's seed (None: random).
+        device: where batches go (None: with images).
+        name: the data's name in error messages.
+        transform: (images, generator) -> images, applied per task (e.g. augmentation).
+    """
 
     def __init__(self, images: Tensor, labels: Tensor, n_way: int, k_shot: int, q_query: int,
                  classes: Sequence[int] | Tensor | None = None, seed: int | None = 0,
@@ -131,7 +153,14 @@ class FewShotSampler:
 
 def split_classes(classes: Sequence[int] | Tensor, fractions: Sequence[float] = (0.7, 0.1, 0.2),
                   seed: int = 0, names: Sequence[str] = ("train", "val", "test")) -> dict[str, Tensor]:
-    """Disjoint class splits, a seeded random partition in the given proportions (summing to 1)."""
+    """Disjoint class splits, a seeded random partition in the given proportions (summing to 1).
+
+    Args:
+        classes: the classes to split.
+        fractions: the splits' proportions, summing to 1.
+        seed: the permutation's seed.
+        names: the splits' names.
+    """
     classes = torch.as_tensor(classes, dtype=torch.int64).flatten()
     if len(fractions) != len(names):
         raise ValueError(f"{len(fractions)} fractions for {len(names)} names {list(names)}")
@@ -144,7 +173,12 @@ def split_classes(classes: Sequence[int] | Tensor, fractions: Sequence[float] = 
 
 def split_by_group(groups: Sequence[str], assignment: dict[str, Sequence[str]]) -> dict[str, Tensor]:
     """Class splits by group (e.g. Omniglot alphabets): `groups[c]` is class c's group and
-    `assignment` maps split name -> groups; a group named in two splits is an error."""
+    `assignment` maps split name -> groups; a group named in two splits is an error.
+
+    Args:
+        groups: groups[c] is class c's group (e.g. its alphabet).
+        assignment: split name -> the groups in it.
+    """
     seen: dict[str, str] = {}
     out = {}
     for split, chosen in assignment.items():

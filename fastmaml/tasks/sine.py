@@ -12,7 +12,16 @@ from torch import Tensor
 
 @dataclass
 class SineBatch:
-    """A batch of tasks; x/y are [tasks, points, 1]; amplitude/phase are [tasks]."""
+    """A batch of sine tasks.
+
+    Attributes:
+        support_x: [T, k_shot, 1] inputs.
+        support_y: [T, k_shot, 1] targets.
+        query_x: [T, q_query, 1] inputs.
+        query_y: [T, q_query, 1] targets.
+        amplitude: [T] each task's amplitude.
+        phase: [T] each task's phase.
+    """
 
     support_x: Tensor
     support_y: Tensor
@@ -28,9 +37,21 @@ class SineBatch:
 class SineTasks:
     """A seeded stream of sine regression tasks.
 
+    Example::
+
         tasks = SineTasks(k_shot=10, q_query=10, seed=0)
         batch = tasks.sample(25)       # 25 tasks
         maml.meta_loss(*batch.tensors(), F.mse_loss)
+
+    Args:
+        k_shot: support points per task.
+        q_query: query points per task.
+        amplitude: the (low, high) range amplitudes are drawn from.
+        phase: the (low, high) range of phases.
+        x_range: the (low, high) range of inputs.
+        seed: the generator's seed (None: random).
+        dtype: the tensors' dtype.
+        device: where the tensors go.
     """
 
     def __init__(self, k_shot: int = 10, q_query: int = 10, amplitude=(0.1, 5.0), phase=(0.0, math.pi),
@@ -68,7 +89,12 @@ class SineTasks:
 
 
 def sine_mlp(hidden: int = 40, layers: int = 2) -> torch.nn.Sequential:
-    """The MAML paper's regressor: 1-40-40-1 with ReLU."""
+    """The MAML paper's regressor: 1-40-40-1 with ReLU.
+
+    Args:
+        hidden: the hidden width.
+        layers: the number of hidden layers.
+    """
     dims = [1] + [hidden] * layers
     modules = []
     for d_in, d_out in zip(dims, dims[1:]):

@@ -26,13 +26,24 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write `state` to `path` atomically (a temporary file, then a rename); returns the path.
+
+    Args:
+        state: what to save (a dict of tensors and plain values).
+        path: the file to write.
+    """
     path = Path(path)
     atomic_save({"format": FORMAT, "version": VERSION, **state}, path)
     return path
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint; a run directory means its checkpoint.pt."""
+    """Load a checkpoint; a run directory means its checkpoint.pt.
+
+    Args:
+        path: a checkpoint file or a run folder.
+        map_location: torch.load's map_location.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"

@@ -63,7 +63,19 @@ def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_ta
     are restored afterwards. A task whose query loss or output is NaN/inf has diverged: it scores
     NaN, so the mean is NaN (shown as "diverged"), never a chance-level accuracy. `progress`: a tqdm
     bar over tasks. `batching`: "batched", "vmap", "loop"
-    (one task at a time) or "auto" (the fastest of them on the first tasks)."""
+    (one task at a time) or "auto" (the fastest of them on the first tasks).
+
+    Args:
+        learner: the meta-learner (anything with `adapt` and `meta_loss`).
+        tasks: the task source (a sampler with `sample(T)`).
+        loss_fn: loss_fn(output, y) -> scalar.
+        metric: "accuracy" or "mse".
+        num_tasks: how many tasks to score.
+        steps: the inner steps at test time, an int or a list of them (None: the learner's).
+        batch: tasks adapted at once.
+        progress: show a progress bar.
+        batching: the execution mode for the adaptation.
+    """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     for name, value in (("num_tasks", num_tasks), ("batch", batch)):

@@ -21,7 +21,11 @@ CSV_FIELDS = {
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
     """Mean and the half-width of its normal-approximation 95% interval, 1.96 s / sqrt(n)
-    (s: sample standard deviation); the half-width is 0 for fewer than two values."""
+    (s: sample standard deviation); the half-width is 0 for fewer than two values.
+
+    Args:
+        values: the per-task scores.
+    """
     n = len(values)
     if n == 0:
         raise ValueError("mean_ci95 of no values")
@@ -70,8 +74,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class MetricsLogger:
-    """Appends records {"kind": "train"|"eval"|..., "iteration": i, ...} to run_dir/metrics.jsonl
-    and the known fields to run_dir/<kind>.csv. `run_dir=None` keeps them in memory only."""
+    """Appends records `{"kind": "train"|"eval"|..., "iteration": i, ...}` to run_dir/metrics.jsonl
+    and the known fields to run_dir/<kind>.csv. `run_dir=None` keeps them in memory only.
+
+    Args:
+        run_dir: the run's folder (None: log nowhere).
+        tensorboard: also write TensorBoard events (the tensorboard extra).
+    """
 
     def __init__(self, run_dir: str | os.PathLike | None, tensorboard: bool = False):
         self.run_dir = Path(run_dir) if run_dir is not None else None

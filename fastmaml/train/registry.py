@@ -58,7 +58,11 @@ ALGORITHMS = _discover()
 
 
 def algorithm_class(name: str):
-    """The class behind `name`; AlgorithmUnavailable names the choices or what is missing."""
+    """The class behind `name`; AlgorithmUnavailable names the choices or what is missing.
+
+    Args:
+        name: the algorithm's command-line name (e.g. "maml").
+    """
     if name not in ALGORITHMS:
         raise AlgorithmUnavailable(f"unknown algorithm {name!r}; choose from {', '.join(ALGORITHMS)}")
     algo = ALGORITHMS[name]
@@ -86,7 +90,13 @@ def available() -> list[str]:
 def build_learner(name: str, model: nn.Module, extra: dict | None = None, **kwargs):
     """`cls(model, **kwargs, **extra)`: of `kwargs`, only those the class accepts (e.g. FOMAML and
     Reptile take no `first_order`; None values are left to the class's defaults); every key of
-    `extra` (algorithm-specific options, e.g. iMAML's `lam`) must be one the class accepts."""
+    `extra` (algorithm-specific options, e.g. iMAML's `lam`) must be one the class accepts.
+
+    Args:
+        name: the algorithm's command-line name.
+        model: the network.
+        extra: more keyword arguments, passed as they are.
+    """
     cls = algorithm_class(name)
     params = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

@@ -97,22 +97,37 @@ def _deferred_sigint():
 
 
 class MetaTrainer:
-    """See the module docstring. Keyword arguments:
+    """Meta-trains a learner: meta-batches, the outer optimizer, periodic evaluation, logs, checkpoints.
 
-    optimizer: a torch optimizer over learner.parameters() (default Adam(lr=meta_lr));
-    meta_batch: tasks per meta-step; iterations: meta-steps in all;
-    eval_tasks / eval_every / eval_num_tasks / eval_steps: periodic evaluation (also at the end)
-      on `eval_num_tasks` fixed tasks, adapting `eval_steps` inner steps (default: the learner's);
-    run_dir: where checkpoint.pt, metrics.jsonl, train.csv, eval.csv and config.json go (None: nowhere);
-    checkpoint_every: iterations between checkpoints (default eval_every; always at the end);
-    log_every: iterations averaged into one "train" record; config: saved with each checkpoint;
-    progress: show a tqdm bar; tensorboard: also log to run_dir/tensorboard (needs tensorboard);
-    grad_clip: clip the meta-gradient's global norm; device: where the tasks are moved;
-    epoch_length: iterations per "epoch" for learners with a schedule (`set_iteration(epoch)`:
-      MAML++ anneals its multi-step loss and derivative order over epochs of 500 iterations);
-    dist: a fastmaml.distributed.DistContext (default: distributed.current()): each rank meta-trains on
-      its slice of every meta-batch, the meta-gradients are all-reduced, rank 0 alone logs, evaluates
-      and writes checkpoints.
+    See the module docstring for the loop and the files of a run.
+
+    Args:
+        learner: the meta-learner (a MetaLearner, or anything with `meta_loss`).
+        train_tasks: the training task source (a sampler with `sample(T)`).
+        loss_fn: loss_fn(output, y) -> scalar.
+        metric: "accuracy" or "mse", the evaluation's score.
+        optimizer: a torch optimizer over learner.parameters() (default Adam(lr=meta_lr)).
+        meta_lr: the default optimizer's learning rate.
+        meta_batch: tasks per meta-step.
+        iterations: meta-steps in all.
+        eval_tasks: the task source of the periodic evaluation (None: no evaluation).
+        eval_every: iterations between evaluations (also at the end).
+        eval_num_tasks: the fixed tasks each evaluation scores.
+        eval_steps: the inner steps at evaluation (default: the learner's).
+        eval_batch: tasks adapted at once in evaluation.
+        run_dir: where checkpoint.pt, metrics.jsonl, train.csv, eval.csv and config.json go (None: nowhere).
+        checkpoint_every: iterations between checkpoints (default eval_every; always at the end).
+        log_every: iterations averaged into one "train" record.
+        config: saved with each checkpoint.
+        progress: show a tqdm bar.
+        tensorboard: also log to run_dir/tensorboard (the tensorboard extra).
+        grad_clip: clip the meta-gradient's global norm to this.
+        device: where the tasks are moved.
+        epoch_length: iterations per "epoch" for learners with a schedule (`set_iteration(epoch)`:
+            MAML++ anneals its multi-step loss and derivative order over epochs of 500 iterations).
+        dist: a fastmaml.distributed.DistContext (default: distributed.current()): each rank
+            meta-trains on its slice of every meta-batch, the meta-gradients are all-reduced, rank 0
+            alone logs, evaluates and writes checkpoints.
     """
 
     def __init__(self, learner: nn.Module, train_tasks, loss_fn: Callable, *, metric: str = "accuracy",

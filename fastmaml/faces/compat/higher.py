@@ -1,4 +1,4 @@
-"""higher-shaped `innerloop_ctx` on fastmaml's fused inner update.
+"""higher-shaped `innerloop_ctx` on fastmaml's fused inner update. ::
 
     import fastmaml.compat.higher as higher           # was: import higher
     inner_opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -132,7 +132,15 @@ def _patched_class(cls: type) -> type:
 def monkeypatch(module: nn.Module, device: torch.device | None = None, copy_initial_weights: bool = True,
                 track_higher_grads: bool = True) -> nn.Module:
     """higher.monkeypatch: a functional copy of `module` whose forward runs with its own fast
-    weights (`fmodel.parameters()`, `fmodel.update_params(...)`, `fmodel(x, params=...)`)."""
+    weights (`fmodel.parameters()`, `fmodel.update_params(...)`, `fmodel(x, params=...)`).
+
+    Args:
+        module: the model to copy.
+        device: where the copy lives (None: as module).
+        copy_initial_weights: True: the fast weights start as detached copies; False: as the
+            module's own (MAML).
+        track_higher_grads: False: first-order steps, only the latest weights kept.
+    """
     if not isinstance(module, nn.Module):
         raise TypeError(f"monkeypatch: module must be an nn.Module, got {type(module).__name__}")
     if isinstance(module, _FastWeights):
@@ -156,7 +164,18 @@ def monkeypatch(module: nn.Module, device: torch.device | None = None, copy_init
 
 class DifferentiableOptimizer:
     """higher.optim.DifferentiableOptimizer: the inner optimizer's settings and state, stepped
-    functionally on the fast weights of `fmodel` (or on `params` passed to step)."""
+    functionally on the fast weights of `fmodel` (or on `params` passed to step).
+
+    Args:
+        other: the torch.optim.SGD the inner loop was written with (its groups and settings).
+        reference_params: the parameters `other` was built over, in order.
+        fmodel: the patched module whose fast weights `step` updates (None: pass `params` to step).
+        device: where the optimizer's state lives (None: with the parameters).
+        override: name -> value or per-group list overriding `other`'s settings (e.g. learned rate
+            tensors).
+        grad_callback: grads -> grads, applied before the update (e.g. clipping).
+        track_higher_grads: False: first-order steps (no graph through the gradients).
+    """
 
     def __init__(self, other: torch.optim.Optimizer, reference_params: Iterable[Tensor], fmodel=None,
                  device: torch.device | None = None, override: dict | None = None,
@@ -230,7 +249,18 @@ class DifferentiableOptimizer:
 class DifferentiableSGD(DifferentiableOptimizer):
     """torch.optim.SGD, differentiable: per group, g <- g + wd * p; buf <- g at the first step,
     then momentum * buf + (1 - dampening) * g; g <- g + momentum * buf (Nesterov) or buf; and
-    p <- p - lr * g for all parameters of all groups in one fastmaml.ops.update call."""
+    p <- p - lr * g for all parameters of all groups in one fastmaml.ops.update call.
+
+    Args:
+        other: the torch.optim.SGD the inner loop was written with (its groups and settings).
+        reference_params: the parameters `other` was built over, in order.
+        fmodel: the patched module whose fast weights `step` updates (None: pass `params` to step).
+        device: where the optimizer's state lives (None: with the parameters).
+        override: name -> value or per-group list overriding `other`'s settings (e.g. learned rate
+            tensors).
+        grad_callback: grads -> grads, applied before the update (e.g. clipping).
+        track_higher_grads: False: first-order steps (no graph through the gradients).
+    """
 
     def _update(self, params, grouped_grads):
         indices: list[int] = []
@@ -290,7 +320,17 @@ def get_diff_optim(opt: torch.optim.Optimizer, reference_params: Iterable[Tensor
                    device: torch.device | None = None, override: dict | None = None,
                    track_higher_grads: bool = True, **kwargs) -> DifferentiableOptimizer:
     """The differentiable twin of `opt`: torch.optim.SGD only (plain, momentum, Nesterov, weight
-    decay, per-group settings); anything else raises NotImplementedError naming what is supported."""
+    decay, per-group settings); anything else raises NotImplementedError naming what is supported.
+
+    Args:
+        opt: the torch.optim.SGD the inner loop was written with (its groups and settings).
+        reference_params: the parameters `other` was built over, in order.
+        fmodel: the patched module whose fast weights `step` updates (None: pass `params` to step).
+        device: where the optimizer's state lives (None: with the parameters).
+        override: name -> value or per-group list overriding `other`'s settings (e.g. learned rate
+            tensors).
+        track_higher_grads: False: first-order steps (no graph through the gradients).
+    """
     if type(opt) not in SUPPORTED_OPTIMIZERS:
         raise NotImplementedError(
             f"fastmaml.compat.higher supports the inner optimizer torch.optim.SGD (plain, momentum, dampening, "
@@ -315,7 +355,18 @@ def innerloop_ctx(model: nn.Module, opt: torch.optim.Optimizer, device: torch.de
                   copy_initial_weights: bool = True, override: dict | None = None,
                   track_higher_grads: bool = True):
     """Yields (fmodel, diffopt): a functional copy of `model` and the differentiable twin of the
-    SGD optimizer `opt`. See the module docstring for copy_initial_weights' semantics."""
+    SGD optimizer `opt`. See the module docstring for copy_initial_weights' semantics.
+
+    Args:
+        model: the model to adapt.
+        opt: the inner optimizer (torch.optim.SGD).
+        device: where fmodel and the state live (None: as model).
+        copy_initial_weights: True (higher's default): start from detached copies; pass False for
+            MAML.
+        override: name -> value or per-group list overriding `other`'s settings (e.g. learned rate
+            tensors).
+        track_higher_grads: False: first-order steps (no graph through the gradients).
+    """
     fmodel = monkeypatch(model, device, copy_initial_weights=copy_initial_weights,
                          track_higher_grads=track_higher_grads)
     diffopt = get_diff_optim(opt, model.parameters(), fmodel=fmodel, device=device, override=override,

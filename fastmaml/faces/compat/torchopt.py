@@ -1,4 +1,4 @@
-"""TorchOpt-shaped MetaSGD, extract_state_dict and recover_state_dict on fastmaml's fused update.
+"""TorchOpt-shaped MetaSGD, extract_state_dict and recover_state_dict on fastmaml's fused update. ::
 
     import fastmaml.compat.torchopt as torchopt       # was: import torchopt
     inner_opt = torchopt.MetaSGD(net, lr=0.1)
@@ -49,7 +49,14 @@ _PROVIDED = ", ".join(__all__)
 
 class ModuleState(NamedTuple):
     """The tensors of a module as extract_state_dict takes them: one dict per submodule's
-    `_parameters` (and `_buffers`) that has entries."""
+    `_parameters` (and `_buffers`) that has entries.
+
+    Attributes:
+        params: one dict of parameters per submodule.
+        buffers: one dict of buffers per submodule.
+        visual_contents: TorchOpt's visualisation names, or None.
+        detach_buffers: whether the buffers were detached.
+    """
 
     params: tuple[dict, ...]
     buffers: tuple[dict, ...]
@@ -59,7 +66,12 @@ class ModuleState(NamedTuple):
 
 class SGDState(NamedTuple):
     """One parameter group's state: the momentum trace (one tensor per parameter slot, None
-    without momentum or before the first step) and the number of steps taken (for a schedule)."""
+    without momentum or before the first step) and the number of steps taken (for a schedule).
+
+    Attributes:
+        trace: the momentum trace, one tensor per parameter slot (None before the first step).
+        count: the steps taken.
+    """
 
     trace: tuple[Tensor | None, ...] | None
     count: int
@@ -67,7 +79,12 @@ class SGDState(NamedTuple):
 
 def extract_module_containers(module: nn.Module, with_buffers: bool = True) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
     """The `_parameters` (and `_buffers`) dicts themselves of module and its submodules (each
-    submodule once), those with entries: writing into them changes the module."""
+    submodule once), those with entries: writing into them changes the module.
+
+    Args:
+        module: the module.
+        with_buffers: also the `_buffers` dicts.
+    """
     if not isinstance(module, nn.Module):
         raise RuntimeError(f"Unexpected class of {module}")
     params: list[dict] = []
@@ -82,7 +99,11 @@ def extract_module_containers(module: nn.Module, with_buffers: bool = True) -> t
 
 class MetaOptimizer:
     """TorchOpt's MetaOptimizer: holds the parameter dicts of one module per group and steps them
-    functionally."""
+    functionally.
+
+    Args:
+        module: the module whose parameters the optimizer steps.
+    """
 
     def __init__(self, module: nn.Module):
         if not isinstance(module, nn.Module):
@@ -129,7 +150,18 @@ class MetaOptimizer:
 
 class MetaSGD(MetaOptimizer):
     """torchopt.MetaSGD(module, lr, momentum=0.0, weight_decay=0.0, dampening=0.0,
-    nesterov=False, moment_requires_grad=True, maximize=False)."""
+    nesterov=False, moment_requires_grad=True, maximize=False).
+
+    Args:
+        module: the module whose parameters are stepped differentiably.
+        lr: the learning rate, or a schedule count -> rate.
+        momentum: the momentum factor.
+        weight_decay: L2 penalty added to the gradient.
+        dampening: momentum dampening.
+        nesterov: Nesterov momentum.
+        moment_requires_grad: whether the momentum trace stays in the graph.
+        maximize: ascend instead of descend.
+    """
 
     def __init__(self, module: nn.Module, lr: float | Callable, momentum: float = 0.0, weight_decay: float = 0.0,
                  dampening: float = 0.0, nesterov: bool = False, moment_requires_grad: bool = True,
@@ -215,7 +247,17 @@ def extract_state_dict(target, *, by: str = "reference", device=None, with_buffe
                        detach_buffers: bool = False, enable_visual: bool = False, visual_prefix: str = ""):
     """The tensors of a module (a ModuleState) or the state of a MetaOptimizer, by "reference"
     (the tensors themselves), "copy" (clones, still in the graph) or "deepcopy" (detached
-    clones); detach_buffers=True takes buffers as detached clones whatever `by` says."""
+    clones); detach_buffers=True takes buffers as detached clones whatever `by` says.
+
+    Args:
+        target: a module or a MetaOptimizer.
+        by: "reference", "copy" or "deepcopy" (detached copies).
+        device: where copies go (None: as they are).
+        with_buffers: also the buffers (modules).
+        detach_buffers: detach the buffers taken by reference.
+        enable_visual: record names for TorchOpt's visualisation.
+        visual_prefix: the prefix of those names.
+    """
     replicate, clone_detach_ = _replicator(by, device)
     if isinstance(target, nn.Module):
         params: list[dict] = []
@@ -243,7 +285,12 @@ def _map_state(state, fn):
 
 def recover_state_dict(target, state) -> None:
     """Put back what extract_state_dict took: a module's parameters (and buffers, as fresh
-    detached clones if they were extracted with detach_buffers=True), or a MetaOptimizer's state."""
+    detached clones if they were extracted with detach_buffers=True), or a MetaOptimizer's state.
+
+    Args:
+        target: the module or MetaOptimizer the state came from.
+        state: what extract_state_dict returned.
+    """
     if isinstance(target, nn.Module):
         if not isinstance(state, ModuleState):
             raise TypeError(f"recover_state_dict: a module needs a ModuleState, got {type(state).__name__}")

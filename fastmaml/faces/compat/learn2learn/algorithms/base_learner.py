@@ -6,7 +6,11 @@ from torch import nn
 
 
 class BaseLearner(nn.Module):
-    """learn2learn's BaseLearner: wraps `self.module`, forwards calls and unknown attributes to it."""
+    """learn2learn's BaseLearner: wraps `self.module`, forwards calls and unknown attributes to it.
+
+    Args:
+        module: the wrapped module.
+    """
 
     def __init__(self, module: nn.Module | None = None):
         super().__init__()

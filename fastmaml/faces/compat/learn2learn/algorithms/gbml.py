@@ -13,7 +13,18 @@ class GBML(nn.Module):
     """Wraps `module`; `adapt(loss)` takes p <- p - lr * T(dloss/dp), where T is the module that
     `transform(p)` built for each parameter (a ParameterUpdate). With adapt_transform=True the
     transform's own parameters also take an SGD step on the next `adapt`'s loss (Alpha-MAML style);
-    Meta-SGD is `transform=lambda p: l2l.nn.Scale(p.shape)`. The steps run on fastmaml.ops.update."""
+    Meta-SGD is `transform=lambda p: l2l.nn.Scale(p.shape)`. The steps run on fastmaml.ops.update.
+
+    Args:
+        module: the model to adapt.
+        transform: a callable param -> nn.Module transforming that parameter's gradient (e.g.
+            ModuleTransform).
+        lr: the inner learning rate.
+        adapt_transform: whether the transforms are adapted too.
+        first_order: no graph through the inner gradients.
+        allow_unused: parameters without a gradient are allowed.
+        allow_nograd: parameters with requires_grad=False are skipped.
+    """
 
     def __init__(self, module: nn.Module, transform, lr: float = 1.0, adapt_transform: bool = False,
                  first_order: bool = False, allow_unused: bool = False, allow_nograd: bool = False, **kwargs):

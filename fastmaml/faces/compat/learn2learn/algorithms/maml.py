@@ -37,7 +37,15 @@ __all__ = ["MAML", "maml_update"]
 class MAML(BaseLearner):
     """learn2learn.algorithms.MAML: `clone()` gives a learner whose parameters start as the
     meta-parameters; `learner.adapt(loss)` takes one SGD step p <- p - lr * dloss/dp on them
-    (differentiably unless first_order), through one fastmaml.ops.update call."""
+    (differentiably unless first_order), through one fastmaml.ops.update call.
+
+    Args:
+        model: the model to adapt.
+        lr: the inner learning rate (a number or tensor).
+        first_order: no graph through the inner gradients.
+        allow_unused: parameters without a gradient are allowed (None: as allow_nograd).
+        allow_nograd: parameters with requires_grad=False are skipped.
+    """
 
     def __init__(self, model: nn.Module, lr, first_order: bool = False, allow_unused: bool | None = None,
                  allow_nograd: bool = False):
@@ -85,7 +93,14 @@ def maml_update(model: nn.Module, lr, grads: list[Tensor | None] | None = None) 
     """learn2learn's maml_update: p <- p - lr * g for every parameter of `model` with a gradient
     in `grads` (one per parameter, None to skip), through one fastmaml.ops.update call; the slots
     get new tensors (differentiable), the model object is updated and returned. Without `grads`,
-    the parameters' `.update` attributes are applied (update_module)."""
+    the parameters' `.update` attributes are applied (update_module).
+
+    Args:
+        model: the (cloned) model to update in place.
+        lr: the learning rate.
+        grads: one gradient (or None) per parameter, in parameters() order; None: each parameter's
+            `.update`.
+    """
     if grads is None:
         return update_module(model)
     slots = FastSlots.of(model)

@@ -17,7 +17,13 @@ __all__ = ["MetaSGD", "meta_sgd_update"]
 def meta_sgd_update(model: nn.Module, lrs=None, grads=None) -> nn.Module:
     """learn2learn's meta_sgd_update: p <- p - lr * g with one rate tensor per parameter of
     `model`, in one fastmaml.ops.update call ("scaled" form); a parameter whose gradient is None
-    keeps its tensor. Returns `model`, whose slots now hold the new tensors."""
+    keeps its tensor. Returns `model`, whose slots now hold the new tensors.
+
+    Args:
+        model: the (cloned) model to update in place.
+        lrs: one rate tensor per parameter.
+        grads: one gradient per parameter, in parameters() order.
+    """
     if grads is None or lrs is None:
         return model
     slots = FastSlots.of(model)
@@ -36,7 +42,14 @@ def meta_sgd_update(model: nn.Module, lrs=None, grads=None) -> nn.Module:
 class MetaSGD(BaseLearner):
     """learn2learn.algorithms.MetaSGD: a learned per-element rate for every parameter (`lrs`,
     initialised to `lr`); `adapt` takes p <- p - lrs * dloss/dp in one fastmaml.ops.update call
-    (the "scaled" form), differentiable in both p and lrs."""
+    (the "scaled" form), differentiable in both p and lrs.
+
+    Args:
+        model: the model to adapt.
+        lr: the initial value of every learned rate.
+        first_order: no graph through the inner gradients.
+        lrs: the initial rate tensors, one per parameter (None: lr everywhere).
+    """
 
     def __init__(self, model: nn.Module, lr: float = 1.0, first_order: bool = False, lrs=None):
         super().__init__()

@@ -25,7 +25,13 @@ def _label_tensor(dataset: Dataset):
 class MetaDataset(Dataset):
     """Wraps a dataset of (data, label) items and keeps `labels_to_indices`,
     `indices_to_labels` and `labels` for the task transforms. The bookkeeping comes from the given
-    dicts, else from the dataset's label tensor (see _label_tensor), else from reading every item."""
+    dicts, else from the dataset's label tensor (see _label_tensor), else from reading every item.
+
+    Args:
+        dataset: a dataset of (data, label) items.
+        labels_to_indices: label -> item indices, if known (saves a pass over the data).
+        indices_to_labels: item index -> label, if known.
+    """
 
     def __init__(self, dataset: Dataset, labels_to_indices: dict | None = None,
                  indices_to_labels: dict | None = None):
@@ -71,7 +77,12 @@ class MetaDataset(Dataset):
 
 
 class FilteredMetaDataset(MetaDataset):
-    """The items of `dataset` whose label is in `labels`, re-indexed from 0."""
+    """The items of `dataset` whose label is in `labels`, re-indexed from 0.
+
+    Args:
+        dataset: a MetaDataset (or dataset of (data, label) items).
+        labels: the labels to keep.
+    """
 
     def __init__(self, dataset: Dataset, labels):
         if not isinstance(dataset, MetaDataset):

@@ -21,7 +21,11 @@ __all__ = ["DataDescription", "TaskDataset", "Taskset"]
 
 
 class DataDescription:
-    """One item of a task: its index in the dataset and the transforms to load it with."""
+    """One item of a task: its index in the dataset and the transforms to load it with.
+
+    Args:
+        index: the item's index in the dataset.
+    """
 
     __slots__ = ("index", "transforms")
 
@@ -33,7 +37,15 @@ class DataDescription:
 class Taskset:
     """Tasks over `dataset`: `sample()` draws one; with num_tasks > 0, `taskset[i]` is task i,
     drawn once and then fixed (its description, transforms included, is kept), and iteration yields the
-    num_tasks tasks; with num_tasks=-1 every access draws a new one."""
+    num_tasks tasks; with num_tasks=-1 every access draws a new one.
+
+    Args:
+        dataset: a MetaDataset.
+        task_transforms: the task transforms (NWays, KShots, LoadData, RemapLabels, ...), applied in
+            order.
+        num_tasks: > 0: a fixed set of tasks, `taskset[i]` is task i; -1: a new task every draw.
+        task_collate: collates a task's items (None: stack data and labels).
+    """
 
     def __init__(self, dataset: Dataset, task_transforms=None, num_tasks: int = -1, task_collate=None):
         if not isinstance(dataset, MetaDataset):

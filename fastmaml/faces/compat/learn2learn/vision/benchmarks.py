@@ -1,4 +1,4 @@
-"""learn2learn.vision.benchmarks: get_tasksets(name, ...) -> (train, validation, test) Tasksets.
+"""learn2learn.vision.benchmarks: get_tasksets(name, ...) -> (train, validation, test) Tasksets. ::
 
     "omniglot"       fastmaml's Omniglot loader on `root` (the official full sets, or the two small
                      background splits); characters split at random (`random.shuffle`) in
@@ -31,6 +31,13 @@ from fastmaml.faces.compat.learn2learn.vision.transforms import RandomClassRotat
 __all__ = ["BenchmarkTasksets", "get_tasksets", "list_tasksets"]
 
 BenchmarkTasksets = namedtuple("BenchmarkTasksets", ("train", "validation", "test"))
+BenchmarkTasksets.__doc__ = """The (train, validation, test) Tasksets of a benchmark, as `get_tasksets` returns them.
+
+Attributes:
+    train: the training Taskset.
+    validation: the validation Taskset.
+    test: the test Taskset.
+"""
 
 NOT_SHIPPED = ("tiered-imagenet", "fc100", "cifarfs")
 
@@ -88,7 +95,19 @@ def get_tasksets(name: str, train_ways: int = 5, train_samples: int = 10, test_w
     """(train, validation, test) Tasksets of `name`: tasks of `*_ways` classes with `*_samples`
     images each (the caller splits them into adaptation and evaluation halves), `num_tasks`
     fixed tasks per set or -1 for a fresh task on every draw, data read from `root`, tensors on
-    `device` if given."""
+    `device` if given.
+
+    Args:
+        name: the benchmark: "omniglot" or "mini-imagenet" (see `list_tasksets`).
+        train_ways: classes per training task.
+        train_samples: examples per class in a training task (support + query).
+        test_ways: classes per validation/test task.
+        test_samples: examples per class in a validation/test task.
+        num_tasks: > 0: a fixed set of tasks per split; -1: new tasks every draw.
+        root: where the data are (Omniglot: fastmaml's data folder; mini-ImageNet: learn2learn's
+            cache files).
+        device: where the data are loaded to (None: the CPU).
+    """
     if name in NOT_SHIPPED:
         raise ValueError(f"get_tasksets({name!r}): fastmaml.compat.learn2learn has no loader for {name}; build the "
                          "tasksets from your own copy with l2l.data.MetaDataset(dataset) and l2l.data.Taskset(meta, "

@@ -17,7 +17,11 @@ __all__ = ["CNN4", "CNN4Backbone", "ConvBase", "ConvBlock", "LinearBlock", "Mini
 
 
 def fc_init_(module: nn.Module) -> nn.Module:
-    """Weights from a normal of std 0.01 truncated at 2 std, bias 0 (in place)."""
+    """Weights from a normal of std 0.01 truncated at 2 std, bias 0 (in place).
+
+    Args:
+        module: an nn.Linear (or any module with weight and bias).
+    """
     if getattr(module, "weight", None) is not None:
         nn.init.trunc_normal_(module.weight.data, mean=0.0, std=0.01, a=-0.02, b=0.02)
     if getattr(module, "bias", None) is not None:
@@ -26,13 +30,23 @@ def fc_init_(module: nn.Module) -> nn.Module:
 
 
 def maml_init_(module: nn.Module) -> nn.Module:
-    """Xavier-uniform weights, bias 0 (in place), as in the MAML code."""
+    """Xavier-uniform weights, bias 0 (in place), as in the MAML code.
+
+    Args:
+        module: a conv or linear module.
+    """
     nn.init.xavier_uniform_(module.weight.data, gain=1.0)
     nn.init.zeros_(module.bias.data)
     return module
 
 
 class LinearBlock(nn.Module):
+    """Linear, BatchNorm, ReLU (learn2learn's LinearBlock).
+
+    Args:
+        input_size: input features.
+        output_size: output features.
+    """
     def __init__(self, input_size: int, output_size: int):
         super().__init__()
         self.relu = nn.ReLU()
@@ -46,7 +60,15 @@ class LinearBlock(nn.Module):
 
 class ConvBlock(nn.Module):
     """conv (padding 1), BatchNorm, ReLU, then a max-pool of 2 * max_pool_factor, or, without
-    max_pool, a conv of that stride instead."""
+    max_pool, a conv of that stride instead.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: the conv kernel size.
+        max_pool: max-pool (False: stride 2 convolution).
+        max_pool_factor: scales the pool size.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, max_pool: bool = True,
                  max_pool_factor: float = 1.0):
@@ -64,6 +86,15 @@ class ConvBlock(nn.Module):
 
 
 class ConvBase(nn.Sequential):
+    """A stack of ConvBlocks (learn2learn's ConvBase).
+
+    Args:
+        hidden: channels of every block.
+        channels: input channels.
+        max_pool: max-pool in each block (False: stride 2 convolutions).
+        layers: the number of blocks.
+        max_pool_factor: scales the pool size.
+    """
     def __init__(self, hidden: int = 64, channels: int = 1, max_pool: bool = False, layers: int = 4,
                  max_pool_factor: float = 1.0):
         blocks = [ConvBlock(channels if i == 0 else hidden, hidden, (3, 3), max_pool, max_pool_factor)
@@ -72,6 +103,13 @@ class ConvBase(nn.Sequential):
 
 
 class OmniglotFC(nn.Module):
+    """The fully connected Omniglot network of the MAML paper (learn2learn's OmniglotFC).
+
+    Args:
+        input_size: input features (e.g. 28 * 28).
+        output_size: the number of classes.
+        sizes: the hidden widths (default [256, 128, 64, 64]).
+    """
     def __init__(self, input_size: int, output_size: int, sizes=None):
         super().__init__()
         sizes = [256, 128, 64, 64] if sizes is None else list(sizes)
@@ -85,7 +123,13 @@ class OmniglotFC(nn.Module):
 
 
 class OmniglotCNN(nn.Module):
-    """For 1x28x28 inputs (any input is viewed as [-1, 1, 28, 28])."""
+    """For 1x28x28 inputs (any input is viewed as [-1, 1, 28, 28]).
+
+    Args:
+        output_size: the number of classes.
+        hidden_size: channels of every conv block.
+        layers: the number of blocks.
+    """
 
     def __init__(self, output_size: int = 5, hidden_size: int = 64, layers: int = 4):
         super().__init__()
@@ -103,6 +147,15 @@ class OmniglotCNN(nn.Module):
 
 
 class CNN4Backbone(ConvBase):
+    """The conv blocks of CNN4, without the classifier.
+
+    Args:
+        hidden_size: channels of every conv block.
+        layers: the number of conv blocks.
+        channels: input channels.
+        max_pool: max-pool in each block (False: stride 2 convolutions).
+        max_pool_factor: scales the pool size (None: 4 / layers).
+    """
     def __init__(self, hidden_size: int = 64, layers: int = 4, channels: int = 3, max_pool: bool = True,
                  max_pool_factor: float | None = None):
         super().__init__(hidden=hidden_size, layers=layers, channels=channels, max_pool=max_pool,
@@ -113,7 +166,16 @@ class CNN4Backbone(ConvBase):
 
 
 class CNN4(nn.Module):
-    """For 3x84x84 inputs; `embedding_size` defaults to 25 * hidden_size (84 -> 5 after 4 pools)."""
+    """For 3x84x84 inputs; `embedding_size` defaults to 25 * hidden_size (84 -> 5 after 4 pools).
+
+    Args:
+        output_size: the number of classes.
+        hidden_size: channels of every conv block.
+        layers: the number of conv blocks.
+        channels: input channels.
+        max_pool: max-pool in each block (False: stride 2 convolutions).
+        embedding_size: the flattened feature size before the classifier (default 25 * hidden_size).
+    """
 
     def __init__(self, output_size: int, hidden_size: int = 64, layers: int = 4, channels: int = 3,
                  max_pool: bool = True, embedding_size: int | None = None):
