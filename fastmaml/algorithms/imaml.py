@@ -32,9 +32,11 @@ from fastmaml.functional import LossFn, Params
 from fastmaml.secondorder.cg import ON_FAIL, CGReport, batched_cg
 from fastmaml.secondorder.hvp import hvp_and_grad
 
-# The defaults, chosen from the sweep of docs/imaml.md ("Defaults"): CG converges on >= 90% of sine
-# and Conv-4 Omniglot tasks at initialisation and during training.
-LAM, INNER_LR, INNER_STEPS, CG_STEPS, CG_DAMPING, INNER_TOL = 20.0, 0.01, 30, 10, 0.0, 0.25
+# The defaults, chosen from the sweeps of docs/imaml.md ("Defaults"), per kind of model: CG converges on
+# >= 90% of the tasks at initialisation and during meta-training, on the sine MLP ("mlp") and on Conv-4
+# on Omniglot ("conv": a model with a convolution). `IMAML.defaults_for(model)` says which applies.
+INNER_LR, INNER_STEPS, CG_STEPS, INNER_TOL = 0.01, 30, 10, 0.25
+DEFAULTS = {"mlp": {"lam": 20.0, "cg_damping": 0.0}, "conv": {"lam": 5.0, "cg_damping": 5.0}}
 
 
 @dataclass
@@ -58,10 +60,15 @@ class InnerReport:
 
 
 class IMAML(MetaLearner):
-    """`IMAML(model, lam=LAM, inner_lr=INNER_LR, inner_steps=INNER_STEPS, inner_optimizer=None,
-    cg_steps=CG_STEPS, cg_tol=1e-3, cg_damping=CG_DAMPING, adapt_names=None, batching="auto",
+    """`IMAML(model, lam=None, inner_lr=INNER_LR, inner_steps=INNER_STEPS, inner_optimizer=None,
+    cg_steps=CG_STEPS, cg_tol=1e-3, cg_damping=None, adapt_names=None, batching="auto",
     hvp_method="auto", on_cg_fail="warn", inner_optimizer_kwargs=None, inner_tol=INNER_TOL,
     on_inner_fail="warn")` (the defaults: docs/imaml.md, "Defaults").
+
+    lam and cg_damping left at None take the defaults for the model (`IMAML.defaults_for(model)`):
+    lam 20 and no damping for a model without convolutions (the sine MLP); lam 5 and damping 5 for
+    a model with one (Conv-4 on Omniglot), whose support Hessian at initialisation has eigenvalues
+    near -250 that only damping (or a lam that stops adaptation) keeps CG positive definite against.
 
     inner_optimizer: None for gradient descent with `inner_lr` through the fused update
     (fastmaml.ops.update_); a torch.optim.Optimizer class, built as `cls(params, lr=inner_lr,
@@ -71,7 +78,8 @@ class IMAML(MetaLearner):
     optimizer (SGD, momentum, Adam, RMSprop, ...) keeps the tasks independent (LBFGS would not).
 
     cg_steps, cg_tol, cg_damping: the CG budget, relative residual tolerance and damping of
-    ((1 + damping) I + H / lam) x = grad L_query. `last_cg_report` holds the last solve's
+    ((1 + damping) I + H / lam) x = grad L_query (as the iMAML reference code's cg_damping: the solution
+    is 1 / (1 + damping) times the implicit gradient of lam (1 + damping), at the inner solution of lam). `last_cg_report` holds the last solve's
     per-task report (fastmaml.CGReport); tasks missing the tolerance warn (on_cg_fail="warn"),
     raise ("raise") or are only reported ("ignore").
 
@@ -80,11 +88,14 @@ class IMAML(MetaLearner):
     to ||grad L_support(theta)||, and tasks above inner_tol warn / raise / pass per on_inner_fail."""
     cli_name, paper = "imaml", "Rajeswaran et al. 2019"  # fastmaml train --algo imaml
 
-    def __init__(self, model, lam: float = LAM, inner_lr: float = INNER_LR, inner_steps: int = INNER_STEPS,
-                 inner_optimizer=None, cg_steps: int = CG_STEPS, cg_tol: float = 1e-3, cg_damping: float = CG_DAMPING,
+    def __init__(self, model, lam: float | None = None, inner_lr: float = INNER_LR, inner_steps: int = INNER_STEPS,
+                 inner_optimizer=None, cg_steps: int = CG_STEPS, cg_tol: float = 1e-3, cg_damping: float | None = None,
                  adapt_names=None, batching: str = "auto", hvp_method: str = "auto", on_cg_fail: str = "warn",
                  inner_optimizer_kwargs: dict | None = None, inner_tol: float = INNER_TOL, on_inner_fail: str = "warn"):
         super().__init__(model, inner_lr, inner_steps, False, adapt_names, batching, hvp_method=hvp_method)
+        defaults = self.defaults_for(model)
+        lam = defaults["lam"] if lam is None else lam
+        cg_damping = defaults["cg_damping"] if cg_damping is None else cg_damping
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0 or lam == float("inf"):
             raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
         if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 0:
@@ -106,6 +117,13 @@ class IMAML(MetaLearner):
         self.inner_tol, self.on_inner_fail = float(inner_tol), on_inner_fail
         self.last_cg_report: CGReport | None = None
         self.last_inner_report: InnerReport | None = None
+
+    @staticmethod
+    def defaults_for(model) -> dict:
+        """The defaults of lam and cg_damping for `model`: DEFAULTS["conv"] if it has a convolution,
+        else DEFAULTS["mlp"]."""
+        conv = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
+        return dict(DEFAULTS["conv" if conv else "mlp"])
 
     # ---- the proximal inner problem, all tasks at once -------------------------------------
     def _make_optimizer(self, tensors: list[Tensor]):
