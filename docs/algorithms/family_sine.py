@@ -23,12 +23,27 @@ import torch.nn.functional as F
 import fastmaml
 from fastmaml.tasks.sine import SineTasks, sine_mlp
 
+
+class ALFAAllSteps(fastmaml.ALFA):
+    """ALFA trained on the query loss after every inner step, uniformly weighted (MAML++'s multi-step
+    loss without its annealing): the 5-step recipe whose first step must also do well. Evaluation
+    (`every_step = False`) scores the last step only, as for every other algorithm."""
+    every_step = True
+
+    def task_loss(self, trajectory, query_x, query_y, loss_fn, buffers):
+        if not self.every_step:
+            return super().task_loss(trajectory, query_x, query_y, loss_fn, buffers)
+        return sum(self.query_loss(p, query_x, query_y, loss_fn, buffers, None) for p in trajectory[1:]) / (len(trajectory) - 1)
+
+
 # algo -> (constructor, Adam rate, rate of the slow group, slow group)
 RECIPES = {  # constructors of (model, inner steps)
     "maml": (lambda m, k: fastmaml.MAML(m, 0.01, k, batching="vmap"), 3e-3, None, lambda a: []),
     "l2f": (lambda m, k: fastmaml.L2F(m, 0.01, k, batching="vmap"), 3e-3, None, lambda a: []),
     "alfa": (lambda m, k: fastmaml.ALFA(m, 0.01, k, batching="vmap"), 3e-3, 3e-4,
              lambda a: [*a.generator.parameters(), a.alpha0, a.beta0]),
+    "alfa-msl": (lambda m, k: ALFAAllSteps(m, 0.01, k, batching="vmap"), 3e-3, 3e-4,
+                 lambda a: [*a.generator.parameters(), a.alpha0, a.beta0]),
     "mtnet": (lambda m, k: fastmaml.MTNet(m, 0.01, k, mask="sampled", batching="vmap"), 3e-3, 3e-4,
               lambda a: [*(dict(a.module.named_parameters())[n] for n in a.transform_names), *a.mask_logits.values()]),
     "warpgrad": (lambda m, k: fastmaml.WarpGrad(m, 0.01, k, batching="vmap", buffer_size=100), 3e-3, 1e-3,
@@ -38,6 +53,7 @@ RECIPES = {  # constructors of (model, inner steps)
 
 def query_mse(learner, ev, steps):
     saved, learner.inner_steps = learner.inner_steps, steps
+    learner.every_step = False  # ALFAAllSteps: the loss after the last step
     try:
         if steps == 0:
             with torch.no_grad():

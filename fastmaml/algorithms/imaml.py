@@ -32,9 +32,11 @@ from fastmaml.functional import LossFn, Params
 from fastmaml.secondorder.cg import ON_FAIL, CGReport, batched_cg
 from fastmaml.secondorder.hvp import hvp_and_grad
 
-# The defaults, chosen from the sweep of docs/imaml.md ("Defaults"): CG converges on >= 90% of sine
-# and Conv-4 Omniglot tasks at initialisation and during training.
-LAM, INNER_LR, INNER_STEPS, CG_STEPS, CG_DAMPING, INNER_TOL = 20.0, 0.01, 30, 10, 0.0, 0.25
+# The defaults, chosen from the sweeps of docs/imaml.md ("Defaults"), per kind of model: CG converges on
+# >= 90% of the tasks at initialisation and during meta-training, on the sine MLP ("mlp") and on Conv-4
+# on Omniglot ("conv": a model with a convolution). `IMAML.defaults_for(model)` says which applies.
+INNER_LR, INNER_STEPS, CG_STEPS, INNER_TOL = 0.01, 30, 10, 0.25
+DEFAULTS = {"mlp": {"lam": 20.0, "cg_damping": 0.0}, "conv": {"lam": 5.0, "cg_damping": 5.0}}
 
 
 @dataclass
@@ -60,7 +62,11 @@ class InnerReport:
 class IMAML(MetaLearner):
     """iMAML: implicit meta-gradients through a proximal inner problem solved by batched CG.
 
-    The defaults come from the sweep of docs/imaml.md ("Defaults"). The inner optimizer steps the
+    The defaults come from the sweep of docs/imaml.md ("Defaults"). lam and cg_damping left at None
+    take the defaults for the model (`IMAML.defaults_for(model)`): lam 20 and no damping for a model
+    without convolutions (the sine MLP); lam 5 and damping 5 for a model with one (Conv-4 on
+    Omniglot), whose support Hessian at initialisation has eigenvalues near -250 that only damping
+    (or a lam that stops adaptation) keeps CG positive definite against. The inner optimizer steps the
     adapted parameters of all tasks at once, stacked on a task dimension, on the sum over tasks of the
     proximal support losses, so each task's slice sees its own gradient: any elementwise optimizer (SGD,
     momentum, Adam, RMSprop, ...) keeps the tasks independent (LBFGS would not). `last_cg_report`
@@ -69,7 +75,7 @@ class IMAML(MetaLearner):
 
     Args:
         model: the network whose parameters are meta-learned.
-        lam: the proximal regularisation lambda, a finite number > 0.
+        lam: the proximal regularisation lambda, a finite number > 0; None: the model's default.
         inner_lr: the inner learning rate.
         inner_steps: the number of inner steps per task.
         inner_optimizer: None for gradient descent with `inner_lr` through the fused update; a
@@ -77,7 +83,9 @@ class IMAML(MetaLearner):
             or a callable `params -> optimizer`.
         cg_steps: the CG budget for ((1 + damping) I + H / lam) x = grad L_query.
         cg_tol: CG's relative residual tolerance.
-        cg_damping: CG's damping.
+        cg_damping: CG's damping, as the iMAML reference code's: the solution is 1 / (1 + damping)
+            times the implicit gradient of lam (1 + damping), at the inner solution of lam; None: the
+            model's default.
         adapt_names: the names (or patterns) of the adapted parameters; None: all.
         batching: "auto", "vmap" or "loop" (how the per-task gradients run).
         hvp_method: how Hessian-vector products are computed (`fastmaml.secondorder.hvp.METHODS`).
@@ -88,12 +96,15 @@ class IMAML(MetaLearner):
     """
     cli_name, paper = "imaml", "Rajeswaran et al. 2019"  # fastmaml train --algo imaml
 
-    def __init__(self, model, lam: float = LAM, inner_lr: float = INNER_LR, inner_steps: int = INNER_STEPS,
-                 inner_optimizer=None, cg_steps: int = CG_STEPS, cg_tol: float = 1e-3, cg_damping: float = CG_DAMPING,
+    def __init__(self, model, lam: float | None = None, inner_lr: float = INNER_LR, inner_steps: int = INNER_STEPS,
+                 inner_optimizer=None, cg_steps: int = CG_STEPS, cg_tol: float = 1e-3, cg_damping: float | None = None,
                  adapt_names=None, batching: str = "auto", hvp_method: str = "auto", on_cg_fail: str = "warn",
                  inner_optimizer_kwargs: dict | None = None, inner_tol: float = INNER_TOL, on_inner_fail: str = "warn"):
         """Build the learner (the arguments: see the class docstring)."""
         super().__init__(model, inner_lr, inner_steps, False, adapt_names, batching, hvp_method=hvp_method)
+        defaults = self.defaults_for(model)
+        lam = defaults["lam"] if lam is None else lam
+        cg_damping = defaults["cg_damping"] if cg_damping is None else cg_damping
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0 or lam == float("inf"):
             raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
         if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 0:
@@ -115,6 +126,13 @@ class IMAML(MetaLearner):
         self.inner_tol, self.on_inner_fail = float(inner_tol), on_inner_fail
         self.last_cg_report: CGReport | None = None
         self.last_inner_report: InnerReport | None = None
+
+    @staticmethod
+    def defaults_for(model) -> dict:
+        """The defaults of lam and cg_damping for `model`: DEFAULTS["conv"] if it has a convolution,
+        else DEFAULTS["mlp"]."""
+        conv = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
+        return dict(DEFAULTS["conv" if conv else "mlp"])
 
     # ---- the proximal inner problem, all tasks at once -------------------------------------
     def _make_optimizer(self, tensors: list[Tensor]):

@@ -59,8 +59,10 @@ SINE_ALGO = {
     "mamlpp": {"inner_steps": 5, "eval_inner_steps": 5},         # Antoniou et al.: 5 steps, LSLR
     "warpgrad": {"inner_steps": 5, "eval_inner_steps": 5,
                  "grad_clip": 10.0},                             # unclipped, it diverged (docs/results.md)
-    "imaml": {"inner_steps": 10, "eval_inner_steps": 10},        # Rajeswaran et al.: 10+ steps, lam 1
+    "imaml": {"inner_steps": 30, "eval_inner_steps": 30},        # IMAML's defaults (docs/imaml.md)
 }
+# iMAML's inner loop on Conv-4: its own defaults (lam 5, CG damping 5, 30 steps of 0.01), not MAML's one step of 0.4.
+OMNIGLOT_ALGO = {"imaml": {"inner_lr": 0.01, "inner_steps": 30, "eval_inner_steps": 30}}
 # CAVIA's context: 4 numbers, concatenated to the sine MLP's input, or to the input of Conv-4's
 # linear head (the paper conditions Conv-4 by FiLM on a 100-number context; this is the simple form).
 CAVIA_CONTEXT = 4
@@ -81,6 +83,8 @@ def defaults(task: str, n_way: int | None = None, algo: str = "maml") -> dict[st
         cfg.update(REPTILE[task])
     elif task == "sine" and algo in SINE_ALGO:
         cfg.update(SINE_ALGO[algo])
+    elif task == "omniglot" and algo in OMNIGLOT_ALGO:
+        cfg.update(OMNIGLOT_ALGO[algo])
     cfg["algo"] = algo
     return cfg
 

@@ -9,7 +9,7 @@ from torch.func import functional_call
 from fastmaml.algorithms.imaml import IMAML
 from fastmaml.execution.taskmap import TaskMap
 from fastmaml.tasks.sine import SineTasks
-from tests.models import regression_tasks, tiny_mlp
+from tests.models import cnn_forward, image_tasks, regression_tasks, tiny_cnn, tiny_mlp
 
 
 def _dense_meta_grad(im, batch, lam):
@@ -130,6 +130,32 @@ def test_inner_report_is_the_proximal_gradient_norm():
     assert torch.equal(report.stationary, report.relative_residual <= im.inner_tol)
 
 
+def test_inner_report_on_a_batch_norm_cnn():
+    """The same residual on a conv net with batch norm (batch statistics, as Conv-4), by hand with
+    cnn_forward and a hand-written proximal gradient descent: the report is right where BN couples
+    the examples and the buffers are per-task copies."""
+    lam, lr, steps = 5.0, 0.05, 4
+    im = IMAML(tiny_cnn(), lam=lam, inner_lr=lr, inner_steps=steps, batching="loop", on_inner_fail="ignore",
+               on_cg_fail="ignore")
+    sx, sy, qx, qy = image_tasks()
+    im.meta_loss(sx, sy, qx, qy, F.cross_entropy)
+    report = im.last_inner_report
+    theta = [p.detach() for p in im.module.parameters()]
+
+    def grad(p, t):
+        p = [q.clone().requires_grad_() for q in p]
+        return torch.autograd.grad(F.cross_entropy(cnn_forward(p, sx[t]), sy[t]), p)
+
+    for t in range(sx.shape[0]):
+        phi = theta
+        for _ in range(steps):
+            phi = [q - lr * (g + lam * (q - q0)) for q, g, q0 in zip(phi, grad(phi, t), theta)]
+        res = torch.sqrt(sum(((g + lam * (q - q0)) ** 2).sum() for q, g, q0 in zip(phi, grad(phi, t), theta)))
+        start = torch.sqrt(sum((g ** 2).sum() for g in grad(theta, t)))
+        torch.testing.assert_close(report.residual_norm[t], res)
+        torch.testing.assert_close(report.start_norm[t], start)
+
+
 def test_unsolved_inner_problem_warns():
     im = IMAML(tiny_mlp(), inner_steps=0)
     with pytest.warns(RuntimeWarning, match="0 of 3 tasks stationary"):
@@ -148,3 +174,17 @@ def test_defaults_converge_on_sine_at_initialisation():
     im.meta_loss(*SineTasks(k_shot=10, q_query=10, seed=0).sample(25).tensors(), F.mse_loss).backward()
     assert int(im.last_cg_report.converged.sum()) >= 23, im.last_cg_report.summary()
     assert int(im.last_inner_report.stationary.sum()) >= 23, im.last_inner_report.summary()
+
+
+def test_defaults_are_per_kind_of_model():
+    """lam and cg_damping left at None: DEFAULTS["conv"] for a model with a convolution (Conv-4),
+    DEFAULTS["mlp"] otherwise; a value given wins."""
+    from fastmaml.algorithms.imaml import DEFAULTS
+    from fastmaml.models import conv4
+
+    assert DEFAULTS["conv"] != DEFAULTS["mlp"]
+    for model, kind in ((conv4(5, hidden=4), "conv"), (tiny_cnn(), "conv"), (tiny_mlp(), "mlp")):
+        im = IMAML(model)
+        assert (im.lam, im.cg_damping) == (DEFAULTS[kind]["lam"], DEFAULTS[kind]["cg_damping"]), kind
+    im = IMAML(conv4(5, hidden=4), lam=3.0, cg_damping=0.0)
+    assert (im.lam, im.cg_damping) == (3.0, 0.0)
