@@ -232,11 +232,12 @@ def run_memory(name: str, peer: str) -> dict:
 
 # ---- the driver -------------------------------------------------------------------------------
 
-def _worker(args: list[str], threads: int, timeout: float, memory: bool = False) -> dict:
+def _worker(args: list[str], threads: int, timeout: float, memory: bool = False, cache: str | None = None) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
-    # A fresh Inductor cache per worker, so that the first step pays the whole compilation
-    # (python -m bench.bench_compile_cache measures what a warm on-disk cache saves).
-    env.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="bench-peers-inductor-"))
+    # The Inductor cache of a config (`cache`): empty for its timing worker, so that the first step
+    # pays the whole compilation (python -m bench.bench_compile_cache measures what a warm on-disk
+    # cache saves); its memory workers then reuse it instead of compiling again.
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", cache or tempfile.mkdtemp(prefix="bench-peers-inductor-"))
     if memory:
         # Large blocks straight from and back to the OS, so the resident set follows the live
         # tensors (only for the memory workers: it slows every allocation of 64 KiB and more).
@@ -284,12 +285,13 @@ def run(configs, names, rounds, min_rounds, budget_s, threads, memory=True) -> d
             "command": "python -m bench.bench_peers " + " ".join(sys.argv[1:]), "configs": []}
     for name in configs:
         t0 = time.perf_counter()
+        cache = tempfile.mkdtemp(prefix="bench-peers-inductor-")
         res = _worker(["--worker", name, "--peers", ",".join(ok), "--rounds", str(rounds),
-                       "--min-rounds", str(min_rounds), "--budget", str(budget_s)], threads, 3600)
+                       "--min-rounds", str(min_rounds), "--budget", str(budget_s)], threads, 3600, cache=cache)
         if memory:
             for peer in ok:
                 try:
-                    mem = _worker(["--memory", name, "--peers", peer], threads, 1800, memory=True)
+                    mem = _worker(["--memory", name, "--peers", peer], threads, 1800, memory=True, cache=cache)
                     res["results"][peer]["peak_rss_rise_mib"] = mem["peak_rss_rise_mib"]
                 except (RuntimeError, subprocess.TimeoutExpired) as error:
                     print(f"bench_peers: memory of {peer} on {name} not measured: {error}", flush=True)

@@ -5,9 +5,6 @@ One process, sine-1-so of bench_peers (or --config), one torch thread; rounds al
   forward   its compiled_task_losses(...) alone
   graph     the compiled function it runs, called directly (the Inductor graph + Dynamo's guards)
   peer      bench/peers/torch_compile.py's whole step (torch.compile of the plain torch.func step)
-  decomposed  `full` with the inner update by the pure-PyTorch (reference) backend, which Inductor
-            fuses, instead of the opaque native op; the dispatcher's backend lookup (importlib) is
-            not traceable, so this run looks the two modules up from a dict
 Median process CPU ms per step -> bench/results/profile_compiled.json.
 
     python -m bench.profile_compiled [--config sine-5-so]
@@ -21,7 +18,6 @@ import json
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -38,41 +34,25 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     import fastmaml
-    import fastmaml.ops as ops
     from bench import bench_peers as B, peers as P
     from fastmaml.execution import compiled as C
-    from fastmaml.ops import native, reference
 
-    ops.backend_module = lambda name, family=ops.UPDATE: {"native": native, "reference": reference}[name]
-    ops.resolve_backend(torch.device("cpu"))  # the "auto" choice, made outside the trace
-    # compiled.py refuses a non-native backend (its lookup is not traceable without the lines above)
-    C.ops = types.SimpleNamespace(resolve_backend=lambda device: "native")
     model, cfg, batches = B.problem(args.config)
     batch, loss_fn = batches[0], cfg.loss_fn
     learner = fastmaml.compile(fastmaml.MAML(model, inner_lr=cfg.inner_lr, inner_steps=cfg.steps))
-    decomposed = fastmaml.compile(fastmaml.MAML(model, inner_lr=cfg.inner_lr, inner_steps=cfg.steps))
     compile_s = {}
     t0 = time.perf_counter()
     learner.meta_loss(*batch, loss_fn).backward()
-    compile_s["native"] = time.perf_counter() - t0
-    with fastmaml.use_backend("reference"):
-        t0 = time.perf_counter()
-        decomposed.meta_loss(*batch, loss_fn).backward()
-        compile_s["decomposed"] = time.perf_counter() - t0
-    graph = learner._compiled_steps[(loss_fn, None, True, "inductor")]
+    compile_s["full"] = time.perf_counter() - t0
+    graph = C._decomposed(learner.execution_state.compiled[(loss_fn, None, True, "inductor")])
     meta = {n: p.detach() for n, p in learner.named_parameters()}
     ones = torch.ones(batch[0].shape[0])
     peer = P.load("torch_compile").make(model, cfg)
     peer(batch)
 
-    def decomposed_step():
-        with fastmaml.use_backend("reference"):
-            decomposed.meta_loss(*batch, loss_fn).backward()
-
     fns = {"full": lambda: learner.meta_loss(*batch, loss_fn).backward(),
            "forward": lambda: C.compiled_task_losses(learner, *batch, loss_fn),
-           "graph": lambda: graph(meta, {}, ones, *batch), "peer": lambda: peer(batch),
-           "decomposed": decomposed_step}
+           "graph": lambda: graph(meta, {}, ones, *batch), "peer": lambda: peer(batch)}
     ms = {k: [] for k in fns}
     for r in range(args.rounds):
         for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):

@@ -14,6 +14,12 @@ fastmaml/execution/hvp_mode.py): `loss.backward()` puts the precomputed gradient
 the incoming gradient, on the parameters. The trace uses w = 1 (mean and sum scale it); any other
 incoming gradient runs the same compiled graph again with w = that gradient.
 
+The inner updates inside the graph are the update family's reference form (plain PyTorch, p - a * g
+and its forget form), which Inductor fuses with the gradient computation around it, whatever backend
+the eager modes use: the native op is opaque to Inductor (a call it cannot fuse: the sine step took
+~20% longer with it, bench/README.md), and the dispatcher's lookup of an unloaded backend cannot be
+traced, so the reference module is loaded first and chosen while the graph runs.
+
 One compiled function per (learner, loss_fn, inner order, outer gradient or not); torch.compile
 guards and recompiles it per shape, dtype, device and hook state (dynamic=False: one graph per
 shape). Inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR, default under /tmp) lets a second
@@ -112,6 +118,17 @@ def _compiled(learner, loss_fn, first_order, outer, backend):
     return cache[key]
 
 
+def _decomposed(run):
+    """`run` with the inner updates in their reference form (see the module docstring)."""
+    ops.UPDATE.load("reference")  # imported before the trace, which only reads the loaded module
+
+    def decomposed(*args):
+        with ops.use_backend("reference"):
+            return run(*args)
+
+    return decomposed
+
+
 class _Solver:
     """HandGradLosses' solver: the compiled step gives the losses and the meta-gradient of their
     sum at once; backward scales it (or reruns the step with the incoming gradient as weights)."""
@@ -150,17 +167,11 @@ def compiled_task_losses(learner, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor
     why = supported(learner)
     if why is not None:
         raise ValueError(f"the compiled meta-step does not cover this learner: {why}")
-    # The dispatcher's choice is made here, not in the trace (its first "auto" choice imports and
-    # runs backends, which Dynamo cannot trace; so does every call of a non-native backend).
-    chosen = ops.resolve_backend(sx.device)
-    if chosen != "native":
-        raise ValueError(f"the compiled meta-step runs the inner updates through the native backend; the "
-                         f"{chosen!r} backend is in force on {sx.device.type} (see `fastmaml info`)")
     buffers = B.task_copies(learner.module, sx.shape[0])
     batch = (sx, sy, qx, qy)
     named = dict(learner.named_parameters())
     outer = torch.is_grad_enabled() and any(p.requires_grad for p in named.values())
-    run = _compiled(learner, loss_fn, first_order, outer, backend)
+    run = _decomposed(_compiled(learner, loss_fn, first_order, outer, backend))
     if not outer:
         with torch.enable_grad():  # the inner steps need gradients, the result does not
             losses = run({n: p.detach() for n, p in named.items()}, buffers, None, *batch)
