@@ -26,6 +26,7 @@ from fastmaml.execution.hooks import RECORDED
 from fastmaml.execution.inner import GradsFn, unroll
 from fastmaml.execution.user_compile import eager_module, outside_user_graph
 from fastmaml.functional import LossFn, Params
+from fastmaml.ops import optim as inner_optim
 from fastmaml.secondorder.hvp import METHODS as HVP_METHODS
 
 BATCHING = execution.MODES
@@ -50,6 +51,7 @@ class MetaLearner(nn.Module):
         *,
         second_order: str = "autograd",
         hvp_method: str = "auto",
+        inner_optimizer="sgd",
     ):
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -79,6 +81,9 @@ class MetaLearner(nn.Module):
         # model's first layer (NOTE: [example rank] in fastmaml/checks.py)
         self.example_rank: int | None = None
         self.execution_state = execution.ExecutionState()
+        # "sgd" (the plain fused update, None here), "momentum", "adam", "adamw", "rmsprop" or a
+        # fastmaml.ops.optim.InnerOptimizer: the differentiable inner optimizer (docs/inner_optimizers.md)
+        self.inner_optimizer = inner_optim.resolve(inner_optimizer)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
