@@ -1,6 +1,6 @@
 """MetaLearner(inner_optimizer=...): the meta-gradient of MAML with Adam / RMSprop / momentum in the
-inner loop against the same inner loop written out with plain torch ops (float64), in the loop
-and vmap modes; the default ("sgd") unchanged bit for bit; the hvp mode refuses it by name."""
+inner loop against the same inner loop written out with plain torch ops (float64), in the loop,
+vmap and batched modes; the default ("sgd") unchanged bit for bit; the hvp mode refuses it by name."""
 
 import pytest
 import torch
@@ -80,7 +80,7 @@ CASES = {"adam": ("adam", adam_rule), "momentum": ("momentum", momentum_rule), "
          "adam-object": (InnerAdam(betas=(0.8, 0.9), eps=1e-3), lambda: adam_rule(0.8, 0.9, 1e-3))}
 
 
-@pytest.mark.parametrize("batching", ["loop", "vmap"])
+@pytest.mark.parametrize("batching", ["loop", "vmap", "batched"])
 @pytest.mark.parametrize("case", CASES)
 def test_meta_gradient_equals_written_out(case, batching):
     choice, rule = CASES[case]
