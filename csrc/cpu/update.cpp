@@ -140,6 +140,23 @@ void kernel(BackwardOp, const Src<T>* x, T* const* out, int64_t n, T c) {
   backward_kernel(x, out, n, c);
 }
 
+// The stateful forms (NOTE: [moment forms]): one scalar loop over the elements, the op's flags
+// (which operands are passed, which form) uniform across the loop. Absent operands hold 1 and are
+// not read by the op.
+template <typename T, typename Op,
+          typename = std::enable_if_t<std::is_same_v<Op, MomentsForwardOp> ||
+                                      std::is_same_v<Op, MomentsBackwardOp>>>
+void kernel(const Op& op, const Src<T>* x, T* const* out, int64_t n, T c) {
+  std::array<T, Op::kIn> v;
+  std::array<T, Op::kOut> y;
+  for (int64_t j = 0; j < n; ++j) {
+    for (int k = 0; k < Op::kIn; ++k) v[k] = x[k].ptr ? x[k].ptr[j] : x[k].value;
+    op(v, c, y);
+    for (int k = 0; k < Op::kOut; ++k)
+      if (out[k]) out[k][j] = y[k];
+  }
+}
+
 // One run of one job (NOTE: [cpu loop variants]): elements [lo, lo + len), operand k a stretch
 // from off[k] or one value.
 template <typename scalar_t, int kIn, int kOut, typename Op>

@@ -32,6 +32,7 @@ template <typename scalar_t, typename Op>
 struct ElementwiseFunctor {
   static constexpr int kIn = Op::kIn, kOut = Op::kOut;
   using opmath_t = at::opmath_type<scalar_t>;
+  Op op;  // the form's settings (NOTE: [moment forms]); empty for the plain update
 
   __device__ void operator()(TensorListMeta<scalar_t, kIn, kOut>& meta, opmath_t c) const {
     const BlockEntry block = meta.blocks[blockIdx.x];
@@ -39,7 +40,6 @@ struct ElementwiseFunctor {
     const int64_t n = job.n;
     const int64_t begin = static_cast<int64_t>(block.chunk) * kChunkSize;
     const int64_t end = min(n, begin + kChunkSize);
-    const Op op;
 
     const scalar_t* in[kIn];
     int64_t period[kIn];
@@ -102,14 +102,14 @@ struct Cuda {
 
   template <typename Op>
   static void launch(at::TensorList params, const Operands& in,
-                     const std::vector<std::vector<at::Tensor>>& outs, double c, const Op&) {
+                     const std::vector<std::vector<at::Tensor>>& outs, double c, const Op& op) {
     if (params.empty()) return;
     const c10::cuda::CUDAGuard guard(params[0].device());
     for (const auto& [dtype, indices] : group_by_dtype(params)) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastmaml_update_cuda", [&] {
         using opmath_t = at::opmath_type<scalar_t>;
         multi_tensor_apply(make_jobs<scalar_t, Op::kIn, Op::kOut>(params, in, outs, indices), params[0].device(),
-                           ElementwiseFunctor<scalar_t, Op>{}, static_cast<opmath_t>(c));
+                           ElementwiseFunctor<scalar_t, Op>{op}, static_cast<opmath_t>(c));
       });
     }
   }

@@ -26,6 +26,7 @@ from fastmaml.execution.hooks import RECORDED
 from fastmaml.execution.inner import GradsFn, unroll
 from fastmaml.execution.user_compile import eager_module, outside_user_graph
 from fastmaml.functional import LossFn, Params
+from fastmaml.ops import optim as inner_optim
 from fastmaml.secondorder.hvp import METHODS as HVP_METHODS
 
 BATCHING = execution.MODES
@@ -55,6 +56,9 @@ class MetaLearner(nn.Module):
             memory; docs/imaml.md).
         hvp_method: how the hvp mode computes Hessian-vector products: "auto" or one of
             `fastmaml.secondorder.hvp.METHODS`.
+        inner_optimizer: the differentiable inner optimizer: "sgd" (the plain fused update, the
+            default), "momentum", "adam", "adamw", "rmsprop", or a `fastmaml.ops.optim.InnerOptimizer`
+            (docs/inner_optimizers.md).
 
     Raises:
         TypeError: if `model` is not an nn.Module or has non-floating parameters.
@@ -79,6 +83,7 @@ class MetaLearner(nn.Module):
         *,
         second_order: str = "autograd",
         hvp_method: str = "auto",
+        inner_optimizer: str | object = "sgd",
     ) -> None:
         """Check the settings and wrap `model` (the arguments: see the class docstring)."""
         super().__init__()
@@ -109,6 +114,9 @@ class MetaLearner(nn.Module):
         # model's first layer (NOTE: [example rank] in fastmaml/checks.py)
         self.example_rank: int | None = None
         self.execution_state = execution.ExecutionState()
+        # "sgd" (the plain fused update, None here), "momentum", "adam", "adamw", "rmsprop" or a
+        # fastmaml.ops.optim.InnerOptimizer: the differentiable inner optimizer (docs/inner_optimizers.md)
+        self.inner_optimizer = inner_optim.resolve(inner_optimizer)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

@@ -119,7 +119,8 @@ class IMAML(MetaLearner):
             raise TypeError(f"inner_optimizer must be None, a torch.optim.Optimizer class or a callable "
                             f"params -> optimizer, got {type(inner_optimizer).__name__}")
         self.lam = float(lam)
-        self.inner_optimizer = inner_optimizer
+        # the proximal problem's torch optimizer (not the base's `inner_optimizer`, the unrolled loop's)
+        self.prox_optimizer = inner_optimizer
         self.inner_optimizer_kwargs = dict(inner_optimizer_kwargs or {})
         self.cg_steps, self.cg_tol, self.cg_damping = cg_steps, float(cg_tol), float(cg_damping)
         self.on_cg_fail = on_cg_fail
@@ -136,7 +137,7 @@ class IMAML(MetaLearner):
 
     # ---- the proximal inner problem, all tasks at once -------------------------------------
     def _make_optimizer(self, tensors: list[Tensor]):
-        opt = self.inner_optimizer
+        opt = self.prox_optimizer
         if isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer):
             return opt(tensors, lr=self.inner_lr, **self.inner_optimizer_kwargs)
         made = opt(tensors)
@@ -156,7 +157,7 @@ class IMAML(MetaLearner):
         def support(phi_t, x, y, b, step):
             return self.support_loss({**rest, **phi_t}, x, y, loss_fn, b, step)
 
-        if self.inner_optimizer is None:
+        if self.prox_optimizer is None:
             for step in range(steps):
                 def grad_of(phi_t, x, y, b, step=step):
                     return torch.func.grad(support)(phi_t, x, y, b, step)

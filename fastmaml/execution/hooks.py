@@ -35,6 +35,8 @@ def overridden(learner, mode: str) -> list[str]:
 
 def why_not(learner, mode: str) -> str | None:
     """Why `learner`'s hooks keep it off `mode` (None when they do not)."""
+    if mode in ("hvp", "compiled") and getattr(learner, "inner_optimizer", None) is not None:
+        return f"the {mode!r} mode differentiates the plain SGD update only, not inner_optimizer={learner.inner_optimizer!r}"
     bad = overridden(learner, mode)
     if not bad:
         return None

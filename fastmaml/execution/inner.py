@@ -24,6 +24,7 @@ def unroll(learner, params: Params, support_loss: Callable, steps: int, first_or
     one step; `first_order` (None: the learner's `is_first_order(step)`) drops the graph through
     the gradients."""
     trajectory = [params]
+    optimizer, state = getattr(learner, "inner_optimizer", None), None  # None: the plain update
     for step in range(steps):
         order = learner.is_first_order(step) if first_order is None else first_order
 
@@ -31,6 +32,13 @@ def unroll(learner, params: Params, support_loss: Callable, steps: int, first_or
             return support_loss(p, b, step)
 
         _, grads = grads_fn(loss_of, params, learner.adapt_names, order, buffers)
-        params = F.inner_update(params, grads, learner.inner_rates(step), learner.inner_gammas(step, params, grads))
+        gammas = learner.inner_gammas(step, params, grads)
+        if optimizer is None:
+            params = F.inner_update(params, grads, learner.inner_rates(step), gammas)
+        elif gammas is not None:
+            raise ValueError(f"{type(learner).__name__}: forget factors (inner_gammas) do not combine with "
+                             f"inner_optimizer={optimizer!r}")
+        else:
+            params, state = optimizer.step_named(params, grads, learner.inner_rates(step), state)
         trajectory.append(params)
     return trajectory

@@ -103,8 +103,12 @@ def test_one_fused_op_per_step_with_native(face, layers):
     counter = CountOps()
     with ops.use_backend("native"), counter:
         run(deep_mlp(layers), *batch(), **kw)
-    assert len(counter.fastmaml_ops) == STEPS, counter.fastmaml_ops
-    assert all("fused_update" in name for name in counter.fastmaml_ops), counter.fastmaml_ops
+    # whatever the layer count: one fused update per step, after one fused moments op when the
+    # face's optimizer keeps state (momentum: NOTE: [moment forms])
+    updates = [name for name in counter.fastmaml_ops if "fused_update" in name]
+    moments = [name for name in counter.fastmaml_ops if "fused_moments" in name]
+    assert len(updates) == STEPS and len(moments) in (0, STEPS), counter.fastmaml_ops
+    assert len(updates) + len(moments) == len(counter.fastmaml_ops), counter.fastmaml_ops
 
 
 @pytest.mark.parametrize("backend", ["reference", "foreach"])

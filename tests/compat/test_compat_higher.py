@@ -179,8 +179,8 @@ def test_fmodel_api():
 
 def test_unsupported_optimizer_names_what_is_supported():
     model, _, _ = make("mlp")
-    with pytest.raises(NotImplementedError, match=r"supports the inner optimizer torch.optim.SGD .*Adam"):
-        with fh.innerloop_ctx(model, torch.optim.Adam(model.parameters())):
+    with pytest.raises(NotImplementedError, match=r"supports the inner optimizers torch.optim.SGD, .*Adagrad"):
+        with fh.innerloop_ctx(model, torch.optim.Adagrad(model.parameters())):
             pass
     with pytest.raises(NotImplementedError, match="maximize"):
         with fh.innerloop_ctx(model, torch.optim.SGD(model.parameters(), lr=0.1, maximize=True)):

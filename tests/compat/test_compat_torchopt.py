@@ -108,7 +108,7 @@ def test_extract_and_recover():
     fto.recover_state_dict(model, fto.extract_state_dict(make("cnn")[0], by="reference"))
     fto.recover_state_dict(opt, empty)
     opt.step(loss_fn(model(xs), ys))
-    assert opt.state_dict()[0].count == 1 and opt.state_dict()[0].trace is not None
+    assert opt.state_dict()[0].count == 1 and opt.state_dict()[0].b is not None
     fto.recover_state_dict(opt, empty)
     assert opt.state_dict() == empty
     with pytest.raises(RuntimeError, match="Unexpected class"):
@@ -121,12 +121,12 @@ def test_frozen_parameters_are_left_alone_and_errors_name_the_argument():
     frozen = model[0].weight
     fto.MetaSGD(model, lr=LR).step(loss_fn(model(xs), ys))
     assert model[0].weight is frozen and model[0].bias.grad_fn is not None
-    with pytest.raises(ValueError, match="Nesterov"):
+    with pytest.raises(ValueError, match="nesterov"):
         fto.MetaSGD(model, lr=LR, nesterov=True)
     with pytest.raises(ValueError, match="learning rate"):
         fto.MetaSGD(model, lr=-1.0)
-    with pytest.raises(AttributeError, match="provides MetaOptimizer, MetaSGD"):
-        fto.MetaAdam  # noqa: B018
+    with pytest.raises(AttributeError, match="provides .*MetaAdam, .*MetaSGD"):
+        fto.MetaAdagrad  # noqa: B018
 
 
 def test_schedule_lr():

@@ -48,7 +48,7 @@ def task_losses(learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, 
     params = {n: p.expand(T, *p.shape) for n, p in learner.params().items()}
     buffers = B.task_copies(module, T)
     explicit = chain.explicit(plan_of(module).chain, support_x, support_y, query_x, query_y) if is_mse(loss_fn) else None
-    loss = per_task_loss(loss_fn) if explicit is None else None
+    loss = per_task_loss(loss_fn)
 
     def support_loss(p, b, step):
         return loss(forward(module, p, support_x, b), support_y)

@@ -1,4 +1,6 @@
-"""TorchOpt-shaped MetaSGD, extract_state_dict and recover_state_dict on fastmaml's fused update. ::
+"""TorchOpt-shaped MetaSGD, MetaAdam, MetaAdamW, MetaRMSProp, the functional sgd / adam / adamw /
+rmsprop with apply_updates, extract_state_dict, recover_state_dict, stop_gradient and module_clone,
+on fastmaml's fused inner optimizers (fastmaml/ops/optim.py).
 
     import fastmaml.compat.torchopt as torchopt       # was: import torchopt
     inner_opt = torchopt.MetaSGD(net, lr=0.1)
@@ -11,37 +13,64 @@
         torchopt.recover_state_dict(net, net_state)
         torchopt.recover_state_dict(inner_opt, opt_state)
 
-Same arguments and arithmetic as TorchOpt 0.7.3's MetaSGD (momentum, dampening, Nesterov,
-weight decay, maximize, a schedule `lr(count)`): `step(loss)` differentiates `loss` with
-create_graph=True and writes the new, non-leaf parameter tensors into the module's own parameter
-slots, as TorchOpt does. The parameter update is one fastmaml.ops.update call for all parameters
-of a group (one fused op with the native backend); the momentum trace is computed before it.
+Same arguments and arithmetic as TorchOpt 0.7.3 (momentum, dampening, Nesterov, weight decay,
+maximize, eps_root, initial_scale, centered, a schedule `lr(count)`): `step(loss)` differentiates
+`loss` with create_graph=True and writes the new, non-leaf parameter tensors into the module's own
+parameter slots, as TorchOpt does. Each step is two fused multi-tensor ops over all parameters of a
+group: the moments op (direction and new state, NOTE: [moment forms]) and the update op. The
+optimizer's state is a tuple of fastmaml.ops.optim.OptimState(count, m, v, b) (TorchOpt: its own
+named tuples), taken and put back by extract_state_dict / recover_state_dict all the same. Adam's
+bias corrections are TorchOpt's: computed in float32 whatever the parameters' dtype (1 - beta **
+count with an integer count tensor), a ~1e-7 relative difference from torch.optim.Adam that the
+face keeps so that its meta-gradients equal TorchOpt's.
 
 As in TorchOpt, the momentum trace's "first step" (buf = g rather than momentum * buf + (1 -
 dampening) * g) happens once per optimizer, not once per task: after recover_state_dict the trace
 restarts from zeros but not from the first-step rule. That matters only with dampening != 0.
 Differences: a parameter with requires_grad=False is left as it is (TorchOpt raises), and
-`enable_visual` records nothing (TorchOpt's graph visualisation is not provided).
+`enable_visual` records nothing (TorchOpt's graph visualisation is not provided); AdamW's `mask`
+and `use_accelerated_op` (accepted, the fused op is always used) are the only arguments refused
+or ignored.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from fastmaml import ops
+from fastmaml.ops.optim import (
+    InnerAdam,
+    InnerAdamW,
+    InnerOptimizer,
+    InnerRMSprop,
+    InnerSGD,
+    OptimState,
+)
 
 __all__ = [
+    "FunctionalState",
+    "GradientTransformation",
+    "MetaAdam",
+    "MetaAdamW",
     "MetaOptimizer",
+    "MetaRMSProp",
     "MetaSGD",
     "ModuleState",
-    "SGDState",
+    "adam",
+    "adamw",
+    "apply_updates",
     "extract_module_containers",
     "extract_state_dict",
+    "module_clone",
     "recover_state_dict",
+    "rmsprop",
+    "sgd",
+    "stop_gradient",
 ]
 
 _PROVIDED = ", ".join(__all__)
@@ -62,19 +91,6 @@ class ModuleState(NamedTuple):
     buffers: tuple[dict, ...]
     visual_contents: dict | None = None
     detach_buffers: bool = False
-
-
-class SGDState(NamedTuple):
-    """One parameter group's state: the momentum trace (one tensor per parameter slot, None
-    without momentum or before the first step) and the number of steps taken (for a schedule).
-
-    Attributes:
-        trace: the momentum trace, one tensor per parameter slot (None before the first step).
-        count: the steps taken.
-    """
-
-    trace: tuple[Tensor | None, ...] | None
-    count: int
 
 
 def extract_module_containers(module: nn.Module, with_buffers: bool = True) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
@@ -99,17 +115,31 @@ def extract_module_containers(module: nn.Module, with_buffers: bool = True) -> t
 
 class MetaOptimizer:
     """TorchOpt's MetaOptimizer: holds the parameter dicts of one module per group and steps them
-    functionally.
+    functionally with a fastmaml inner optimizer (fastmaml/ops/optim.py: two fused multi-tensor ops
+    per step, NOTE: [moment forms]).
 
     Args:
         module: the module whose parameters the optimizer steps.
+        impl: the inner optimizer (None: plain SGD).
+        lr: the learning rate, a number >= 0, a tensor or a schedule count -> lr.
+        maximize: ascend instead of descend.
+        moment_requires_grad: keep the moments differentiable.
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, impl: InnerOptimizer | None = None, lr: float | Callable = 0.0,
+                 maximize: bool = False, moment_requires_grad: bool = False):
         if not isinstance(module, nn.Module):
             raise TypeError(f"{type(self).__name__}: module must be an nn.Module, got {type(module).__name__}")
+        if not (callable(lr) or isinstance(lr, Tensor) or (isinstance(lr, (int, float)) and not isinstance(lr, bool)
+                                                            and lr >= 0.0)):
+            raise ValueError(f"{type(self).__name__}: Invalid learning rate: {lr} (expected a number >= 0 or a "
+                             "schedule count -> lr)")
+        self.impl = InnerSGD() if impl is None else impl
+        self.lr = lr
+        self.maximize = bool(maximize)
+        self.moment_requires_grad = bool(moment_requires_grad)
         self.param_containers_groups: list[tuple[dict, ...]] = []
-        self.state_groups: list[SGDState | None] = []
+        self.state_groups: list[OptimState | None] = []
         self.add_param_group(module)
 
     def add_param_group(self, module: nn.Module) -> None:
@@ -132,20 +162,41 @@ class MetaOptimizer:
             got = torch.autograd.grad(loss, [params[j] for j in wrt], create_graph=True, allow_unused=True)
             grads: list[Tensor | None] = [None] * len(params)
             for j, g in zip(wrt, got):
-                grads[j] = g
+                grads[j] = g.neg() if g is not None and self.maximize else g
             state = self.state_groups[i]
             if state is None:
-                state = self._init_state(params)
-            indices, new, self.state_groups[i] = self._update(params, grads, state)
+                state = _init(self.impl, params, self.moment_requires_grad)
+            lr = self.lr(state.count) if callable(self.lr) else self.lr
+            indices, new, self.state_groups[i] = _step(self.impl, params, grads, state, lr)
             for j, p in zip(indices, new):
                 c, k = slots[j]
                 c[k] = p
 
-    def _init_state(self, params: list[Tensor]):
-        raise NotImplementedError
 
-    def _update(self, params, grads, state):
-        raise NotImplementedError
+def _init(impl: InnerOptimizer, params, requires_grad: bool) -> OptimState:
+    state = impl.init([p.detach() for p in params])
+    if requires_grad:
+        state = _map_state(state, lambda t: t.requires_grad_())
+    return state
+
+
+def _step(impl: InnerOptimizer, params, grads, state: OptimState, lr):
+    return impl.step_some(params, grads, state, _rate(lr, params))
+
+
+def _rate(lr, params):
+    return [lr.to(p.device, p.dtype) for p in params] if isinstance(lr, Tensor) else float(lr)
+
+
+class _TorchOptSGD(InnerSGD):
+    """TorchOpt's trace: its first step (b = g) is the optimizer's first, not the state's."""
+
+    first_call = True
+
+    def form(self, count):
+        form = super().form(0 if self.first_call else 1)
+        self.first_call = False
+        return form
 
 
 class MetaSGD(MetaOptimizer):
@@ -166,62 +217,169 @@ class MetaSGD(MetaOptimizer):
     def __init__(self, module: nn.Module, lr: float | Callable, momentum: float = 0.0, weight_decay: float = 0.0,
                  dampening: float = 0.0, nesterov: bool = False, moment_requires_grad: bool = True,
                  maximize: bool = False):
-        if not (callable(lr) or (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0.0)):
-            raise ValueError(f"MetaSGD: Invalid learning rate: {lr} (expected a number >= 0 or a schedule count -> lr)")
-        if not momentum >= 0.0:
-            raise ValueError(f"MetaSGD: Invalid momentum value: {momentum}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"MetaSGD: Invalid weight_decay value: {weight_decay}")
-        if nesterov and (momentum <= 0.0 or dampening != 0.0):
-            raise ValueError("MetaSGD: Nesterov momentum requires a momentum and zero dampening")
-        self.lr = lr
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
-        self.dampening = float(dampening)
-        self.nesterov = bool(nesterov)
-        self.moment_requires_grad = bool(moment_requires_grad)
-        self.maximize = bool(maximize)
-        self._first_call = True  # TorchOpt's trace: per optimizer, not restored by load_state_dict
-        super().__init__(module)
+        try:
+            impl = _TorchOptSGD(momentum, dampening, weight_decay, nesterov)
+        except ValueError as error:
+            raise ValueError(f"MetaSGD: {error}") from None
+        super().__init__(module, impl, lr, maximize, moment_requires_grad)
 
-    def _init_state(self, params):
-        trace = None
-        if self.momentum != 0.0:
-            trace = tuple(torch.zeros_like(p, requires_grad=self.moment_requires_grad) for p in params)
-        return SGDState(trace=trace, count=0)
 
-    def _update(self, params, grads, state: SGDState):
-        wd, momentum = self.weight_decay, self.momentum
-        if self.maximize or wd != 0.0:
-            # g <- -g (maximize), then g + wd * p
-            grads = [None if g is None else (g.neg() if self.maximize else g) for g in grads]
-            if wd != 0.0:
-                grads = [None if g is None else g.add(p, alpha=wd) for p, g in zip(params, grads)]
-        trace = state.trace
-        if momentum != 0.0:
-            first, damp = self._first_call, 1.0 - self.dampening
-            new_trace = list(trace)
-            for j, (t, g) in enumerate(zip(trace, grads)):
-                if g is None:
-                    continue
-                if first:
-                    buf = t.add(g)
-                elif self.nesterov:
-                    buf = t.mul(momentum).add_(g)
-                else:
-                    buf = t.mul(momentum).add_(g, alpha=damp)
-                new_trace[j] = buf
-                grads[j] = g.add(buf, alpha=momentum) if self.nesterov else buf
-            trace = tuple(new_trace)
-            self._first_call = False
-        lr = self.lr(state.count) if callable(self.lr) else self.lr
-        new_state = SGDState(trace=trace, count=state.count + 1)
-        indices = [j for j, g in enumerate(grads) if g is not None]
-        if not indices:
-            return [], [], new_state
-        ps = [params[j] for j in indices]
-        rate = [lr.to(p.device, p.dtype) for p in ps] if isinstance(lr, Tensor) else float(lr)
-        return indices, ops.update(ps, [grads[j] for j in indices], rate), new_state
+class MetaAdam(MetaOptimizer):
+    """torchopt.MetaAdam(module, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
+    eps_root=0.0, moment_requires_grad=True, maximize=False, use_accelerated_op=False)."""
+
+    def __init__(self, module: nn.Module, lr: float | Callable = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, *, eps_root: float = 0.0, moment_requires_grad: bool = True,
+                 maximize: bool = False, use_accelerated_op: bool = False):
+        super().__init__(module, InnerAdam(betas, eps, weight_decay, eps_root=eps_root, bias_correction="torchopt"), lr, maximize,
+                         moment_requires_grad)
+
+
+class MetaAdamW(MetaOptimizer):
+    """torchopt.MetaAdamW(module, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *,
+    eps_root=0.0, mask=None, moment_requires_grad=False, maximize=False, use_accelerated_op=False);
+    a `mask` (decay only some parameters) is refused."""
+
+    def __init__(self, module: nn.Module, lr: float | Callable = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, *, eps_root: float = 0.0, mask=None, moment_requires_grad: bool = False,
+                 maximize: bool = False, use_accelerated_op: bool = False):
+        if mask is not None:
+            raise NotImplementedError("MetaAdamW: mask= (weight decay on some parameters only) is not supported by "
+                                      "fastmaml.compat.torchopt; use torchopt itself for it")
+        super().__init__(module, InnerAdamW(betas, eps, weight_decay, eps_root=eps_root, bias_correction="torchopt"), lr, maximize,
+                         moment_requires_grad)
+
+
+class MetaRMSProp(MetaOptimizer):
+    """torchopt.MetaRMSProp(module, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+    centered=False, *, initial_scale=0.0, nesterov=False, maximize=False)."""
+
+    def __init__(self, module: nn.Module, lr: float | Callable = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
+                 initial_scale: float = 0.0, nesterov: bool = False, maximize: bool = False):
+        impl = InnerRMSprop(alpha, eps, weight_decay, momentum, centered, nesterov=nesterov, initial_scale=initial_scale)
+        super().__init__(module, impl, lr, maximize, False)
+
+
+MetaRMSprop = MetaRMSProp
+
+
+# ---- the functional API: init / update / apply_updates ------------------------------------------
+class GradientTransformation(NamedTuple):
+    """TorchOpt's (init, update) pair: `state = init(params)`; `updates, state = update(grads, state,
+    params=params, inplace=False)`; then `params = apply_updates(params, updates, inplace=False)`."""
+
+    init: Callable
+    update: Callable
+
+
+class FunctionalState(NamedTuple):
+    """A functional optimizer's state: the inner optimizer's (count and moments)."""
+
+    inner: OptimState
+
+
+def _functional(impl: InnerOptimizer, lr, maximize: bool, moment_requires_grad: bool) -> GradientTransformation:
+    if not (callable(lr) or (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0.0)):
+        raise ValueError(f"Invalid learning rate: {lr} (expected a number >= 0 or a schedule count -> lr)")
+
+    def init(params):
+        leaves, _ = tree_flatten(params)
+        return FunctionalState(_init(impl, leaves, moment_requires_grad))
+
+    def update(updates, state, *, params=None, inplace: bool = True):
+        grads, spec = tree_flatten(updates)
+        needs_params = bool(getattr(impl, "weight_decay", 0.0))
+        if needs_params and params is None:
+            raise ValueError("update: this optimizer has weight decay: pass params=...")
+        leaves = tree_flatten(params)[0] if params is not None else [g.detach() for g in grads]
+        if maximize:
+            grads = [g.neg() for g in grads]
+        inner = state.inner
+        rate = lr(inner.count) if callable(lr) else lr
+        d, inner = impl.direction(leaves, grads, inner)
+        if impl.decoupled_decay:
+            d = [x.add(p, alpha=impl.decoupled_decay) for x, p in zip(d, leaves)]
+        return tree_unflatten([x.mul(-rate) for x in d], spec), FunctionalState(inner)
+
+    return GradientTransformation(init, update)
+
+
+def sgd(lr, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
+        moment_requires_grad: bool = False, maximize: bool = False) -> GradientTransformation:
+    """torchopt.sgd: the functional SGD (momentum, dampening, Nesterov, weight decay)."""
+    return _functional(_TorchOptSGD(momentum, dampening, weight_decay, nesterov), lr, maximize, moment_requires_grad)
+
+
+def adam(lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0, *, eps_root: float = 0.0,
+         moment_requires_grad: bool = False, maximize: bool = False, use_accelerated_op: bool = False):
+    """torchopt.adam: the functional Adam."""
+    return _functional(InnerAdam(betas, eps, weight_decay, eps_root=eps_root, bias_correction="torchopt"), lr, maximize, moment_requires_grad)
+
+
+def adamw(lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2, *, eps_root: float = 0.0,
+          mask=None, moment_requires_grad: bool = False, maximize: bool = False, use_accelerated_op: bool = False):
+    """torchopt.adamw: the functional AdamW (no `mask`)."""
+    if mask is not None:
+        raise NotImplementedError("adamw: mask= is not supported by fastmaml.compat.torchopt")
+    return _functional(InnerAdamW(betas, eps, weight_decay, eps_root=eps_root, bias_correction="torchopt"), lr, maximize, moment_requires_grad)
+
+
+def rmsprop(lr=1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
+            centered: bool = False, *, initial_scale: float = 0.0, nesterov: bool = False, maximize: bool = False):
+    """torchopt.rmsprop: the functional RMSProp."""
+    impl = InnerRMSprop(alpha, eps, weight_decay, momentum, centered, nesterov=nesterov, initial_scale=initial_scale)
+    return _functional(impl, lr, maximize, False)
+
+
+def apply_updates(params, updates, *, inplace: bool = True):
+    """params + updates, leaf by leaf (in place on the tensors' data with inplace=True, as TorchOpt)."""
+    if inplace:
+        def add(p, u):
+            if u is not None:
+                p.data.add_(u)
+            return p
+    else:
+        def add(p, u):
+            return p if u is None else p.add(u)
+    p_leaves, spec = tree_flatten(params)
+    u_leaves = tree_flatten(updates)[0]
+    return tree_unflatten([add(p, u) for p, u in zip(p_leaves, u_leaves)], spec)
+
+
+def stop_gradient(target) -> None:
+    """Detach, in place, a module's parameters, a ModuleState, a MetaOptimizer's state or a tree of
+    tensors from their graph (keeping requires_grad)."""
+    if isinstance(target, ModuleState):
+        tree = (target.params, target.buffers)
+    elif isinstance(target, nn.Module):
+        tree = tuple(target.parameters())
+    elif isinstance(target, MetaOptimizer):
+        tree = [list(s) for s in target.state_dict() if s is not None]
+    else:
+        tree = target
+    for t in tree_flatten(tree)[0]:
+        if isinstance(t, Tensor):
+            requires_grad = t.requires_grad
+            t.detach_().requires_grad_(requires_grad)
+
+
+def module_clone(target, *, by: str = "reference", detach_buffers: bool = False, device=None):
+    """A copy of a module or MetaOptimizer whose tensors are taken `by` "reference", "copy" (clones
+    in the graph) or "deepcopy" (detached clones), or such a copy of a tree of tensors."""
+    replicate, _ = _replicator(by, device)
+    if isinstance(target, (nn.Module, MetaOptimizer)):
+        if isinstance(target, nn.Module):
+            containers = extract_module_containers(target, with_buffers=True)
+        else:
+            containers = [list(s) for s in target.state_dict() if s is not None]
+        memo = {id(t): t for t in tree_flatten(containers)[0] if isinstance(t, Tensor)}
+        cloned = copy.deepcopy(target, memo=memo)
+        recover_state_dict(cloned, extract_state_dict(target, by=by, with_buffers=True,
+                                                      detach_buffers=detach_buffers, device=device))
+        return cloned
+    leaves, spec = tree_flatten(target)
+    return tree_unflatten([replicate(t) if isinstance(t, Tensor) else t for t in leaves], spec)
 
 
 def _replicator(by: str, device):
@@ -278,9 +436,10 @@ def extract_state_dict(target, *, by: str = "reference", device=None, with_buffe
 
 
 def _map_state(state, fn):
-    if state is None or state.trace is None:
+    if state is None:
         return state
-    return state._replace(trace=tuple(None if t is None else fn(t) for t in state.trace))
+    return state._replace(**{k: None if x is None else [fn(t) for t in x]
+                             for k, x in zip(("m", "v", "b"), state[1:])})
 
 
 def recover_state_dict(target, state) -> None:

@@ -1,0 +1,37 @@
+"""The moment forms in plain per-tensor PyTorch: the oracle of the fused op (NOTE: [moment forms]
+in csrc/include/fastmaml/update.h, the same expressions in the same order). Kept plain on purpose."""
+
+import torch
+
+
+def is_available(device: torch.device) -> bool:
+    return True
+
+
+def _sqrt(x):
+    """sqrt with the derivative 0 at 0 (a parameter whose gradient is exactly 0 throughout, e.g.
+    a conv bias before batch norm: higher masks it the same way), the same values elsewhere."""
+    zero = x == 0
+    return torch.where(zero, 0.0, torch.where(zero, 1.0, x).sqrt())
+
+
+def moments(grads, params, m, v, b, form):
+    d, M, V, B = [], [], [], []
+    for i in range(len(grads)):
+        g = grads[i] if params is None else grads[i] + form.wd * params[i]
+        mi = None if m is None else form.b1 * m[i] + form.c1 * g
+        vi = None if v is None else form.b2 * v[i] + form.c2 * (g * g)
+        q = form.s1 * mi if form.adam else g
+        if vi is not None:
+            w = form.s2 * vi
+            if form.centered:
+                w = w - mi * mi
+            q = q / (_sqrt(w + form.eps_in) + form.eps)
+        if b is not None:
+            bi = form.mu * b[i] + form.c * q
+            B.append(bi)
+            q = q + form.mu * bi if form.nesterov else bi
+        d.append(q)
+        M.append(mi)
+        V.append(vi)
+    return d, None if m is None else M, None if v is None else V, None if b is None else B
