@@ -37,6 +37,8 @@ class MAML(MetaLearner):
         batching: "auto", "batched", "vmap", "loop" or "compiled" (see `MetaLearner`).
         second_order: "autograd" or "hvp" (see `MetaLearner`).
         hvp_method: the hvp mode's Hessian-vector product method (see `MetaLearner`).
+        inner_optimizer: "sgd" (default), "momentum", "adam", "adamw", "rmsprop" or an InnerOptimizer
+            (see `MetaLearner`; docs/inner_optimizers.md).
     """
     cli_name, paper = "maml", "Finn et al. 2017"  # fastmaml train --algo maml
 

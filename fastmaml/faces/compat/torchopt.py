@@ -1,6 +1,6 @@
 """TorchOpt-shaped MetaSGD, MetaAdam, MetaAdamW, MetaRMSProp, the functional sgd / adam / adamw /
 rmsprop with apply_updates, extract_state_dict, recover_state_dict, stop_gradient and module_clone,
-on fastmaml's fused inner optimizers (fastmaml/ops/optim.py).
+on fastmaml's fused inner optimizers (fastmaml/ops/optim.py). ::
 
     import fastmaml.compat.torchopt as torchopt       # was: import torchopt
     inner_opt = torchopt.MetaSGD(net, lr=0.1)
@@ -225,8 +225,20 @@ class MetaSGD(MetaOptimizer):
 
 
 class MetaAdam(MetaOptimizer):
-    """torchopt.MetaAdam(module, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
-    eps_root=0.0, moment_requires_grad=True, maximize=False, use_accelerated_op=False)."""
+    """``torchopt.MetaAdam(module, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
+    eps_root=0.0, moment_requires_grad=True, maximize=False, use_accelerated_op=False)``.
+
+    Args:
+        module: the module whose parameters the optimizer steps in place.
+        lr: the learning rate (a number >= 0, a tensor, or a schedule count -> lr).
+        betas: the moments' decay rates (beta1, beta2).
+        eps: added to the square root of the second moment.
+        weight_decay: coupled L2 weight decay.
+        eps_root: added inside the square root.
+        moment_requires_grad: keep the moments differentiable (the meta-gradient flows through them).
+        maximize: ascend instead of descend.
+        use_accelerated_op: accepted for TorchOpt's signature; fastmaml's fused ops always run.
+    """
 
     def __init__(self, module: nn.Module, lr: float | Callable = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, *, eps_root: float = 0.0, moment_requires_grad: bool = True,
@@ -236,9 +248,22 @@ class MetaAdam(MetaOptimizer):
 
 
 class MetaAdamW(MetaOptimizer):
-    """torchopt.MetaAdamW(module, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *,
-    eps_root=0.0, mask=None, moment_requires_grad=False, maximize=False, use_accelerated_op=False);
-    a `mask` (decay only some parameters) is refused."""
+    """``torchopt.MetaAdamW(module, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *,
+    eps_root=0.0, mask=None, moment_requires_grad=False, maximize=False, use_accelerated_op=False)``;
+    a `mask` (decay only some parameters) is refused.
+
+    Args:
+        module: the module whose parameters the optimizer steps in place.
+        lr: the learning rate (a number >= 0, a tensor, or a schedule count -> lr).
+        betas: the moments' decay rates (beta1, beta2).
+        eps: added to the square root of the second moment.
+        weight_decay: decoupled weight decay (AdamW).
+        eps_root: added inside the square root.
+        mask: refused: decay only some parameters is not supported.
+        moment_requires_grad: keep the moments differentiable (the meta-gradient flows through them).
+        maximize: ascend instead of descend.
+        use_accelerated_op: accepted for TorchOpt's signature; fastmaml's fused ops always run.
+    """
 
     def __init__(self, module: nn.Module, lr: float | Callable = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, *, eps_root: float = 0.0, mask=None, moment_requires_grad: bool = False,
@@ -251,8 +276,21 @@ class MetaAdamW(MetaOptimizer):
 
 
 class MetaRMSProp(MetaOptimizer):
-    """torchopt.MetaRMSProp(module, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-    centered=False, *, initial_scale=0.0, nesterov=False, maximize=False)."""
+    """``torchopt.MetaRMSProp(module, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+    centered=False, *, initial_scale=0.0, nesterov=False, maximize=False)``.
+
+    Args:
+        module: the module whose parameters the optimizer steps in place.
+        lr: the learning rate (a number >= 0, a tensor, or a schedule count -> lr).
+        alpha: the square average's decay rate.
+        eps: added to the square root of the square average.
+        weight_decay: coupled L2 weight decay.
+        momentum: the momentum factor (0: none).
+        centered: normalise by the variance estimate instead of the square average.
+        initial_scale: the square average's initial value.
+        nesterov: Nesterov momentum.
+        maximize: ascend instead of descend.
+    """
 
     def __init__(self, module: nn.Module, lr: float | Callable = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
@@ -267,14 +305,23 @@ MetaRMSprop = MetaRMSProp
 # ---- the functional API: init / update / apply_updates ------------------------------------------
 class GradientTransformation(NamedTuple):
     """TorchOpt's (init, update) pair: `state = init(params)`; `updates, state = update(grads, state,
-    params=params, inplace=False)`; then `params = apply_updates(params, updates, inplace=False)`."""
+    params=params, inplace=False)`; then `params = apply_updates(params, updates, inplace=False)`.
+
+    Args:
+        init: params -> state.
+        update: (grads, state, params=None, inplace=True) -> (updates, state).
+    """
 
     init: Callable
     update: Callable
 
 
 class FunctionalState(NamedTuple):
-    """A functional optimizer's state: the inner optimizer's (count and moments)."""
+    """A functional optimizer's state: the inner optimizer's (count and moments).
+
+    Args:
+        inner: the inner optimizer's OptimState.
+    """
 
     inner: OptimState
 
@@ -307,19 +354,52 @@ def _functional(impl: InnerOptimizer, lr, maximize: bool, moment_requires_grad: 
 
 def sgd(lr, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
         moment_requires_grad: bool = False, maximize: bool = False) -> GradientTransformation:
-    """torchopt.sgd: the functional SGD (momentum, dampening, Nesterov, weight decay)."""
+    """torchopt.sgd: the functional SGD (momentum, dampening, Nesterov, weight decay).
+
+    Args:
+        lr: the learning rate (a number >= 0, a tensor, or a schedule count -> lr).
+        momentum: the momentum factor (0: none).
+        dampening: the dampening of the momentum.
+        weight_decay: coupled L2 weight decay.
+        nesterov: Nesterov momentum.
+        moment_requires_grad: keep the moments differentiable (the meta-gradient flows through them).
+        maximize: ascend instead of descend.
+    """
     return _functional(_TorchOptSGD(momentum, dampening, weight_decay, nesterov), lr, maximize, moment_requires_grad)
 
 
 def adam(lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0, *, eps_root: float = 0.0,
          moment_requires_grad: bool = False, maximize: bool = False, use_accelerated_op: bool = False):
-    """torchopt.adam: the functional Adam."""
+    """torchopt.adam: the functional Adam.
+
+    Args:
+        lr: the learning rate (a number >= 0, a tensor, or a schedule count -> lr).
+        betas: the moments' decay rates (beta1, beta2).
+        eps: added to the square root of the second moment.
+        weight_decay: coupled L2 weight decay.
+        eps_root: added inside the square root.
+        moment_requires_grad: keep the moments differentiable (the meta-gradient flows through them).
+        maximize: ascend instead of descend.
+        use_accelerated_op: accepted for TorchOpt's signature; fastmaml's fused ops always run.
+    """
     return _functional(InnerAdam(betas, eps, weight_decay, eps_root=eps_root, bias_correction="torchopt"), lr, maximize, moment_requires_grad)
 
 
 def adamw(lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2, *, eps_root: float = 0.0,
           mask=None, moment_requires_grad: bool = False, maximize: bool = False, use_accelerated_op: bool = False):
-    """torchopt.adamw: the functional AdamW (no `mask`)."""
+    """torchopt.adamw: the functional AdamW (no `mask`).
+
+    Args:
+        lr: the learning rate (a number >= 0, a tensor, or a schedule count -> lr).
+        betas: the moments' decay rates (beta1, beta2).
+        eps: added to the square root of the second moment.
+        weight_decay: decoupled weight decay (AdamW).
+        eps_root: added inside the square root.
+        mask: refused: decay only some parameters is not supported.
+        moment_requires_grad: keep the moments differentiable (the meta-gradient flows through them).
+        maximize: ascend instead of descend.
+        use_accelerated_op: accepted for TorchOpt's signature; fastmaml's fused ops always run.
+    """
     if mask is not None:
         raise NotImplementedError("adamw: mask= is not supported by fastmaml.compat.torchopt")
     return _functional(InnerAdamW(betas, eps, weight_decay, eps_root=eps_root, bias_correction="torchopt"), lr, maximize, moment_requires_grad)
@@ -327,13 +407,31 @@ def adamw(lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 
 
 def rmsprop(lr=1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
             centered: bool = False, *, initial_scale: float = 0.0, nesterov: bool = False, maximize: bool = False):
-    """torchopt.rmsprop: the functional RMSProp."""
+    """torchopt.rmsprop: the functional RMSProp.
+
+    Args:
+        lr: the learning rate (a number >= 0, a tensor, or a schedule count -> lr).
+        alpha: the square average's decay rate.
+        eps: added to the square root of the square average.
+        weight_decay: coupled L2 weight decay.
+        momentum: the momentum factor (0: none).
+        centered: normalise by the variance estimate instead of the square average.
+        initial_scale: the square average's initial value.
+        nesterov: Nesterov momentum.
+        maximize: ascend instead of descend.
+    """
     impl = InnerRMSprop(alpha, eps, weight_decay, momentum, centered, nesterov=nesterov, initial_scale=initial_scale)
     return _functional(impl, lr, maximize, False)
 
 
 def apply_updates(params, updates, *, inplace: bool = True):
-    """params + updates, leaf by leaf (in place on the tensors' data with inplace=True, as TorchOpt)."""
+    """params + updates, leaf by leaf (in place on the tensors' data with inplace=True, as TorchOpt).
+
+    Args:
+        params: a tree of tensors.
+        updates: a tree of the same structure.
+        inplace: add into params' data in place (TorchOpt's default) instead of new tensors.
+    """
     if inplace:
         def add(p, u):
             if u is not None:
@@ -349,7 +447,11 @@ def apply_updates(params, updates, *, inplace: bool = True):
 
 def stop_gradient(target) -> None:
     """Detach, in place, a module's parameters, a ModuleState, a MetaOptimizer's state or a tree of
-    tensors from their graph (keeping requires_grad)."""
+    tensors from their graph (keeping requires_grad).
+
+    Args:
+        target: a module, ModuleState, MetaOptimizer or tree of tensors.
+    """
     if isinstance(target, ModuleState):
         tree = (target.params, target.buffers)
     elif isinstance(target, nn.Module):
@@ -366,7 +468,14 @@ def stop_gradient(target) -> None:
 
 def module_clone(target, *, by: str = "reference", detach_buffers: bool = False, device=None):
     """A copy of a module or MetaOptimizer whose tensors are taken `by` "reference", "copy" (clones
-    in the graph) or "deepcopy" (detached clones), or such a copy of a tree of tensors."""
+    in the graph) or "deepcopy" (detached clones), or such a copy of a tree of tensors.
+
+    Args:
+        target: a module, MetaOptimizer or tree of tensors.
+        by: "reference", "copy" or "deepcopy".
+        detach_buffers: detach the buffers of a module's copy.
+        device: where the copy lives (None: where the tensors are).
+    """
     replicate, _ = _replicator(by, device)
     if isinstance(target, (nn.Module, MetaOptimizer)):
         if isinstance(target, nn.Module):

@@ -1,4 +1,4 @@
-"""higher-shaped `innerloop_ctx` on fastmaml's fused inner update.
+"""higher-shaped `innerloop_ctx` on fastmaml's fused inner update. ::
 
     import fastmaml.compat.higher as higher           # was: import higher
     inner_opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -144,7 +144,14 @@ def _patched_class(cls: type) -> type:
 def monkeypatch(module: nn.Module, device: torch.device | None = None, copy_initial_weights: bool = True,
                 track_higher_grads: bool = True) -> nn.Module:
     """higher.monkeypatch: a functional copy of `module` whose forward runs with its own fast
-    weights (`fmodel.parameters()`, `fmodel.update_params(...)`, `fmodel(x, params=...)`)."""
+    weights (`fmodel.parameters()`, `fmodel.update_params(...)`, `fmodel(x, params=...)`).
+
+    Args:
+        module: the model to copy.
+        device: where the copy lives (None: as module).
+        copy_initial_weights: True: the fast weights start as detached copies; False: as the module's own (MAML).
+        track_higher_grads: False: first-order steps, only the latest weights kept.
+    """
     if not isinstance(module, nn.Module):
         raise TypeError(f"monkeypatch: module must be an nn.Module, got {type(module).__name__}")
     if isinstance(module, _FastWeights):
@@ -171,7 +178,16 @@ def innerloop_ctx(model: nn.Module, opt: torch.optim.Optimizer, device: torch.de
                   copy_initial_weights: bool = True, override: dict | None = None,
                   track_higher_grads: bool = True):
     """Yields (fmodel, diffopt): a functional copy of `model` and the differentiable twin of the
-    optimizer `opt` (SGD, Adam, RMSprop or one registered with register_optim). See the module docstring for copy_initial_weights' semantics."""
+    optimizer `opt` (SGD, Adam, RMSprop or one registered with register_optim). See the module docstring for copy_initial_weights' semantics.
+
+    Args:
+        model: the model to adapt.
+        opt: the inner optimizer (torch.optim.SGD, Adam, RMSprop or a registered type).
+        device: where fmodel and the state live (None: as model).
+        copy_initial_weights: True (higher's default): start from detached copies; pass False for MAML.
+        override: name -> value or per-group list overriding `opt`'s settings (e.g. learned rate tensors).
+        track_higher_grads: False: first-order steps (no graph through the gradients).
+    """
     fmodel = monkeypatch(model, device, copy_initial_weights=copy_initial_weights,
                          track_higher_grads=track_higher_grads)
     diffopt = get_diff_optim(opt, model.parameters(), fmodel=fmodel, device=device, override=override,

@@ -27,7 +27,17 @@ class DifferentiableOptimizer:
     """higher.optim.DifferentiableOptimizer: the inner optimizer's settings and state, stepped
     functionally on the fast weights of `fmodel` (or on `params` passed to step). Subclasses say
     how a group's settings make a fastmaml inner optimizer (`_inner`) and which torch.optim state
-    entries start its state (`_state_keys`)."""
+    entries start its state (`_state_keys`).
+
+    Args:
+        other: the torch optimizer the inner loop was written with (its groups and settings).
+        reference_params: the parameters `other` was built over, in order.
+        fmodel: the patched module whose fast weights `step` updates (None: pass `params` to step).
+        device: where the optimizer's state lives (None: with the parameters).
+        override: name -> value or per-group list overriding `other`'s settings (e.g. learned rate tensors).
+        grad_callback: grads -> grads, applied before the update (e.g. clipping).
+        track_higher_grads: False: first-order steps (no graph through the gradients).
+    """
 
     _state_keys: tuple[str | None, str | None, str | None] = (None, None, None)  # m, v, b in torch.optim's state
 
@@ -171,7 +181,17 @@ def _numbers(group: dict, keys: tuple[str, ...], owner: str) -> dict:
 
 class DifferentiableSGD(DifferentiableOptimizer):
     """torch.optim.SGD, differentiable: g <- g + wd p; buf <- g at the first step, then momentum *
-    buf + (1 - dampening) * g; g <- g + momentum * buf (Nesterov) or buf; p <- p - lr * g."""
+    buf + (1 - dampening) * g; g <- g + momentum * buf (Nesterov) or buf; p <- p - lr * g.
+
+    Args:
+        other: the torch optimizer the inner loop was written with (its groups and settings).
+        reference_params: the parameters `other` was built over, in order.
+        fmodel: the patched module whose fast weights `step` updates (None: pass `params` to step).
+        device: where the optimizer's state lives (None: with the parameters).
+        override: name -> value or per-group list overriding `other`'s settings (e.g. learned rate tensors).
+        grad_callback: grads -> grads, applied before the update (e.g. clipping).
+        track_higher_grads: False: first-order steps (no graph through the gradients).
+    """
 
     _state_keys = (None, None, "momentum_buffer")
 
@@ -181,7 +201,17 @@ class DifferentiableSGD(DifferentiableOptimizer):
 
 
 class DifferentiableAdam(DifferentiableOptimizer):
-    """torch.optim.Adam as higher 0.2.1 computes it: p <- p - lr sqrt(bc2) / bc1 * m / (sqrt(v) + eps)."""
+    """torch.optim.Adam as higher 0.2.1 computes it: p <- p - lr sqrt(bc2) / bc1 * m / (sqrt(v) + eps).
+
+    Args:
+        other: the torch optimizer the inner loop was written with (its groups and settings).
+        reference_params: the parameters `other` was built over, in order.
+        fmodel: the patched module whose fast weights `step` updates (None: pass `params` to step).
+        device: where the optimizer's state lives (None: with the parameters).
+        override: name -> value or per-group list overriding `other`'s settings (e.g. learned rate tensors).
+        grad_callback: grads -> grads, applied before the update (e.g. clipping).
+        track_higher_grads: False: first-order steps (no graph through the gradients).
+    """
 
     _state_keys = ("exp_avg", "exp_avg_sq", None)
 
@@ -194,7 +224,17 @@ class DifferentiableAdam(DifferentiableOptimizer):
 
 
 class DifferentiableRMSprop(DifferentiableOptimizer):
-    """torch.optim.RMSprop (centered, momentum, weight decay), differentiable."""
+    """torch.optim.RMSprop (centered, momentum, weight decay), differentiable.
+
+    Args:
+        other: the torch optimizer the inner loop was written with (its groups and settings).
+        reference_params: the parameters `other` was built over, in order.
+        fmodel: the patched module whose fast weights `step` updates (None: pass `params` to step).
+        device: where the optimizer's state lives (None: with the parameters).
+        override: name -> value or per-group list overriding `other`'s settings (e.g. learned rate tensors).
+        grad_callback: grads -> grads, applied before the update (e.g. clipping).
+        track_higher_grads: False: first-order steps (no graph through the gradients).
+    """
 
     _state_keys = ("grad_avg", "square_avg", "momentum_buffer")
 
@@ -221,7 +261,12 @@ SUPPORTED_OPTIMIZERS = tuple(_opt_mapping)
 
 
 def register_optim(optim_type: type, diff_optim_type: type[DifferentiableOptimizer]) -> None:
-    """Make `diff_optim_type` (a DifferentiableOptimizer subclass) the twin of `optim_type`."""
+    """Make `diff_optim_type` (a DifferentiableOptimizer subclass) the twin of `optim_type`.
+
+    Args:
+        optim_type: the torch.optim.Optimizer subclass.
+        diff_optim_type: its DifferentiableOptimizer subclass.
+    """
     if not (isinstance(diff_optim_type, type) and issubclass(diff_optim_type, DifferentiableOptimizer)):
         raise TypeError("register_optim: diff_optim_type must be a subclass of "
                         f"fastmaml.compat.higher.optim.DifferentiableOptimizer, got {diff_optim_type!r}")
@@ -250,7 +295,16 @@ def _check_groups(opt: torch.optim.Optimizer) -> None:
 def get_diff_optim(opt: torch.optim.Optimizer, reference_params: Iterable[Tensor], fmodel=None,
                    device: torch.device | None = None, override: dict | None = None,
                    track_higher_grads: bool = True, **kwargs) -> DifferentiableOptimizer:
-    """The differentiable twin of `opt` (SGD, Adam, RMSprop or a registered type)."""
+    """The differentiable twin of `opt` (SGD, Adam, RMSprop or a registered type).
+
+    Args:
+        opt: the torch optimizer the inner loop was written with.
+        reference_params: the parameters `other` was built over, in order.
+        fmodel: the patched module whose fast weights `step` updates (None: pass `params` to step).
+        device: where the optimizer's state lives (None: with the parameters).
+        override: name -> value or per-group list overriding `other`'s settings (e.g. learned rate tensors).
+        track_higher_grads: False: first-order steps (no graph through the gradients).
+    """
     twin = _twin(type(opt))
     _check_groups(opt)
     return twin(opt, reference_params, fmodel=fmodel, device=device, override=override,
@@ -261,7 +315,17 @@ def create_diff_optim(opt_type: type, opt_kwargs: dict | None = None, params=Non
                       device: torch.device | None = None, override: dict | None = None,
                       track_higher_grads: bool = True, **kwargs) -> DifferentiableOptimizer:
     """A differentiable optimizer of type `opt_type` built from `opt_kwargs`, over `params` (fast
-    weights, or parameter groups: dicts with a "params" entry) or fmodel's fast weights."""
+    weights, or parameter groups: dicts with a "params" entry) or fmodel's fast weights.
+
+    Args:
+        opt_type: the torch.optim.Optimizer class.
+        opt_kwargs: its keyword arguments (lr, momentum, ...).
+        params: the parameters (tensors, or groups: dicts with a "params" entry); None: fmodel's fast weights.
+        fmodel: the patched module whose fast weights `step` updates (None: pass `params` to step).
+        device: where the optimizer's state lives (None: with the parameters).
+        override: name -> value or per-group list overriding `other`'s settings (e.g. learned rate tensors).
+        track_higher_grads: False: first-order steps (no graph through the gradients).
+    """
     twin = _twin(opt_type)
     if params is not None:
         params = list(params)
