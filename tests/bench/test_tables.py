@@ -7,14 +7,16 @@ import pytest
 
 from bench import tables
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+READMES = (ROOT / "README.md", ROOT / "bench" / "README.md")  # both rewritten by `python -m bench.tables --readme`
 
 
 @pytest.mark.parametrize("name", list(tables.TABLES))
 def test_readme_table_is_generated_from_the_json(name):
-    text = README.read_text()
     start, end = f"<!-- table:{name} -->\n", f"\n<!-- /table:{name} -->"
-    assert start in text and end in text, f"README.md has no {name} table block"
+    holders = [p for p in READMES if start in p.read_text() and end in p.read_text()]
+    assert holders, f"neither README.md nor bench/README.md has a {name} table block"
+    text = holders[0].read_text()
     block = text.split(start, 1)[1].split(end, 1)[0]
     assert block == tables.TABLES[name](), (
-        f"README.md's {name} table differs from bench/results: run `python -m bench.tables --readme`")
+        f"{holders[0].name}'s {name} table differs from bench/results: run `python -m bench.tables --readme`")
