@@ -1,13 +1,19 @@
 """A/B of fastmaml's own meta-step between two source trees (e.g. before and after a refactor).
 
     git worktree add ../base <commit> && (cd ../base && FASTMAML_NO_CUDA=1 python setup.py build_ext --inplace)
-    python -m bench.bench_revisions --base ../base --configs sine-1-so,sine-5-so,conv4-1-so-t8
+    git worktree add ../cand HEAD && (cd ../cand && FASTMAML_NO_CUDA=1 python setup.py build_ext --inplace)
+    python -m bench.bench_revisions --base ../base --candidate ../cand --configs sine-1-so,sine-5-so,conv4-1-so-t8
+
+Build both trees the same way (here: CPU kernels only); the CPU code is the same in either build, but
+an A/A run of one source tree built twice differed by up to 8% on Conv-4 in a single process pair.
 
 Each tree runs in a worker process of its own (its fastmaml first on sys.path; the problem is
 bench.bench_peers.problem from THIS tree, so both time the same model and data). The workers are
 asked in alternation, ABAB..., for a sample of meta-steps each; a sample is the process CPU time of
 `reps` consecutive steps on one torch thread (the CPU-time clock leaves out the time other processes
-take on a shared machine). The result per config is the median of the per-round ratios
+take on a shared machine). The rounds are spread over several pairs of fresh processes (`--pairs`,
+alternating which starts first), because one pair alone can be a few per cent off either way for
+reasons that are not the code. The result per config is the median of the per-round ratios
 candidate/base (< 1: the candidate is faster) with a 95% interval of that median, and first the float64
 meta-gradients of both trees on the same batch must agree. JSON to bench/results/revisions.json.
 """
@@ -80,17 +86,19 @@ def max_rel_diff(a: list[list[float]], b: list[list[float]]) -> float:
     return max(abs(x - y) for ga, gb in zip(a, b) for x, y in zip(ga, gb)) / scale
 
 
-def run_config(name: str, trees: dict[str, Path], rounds: int, sample_s: float) -> dict:
-    workers = {k: Worker(t) for k, t in trees.items()}
+def time_pair(name: str, trees: dict[str, Path], rounds: int, sample_s: float, first: str) -> dict:
+    """One pair of fresh worker processes (`first` started first): the float64 check, then `rounds`
+    alternating samples of each."""
+    workers = {k: Worker(trees[k]) for k in (first, *(k for k in trees if k != first))}
     try:
         check = {k: w.ask("setup", name, "float64") for k, w in workers.items()}
         agree = max_rel_diff(check["candidate"]["grads"], check["base"]["grads"])
         if agree > 1e-9:
             raise SystemExit(f"{name}: the two trees' float64 meta-gradients differ ({agree:.2e}): fix that first")
         setup = {k: w.ask("setup", name, "float32") for k, w in workers.items()}
-        warm = workers["base"].ask("time", 1, 0)["cpu_s"]
+        warm = max(w.ask("time", 1, 0)["cpu_s"] for w in workers.values())
         reps = max(1, round(sample_s / max(warm, 1e-6)))
-        samples = {k: [] for k in workers}
+        samples: dict[str, list[float]] = {k: [] for k in workers}
         for r in range(rounds):
             order = ("base", "candidate") if r % 2 == 0 else ("candidate", "base")
             for k in order:
@@ -98,15 +106,28 @@ def run_config(name: str, trees: dict[str, Path], rounds: int, sample_s: float) 
     finally:
         for w in workers.values():
             w.close()
+    return {"agree": agree, "modes": {k: s["mode"] for k, s in setup.items()}, "reps": reps, "samples": samples}
+
+
+def run_config(name: str, trees: dict[str, Path], rounds: int, sample_s: float, pairs: int) -> dict:
+    """`rounds` alternating samples in all, spread over `pairs` pairs of fresh processes: one process
+    pair alone can be a few per cent off either way for reasons that are not the code (where its
+    memory landed, what else ran), which the spread within the pair does not show."""
+    runs = [time_pair(name, trees, max(1, rounds // pairs), sample_s, "base" if i % 2 == 0 else "candidate")
+            for i in range(pairs)]
+    samples = {k: [s for run in runs for s in run["samples"][k]] for k in trees}
+    pair_medians = [statistics.median(c / b for c, b in zip(run["samples"]["candidate"], run["samples"]["base"]))
+                    for run in runs]
     ratios = sorted(c / b for c, b in zip(samples["candidate"], samples["base"]))
     q = statistics.quantiles(ratios, n=4)
     # a distribution-free 95% interval of the median: order statistics n/2 -+ 1.96 sqrt(n)/2
     half = 0.98 * math.sqrt(len(ratios))
     ci = ratios[max(0, math.floor(len(ratios) / 2 - half))], ratios[min(len(ratios) - 1, math.ceil(len(ratios) / 2 + half))]
-    return {"config": name, "rounds": rounds, "steps_per_sample": reps, "grad_rel_diff_f64": agree,
-            "modes": {k: s["mode"] for k, s in setup.items()},
+    return {"config": name, "rounds": len(ratios), "pairs": pairs, "steps_per_sample": runs[0]["reps"],
+            "grad_rel_diff_f64": max(run["agree"] for run in runs), "modes": runs[0]["modes"],
             "median_ms": {k: 1e3 * statistics.median(v) for k, v in samples.items()},
-            "ratio_median": statistics.median(ratios), "ratio_ci95": ci, "ratio_p25": q[0], "ratio_p75": q[2]}
+            "ratio_median": statistics.median(ratios), "ratio_ci95": ci, "ratio_p25": q[0], "ratio_p75": q[2],
+            "pair_medians": pair_medians}
 
 
 def render_markdown(path: Path = DEFAULT_OUT) -> str:
@@ -115,11 +136,13 @@ def render_markdown(path: Path = DEFAULT_OUT) -> str:
     revs = data["revisions"]
     rows = [f"base {revs['base']} -> candidate {revs['candidate']}, {data['date']}; CPU ms per meta-step, one thread, "
             "medians of alternating samples", "",
-            "| config | mode | base ms | candidate ms | candidate / base (95% CI) | rounds |", "|---|---|---|---|---|---|"]
+            "| config | mode | base ms | candidate ms | candidate / base (95% CI) | per process pair | rounds |",
+            "|---|---|---|---|---|---|---|"]
     for r in data["results"]:
         lo, hi = r["ratio_ci95"]
         rows.append(f"| {r['config']} | {r['modes']['candidate']} | {r['median_ms']['base']:.3f} | "
-                    f"{r['median_ms']['candidate']:.3f} | {r['ratio_median']:.3f} ({lo:.3f}-{hi:.3f}) | {r['rounds']} |")
+                    f"{r['median_ms']['candidate']:.3f} | {r['ratio_median']:.3f} ({lo:.3f}-{hi:.3f}) | "
+                    f"{', '.join(f'{m:.3f}' for m in r.get('pair_medians', []))} | {r['rounds']} |")
     return "\n".join(rows)
 
 
@@ -129,6 +152,7 @@ def main(argv=None):
     parser.add_argument("--candidate", type=Path, default=ROOT, help="default: this tree")
     parser.add_argument("--configs", default="sine-1-so,sine-5-so,conv4-1-so-t8")
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--pairs", type=int, default=4, help="fresh worker-process pairs the rounds are spread over")
     parser.add_argument("--sample-s", type=float, default=0.1, help="CPU seconds of meta-steps per sample")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -144,11 +168,12 @@ def main(argv=None):
     trees = {"base": args.base.resolve(), "candidate": args.candidate.resolve()}
     results = []
     for name in configs:
-        res = run_config(name, trees, args.rounds, args.sample_s)
+        res = run_config(name, trees, args.rounds, args.sample_s, args.pairs)
         results.append(res)
         print(f"{name:16s} base {res['median_ms']['base']:8.3f} ms  candidate {res['median_ms']['candidate']:8.3f} ms  "
               f"candidate/base {res['ratio_median']:.3f} (95% CI {res['ratio_ci95'][0]:.3f}-{res['ratio_ci95'][1]:.3f})  "
-              f"({res['modes']['candidate']}, {res['rounds']} rounds x {res['steps_per_sample']})", flush=True)
+              f"({res['modes']['candidate']}, {res['rounds']} rounds x {res['steps_per_sample']}; per process pair "
+              + ", ".join(f"{m:.3f}" for m in res["pair_medians"]) + ")", flush=True)
     revs = {k: subprocess.run(["git", "-C", str(t), "describe", "--always", "--dirty"], capture_output=True,
                               text=True).stdout.strip() for k, t in trees.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
