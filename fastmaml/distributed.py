@@ -41,6 +41,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import overload
 
 import torch
 import torch.distributed as dist
@@ -161,6 +162,18 @@ class DistContext:
         return Shard(parts, start, stop, total, batch)
 
     # ---- gradients -------------------------------------------------------------------------------
+    @overload
+    def all_reduce_grads(self, params: Iterable[Tensor], weight: float = 1.0, loss: None = None,
+                         buffers: Iterable[Tensor] | None = None) -> None: ...
+
+    @overload
+    def all_reduce_grads(self, params: Iterable[Tensor], weight: float = 1.0, *, loss: float | Tensor,
+                         buffers: Iterable[Tensor] | None = None) -> float: ...
+
+    @overload
+    def all_reduce_grads(self, params: Iterable[Tensor], weight: float, loss: float | Tensor,
+                         buffers: Iterable[Tensor] | None = None) -> float: ...
+
     def all_reduce_grads(self, params: Iterable[Tensor], weight: float = 1.0, loss: float | Tensor | None = None,
                          buffers: Iterable[Tensor] | None = None) -> float | None:
         """Replace each parameter's `.grad` by sum over ranks of weight_r * grad_r, in coalesced
