@@ -152,7 +152,7 @@ class WarpGrad(MetaLearner):
         final = self.query_loss(last, query_x, query_y, loss_fn, buffers, None)
         if self.buffer_size:
             return final  # meta_loss adds J over the replay buffer
-        support_x, support_y = cast(tuple[Tensor, Tensor], self._support)  # set by inner_loop
+        support_x, support_y = cast("tuple[Tensor, Tensor]", self._support)  # set by inner_loop
         warp = torch.stack([self.lookahead(phi, support_x, support_y, query_x, query_y, loss_fn, buffers, k)
                             for k, phi in enumerate(trajectory[:-1])]).mean()
         return final + (warp - warp.detach())
