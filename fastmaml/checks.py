@@ -10,18 +10,34 @@ import difflib
 import math
 import weakref
 from collections.abc import Mapping
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
 
-def check_int(value, arg: str, minimum: int = 0) -> int:
+class _RunState(Protocol):
+    example_rank_seen: int | None
+
+
+class _Learner(Protocol):
+    """What the checks read from a learner (a `fastmaml.MetaLearner` has it all)."""
+
+    module: nn.Module
+    example_rank: int | None
+    overridden_hooks: frozenset[str]
+
+    @property
+    def execution_state(self) -> _RunState: ...
+
+
+def check_int(value: object, arg: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{arg} must be an int >= {minimum}, got {value!r}")
     return value
 
 
-def check_lr(lr, arg: str = "inner_lr") -> float:
+def check_lr(lr: object, arg: str = "inner_lr") -> float:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise TypeError(f"{arg} must be a number, got {type(lr).__name__}")
     if not math.isfinite(lr) or lr < 0:
@@ -29,7 +45,7 @@ def check_lr(lr, arg: str = "inner_lr") -> float:
     return float(lr)
 
 
-def check_rates(lr, names: list[str], arg: str = "lr") -> None:
+def check_rates(lr: object, names: list[str], arg: str = "lr") -> None:
     """A learning rate given by the user: a number, or a dict name -> number or tensor with a rate
     for each of `names`, all finite and >= 0. Checked once at entry (a tensor check is one host
     synchronisation), never per inner step."""
@@ -91,7 +107,8 @@ def check_names(model: nn.Module, tensors: Mapping[str, Tensor], arg: str = "par
                          f"the {type(model).__name__}; its parameters are {names}" + (f" ({hint})" if hint else ""))
 
 
-def check_batch(support_x, support_y, query_x, query_y, learner=None) -> None:
+def check_batch(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+                learner: _Learner | None = None) -> None:
     args = {"support_x": support_x, "support_y": support_y, "query_x": query_x, "query_y": query_y}
     for name, t in args.items():
         if not isinstance(t, Tensor):
@@ -123,10 +140,10 @@ def check_batch(support_x, support_y, query_x, query_y, learner=None) -> None:
 _FIRST_LAYER_RANK = ((nn.Linear, 1), (nn.Conv1d, 2), (nn.Conv2d, 3), (nn.Conv3d, 4))
 
 
-_FIRST_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its first layer
+_FIRST_LAYERS: weakref.WeakKeyDictionary[nn.Module, nn.Module | None] = weakref.WeakKeyDictionary()  # model -> its first layer
 
 
-def _first_layer(learner) -> nn.Module | None:
+def _first_layer(learner: _Learner) -> nn.Module | None:
     """The model's first module with parameters of its own, found at the model's first check (the
     walk over the modules would otherwise run on every meta_loss)."""
     model = learner.module
@@ -135,7 +152,7 @@ def _first_layer(learner) -> nn.Module | None:
     return _FIRST_LAYERS[model]
 
 
-def _example_rank(learner, first: nn.Module | None) -> tuple[int | None, str]:
+def _example_rank(learner: _Learner, first: nn.Module | None) -> tuple[int | None, str]:
     rank = learner.example_rank
     if rank is not None:
         return rank, "learner.example_rank"
@@ -145,7 +162,7 @@ def _example_rank(learner, first: nn.Module | None) -> tuple[int | None, str]:
     return learner.execution_state.example_rank_seen, "the examples of an earlier call"
 
 
-def check_example_rank(learner, x: Tensor, task_dims: int, where: str, arg: str = "support_x") -> None:
+def check_example_rank(learner: _Learner, x: Tensor, task_dims: int, where: str, arg: str = "support_x") -> None:
     """NOTE: [example rank]; `task_dims`: 2 for a batch [T, N, ...], 1 for one task [N, ...]. Also
     checks what the first layer can tell without running it: x's floating dtype and device are the
     parameters', and its features (Linear) or channels (ConvNd) are the layer's."""

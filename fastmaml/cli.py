@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 SUBCOMMANDS = ("demo", "info", "train", "eval", "plot", "report")
 
@@ -17,7 +18,7 @@ class CommandError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (the usage is one `--help` away)."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -38,13 +38,19 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from types import TracebackType
+from typing import Any, cast, overload
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from fastmaml.algorithms.base import MetaLearner
+from fastmaml.functional import LossFn
+from fastmaml.tasks.sampler import TaskBatch
 
 TIMEOUT_ENV = "FASTMAML_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0  # torch's own default; evaluation on rank 0 holds the others this long at most
@@ -122,8 +128,8 @@ class DistContext:
     world_size 1 (no process group) every method is a no-op, so code written for N ranks runs
     unchanged in one process."""
 
-    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, device="cpu",
-                 backend: str | None = None, bucket_cap_mb: float = DEFAULT_BUCKET_MB):
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, device: str | torch.device = "cpu",
+                 backend: str | None = None, bucket_cap_mb: float = DEFAULT_BUCKET_MB) -> None:
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.device = torch.device(device)
         self.backend = backend
@@ -145,7 +151,7 @@ class DistContext:
                 f"device={self.device}, backend={self.backend})")
 
     # ---- tasks -----------------------------------------------------------------------------------
-    def shard(self, batch) -> Shard:
+    def shard(self, batch: TaskBatch | Sequence[Tensor]) -> Shard:
         """This rank's slice of `batch` (anything with `.tensors()`, or a tuple of tensors with a
         leading task dimension). NOTE: [distributed sharding]"""
         parts = tuple(batch.tensors() if hasattr(batch, "tensors") else batch)
@@ -161,6 +167,18 @@ class DistContext:
         return Shard(parts, start, stop, total, batch)
 
     # ---- gradients -------------------------------------------------------------------------------
+    @overload
+    def all_reduce_grads(self, params: Iterable[Tensor], weight: float = 1.0, loss: None = None,
+                         buffers: Iterable[Tensor] | None = None) -> None: ...
+
+    @overload
+    def all_reduce_grads(self, params: Iterable[Tensor], weight: float = 1.0, *, loss: float | Tensor,
+                         buffers: Iterable[Tensor] | None = None) -> float: ...
+
+    @overload
+    def all_reduce_grads(self, params: Iterable[Tensor], weight: float, loss: float | Tensor,
+                         buffers: Iterable[Tensor] | None = None) -> float: ...
+
     def all_reduce_grads(self, params: Iterable[Tensor], weight: float = 1.0, loss: float | Tensor | None = None,
                          buffers: Iterable[Tensor] | None = None) -> float | None:
         """Replace each parameter's `.grad` by sum over ranks of weight_r * grad_r, in coalesced
@@ -235,7 +253,7 @@ class DistContext:
         self.stats["buckets"] += len(works)
         return meta[-1] if loss is not None else None
 
-    def meta_step(self, learner: nn.Module, shard: Shard, loss_fn) -> float:
+    def meta_step(self, learner: MetaLearner, shard: Shard, loss_fn: LossFn) -> float:
         """Fill `.grad` of the learner's parameters with the global meta-gradient of `shard`'s batch
         (meta_loss().backward(), or meta_grad() for learners with their own outer update such as
         Reptile) and return the global mean loss. Gradients already in `.grad` are overwritten."""
@@ -271,7 +289,7 @@ class DistContext:
                 b.copy_(before + delta[offset: offset + n].view(b.shape).round().to(b.dtype))
                 offset += n
 
-    def outer_step(self, learner: nn.Module, shard: Shard, loss_fn, outer_lr: float) -> float:
+    def outer_step(self, learner: MetaLearner, shard: Shard, loss_fn: LossFn, outer_lr: float) -> float:
         """The distributed form of a learner's own in-place outer step (Reptile.step): the global
         meta_grad() direction, then theta <- theta - outer_lr * direction through the fused
         fastmaml.ops.update_. Leaves `.grad` as it found it; returns the global mean loss."""
@@ -338,7 +356,8 @@ class DistContext:
 # SIGTERM, then SIGKILL). A thread keeps beating while its rank computes or evaluates; a rank that
 # leaves normally (destroy() or interpreter exit) marks itself done and is no longer watched.
 class Heartbeat:
-    def __init__(self, store, rank: int, world_size: int, timeout: float, interval: float | None = None):
+    def __init__(self, store: dist.Store, rank: int, world_size: int, timeout: float,
+                 interval: float | None = None) -> None:
         self.store = dist.PrefixStore("fastmaml/heartbeat/", store)
         self.rank, self.world_size, self.timeout = rank, world_size, float(timeout)
         self.interval = interval if interval is not None else min(5.0, self.timeout / 4)
@@ -417,7 +436,7 @@ def current() -> DistContext:
 def _env_int(name: str) -> int:
     value = os.environ.get(name)
     try:
-        return int(value)
+        return int(cast(str, value))  # None: the TypeError below
     except (TypeError, ValueError):
         raise DistributedError(f"environment variable {name} must be an integer, got {value!r}: launch with "
                                f"torchrun --nproc_per_node=N -m fastmaml train ...") from None
@@ -431,7 +450,7 @@ def _install_excepthook(rank: int, world_size: int) -> None:
         return
     previous = sys.excepthook
 
-    def hook(kind, value, tb):
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
         if not issubclass(kind, KeyboardInterrupt):
             print(f"fastmaml.distributed: rank {rank} of {world_size} failed with {kind.__name__}: {value}; "
                   f"the job stops (the other ranks are terminated by the launcher)", file=sys.stderr, flush=True)
@@ -455,7 +474,7 @@ def init_from_env(device: str | torch.device | None = None, backend: str | None 
     if world_size <= 1:
         _CURRENT = DistContext(device=device, bucket_cap_mb=bucket_cap_mb)
         return _CURRENT
-    rank, local_rank = _env_int("RANK"), int(os.environ.get("LOCAL_RANK", os.environ.get("RANK")))
+    rank, local_rank = _env_int("RANK"), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
     missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
     if missing and not dist.is_initialized():
         raise DistributedError(f"WORLD_SIZE={world_size} but {' and '.join(missing)} unset: launch with "
@@ -473,7 +492,7 @@ def init_from_env(device: str | torch.device | None = None, backend: str | None 
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout}")
     _install_excepthook(rank, world_size)
     if not dist.is_initialized():
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout),
                                 **kwargs)
     _start_heartbeat(dist.get_rank(), dist.get_world_size())  # NOTE: [stalled peer]

@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 def conv_block(in_channels: int, out_channels: int, track_running_stats: bool = False) -> nn.Sequential:
@@ -29,7 +30,7 @@ def warp_conv(channels: int) -> nn.Conv2d:
     with torch.no_grad():
         conv.weight.zero_()
         conv.weight[:, :, 1, 1] = torch.eye(channels)
-        conv.bias.zero_()
+        cast(Tensor, conv.bias).zero_()
     return conv
 
 
@@ -71,7 +72,7 @@ class Conv4(nn.Module):
         self.head = nn.Linear(hidden * size * size, n_way)
         self.n_way, self.in_channels, self.image_size = n_way, in_channels, image_size
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
 
@@ -91,7 +92,7 @@ class MLP(nn.Module):
         self.features = nn.Sequential(*body)
         self.head = nn.Linear(dims[-1], out_features)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
 

@@ -31,6 +31,8 @@ def test_make_docs_builds_without_warnings(tmp_path):
 PUBLIC = ("fastmaml", "fastmaml.execution", "fastmaml.ops", "fastmaml.secondorder", "fastmaml.tasks",
           "fastmaml.train", "fastmaml.compat.higher", "fastmaml.compat.torchopt",
           "fastmaml.compat.learn2learn.algorithms", "fastmaml.compat.learn2learn.data",
+          "fastmaml.compat.learn2learn.data.transforms", "fastmaml.compat.learn2learn.utils",
+          "fastmaml.compat.learn2learn.nn", "fastmaml.compat.learn2learn.optim",
           "fastmaml.compat.learn2learn.vision.benchmarks", "fastmaml.compat.learn2learn.vision.models")
 NAMES = sorted({(m, n) for m in PUBLIC for n in importlib.import_module(m).__all__
                 if callable(getattr(importlib.import_module(m), n))})

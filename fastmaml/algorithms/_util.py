@@ -4,6 +4,7 @@ model, and linear transforms attached to a model's layers (T-layers, warp layers
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +43,7 @@ def layer_names(model: nn.Module, names: Iterable[str] | None, arg: str) -> list
         return found
     if isinstance(names, str):
         names = [names]
-    out = []
+    out: list[str] = []
     for name in names:
         try:
             module = model.get_submodule(name)
@@ -57,7 +58,9 @@ def layer_names(model: nn.Module, names: Iterable[str] | None, arg: str) -> list
 
 
 def _out_features(module: nn.Module) -> int:
-    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    return cast(nn.modules.conv._ConvNd, module).out_channels
 
 
 def apply_transform(output: Tensor, matrix: Tensor, linear: bool) -> Tensor:
@@ -75,11 +78,11 @@ def attach_transform(model: nn.Module, layer: str, pname: str) -> str:
     if pname in module._parameters:
         raise ValueError(f"layer {layer!r} already has a {pname!r} parameter (wrapped twice?)")
     n = _out_features(module)
-    w = module.weight
+    w = cast(Tensor, module.weight)
     module.register_parameter(pname, nn.Parameter(torch.eye(n, dtype=w.dtype, device=w.device)))
     linear = isinstance(module, nn.Linear)
 
-    def hook(mod, inputs, output):
+    def hook(mod: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
         return apply_transform(output, getattr(mod, pname), linear)
 
     module.register_forward_hook(hook)

@@ -19,12 +19,16 @@ schedule is msl_iterations=5000, first_order_iterations=25000. The counter is sa
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
 import torch
 from torch import Tensor, nn
 
 from fastmaml import checks, functional as F
 from fastmaml.algorithms._util import safe_names
 from fastmaml.algorithms.base import MetaLearner
+from fastmaml.functional import LossFn, Params
 
 COUNTERS = ("meta_loss", "manual")
 
@@ -52,9 +56,10 @@ class MAMLpp(MetaLearner):
     """
     cli_name, paper = "mamlpp", "Antoniou et al. 2019"  # fastmaml train --algo mamlpp
 
-    def __init__(self, model, inner_lr=0.01, inner_steps=5, adapt_names=None, batching="auto",
-                 msl_iterations=10, first_order_iterations=50, per_step_bn=True, learn_rates=True,
-                 iteration_counter="meta_loss"):
+    def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 5,
+                 adapt_names: Iterable[str] | None = None, batching: str = "auto", msl_iterations: int = 10,
+                 first_order_iterations: int = 50, per_step_bn: bool = True, learn_rates: bool = True,
+                 iteration_counter: str = "meta_loss") -> None:
         """Build the learner (the arguments: see the class docstring)."""
         if iteration_counter not in COUNTERS:
             raise ValueError(f"iteration_counter must be one of {COUNTERS}, got {iteration_counter!r}")
@@ -92,17 +97,17 @@ class MAMLpp(MetaLearner):
         """
         self.iteration = checks.check_int(iteration, "iteration")
 
-    def meta_loss(self, *args, **kwargs):
+    def meta_loss(self, *args: Any, **kwargs: Any) -> Tensor:
         """`MetaLearner.meta_loss`, then one count of the iteration counter (training only)."""
         loss = super().meta_loss(*args, **kwargs)
         if self.iteration_counter == "meta_loss" and self.training and torch.is_grad_enabled():
             self.iteration += 1
         return loss
 
-    def get_extra_state(self):
+    def get_extra_state(self) -> dict[str, int]:
         return {"iteration": self.iteration}
 
-    def set_extra_state(self, state):
+    def set_extra_state(self, state: Mapping[str, int]) -> None:
         self.iteration = int(state["iteration"])
 
     def msl_weights(self) -> Tensor:
@@ -122,14 +127,14 @@ class MAMLpp(MetaLearner):
         return w
 
     # ---- hooks -----------------------------------------------------------------------------
-    def is_first_order(self, step):
+    def is_first_order(self, step: int) -> bool:
         return self.first_order or self.iteration < self.first_order_iterations
 
-    def inner_rates(self, step):
+    def inner_rates(self, step: int) -> dict[str, Tensor]:
         k = min(step, self.inner_steps - 1)
         return {n: self.lslr[key][k] for n, key in self._keys.items()}
 
-    def task_forward(self, params, x, buffers, step):
+    def task_forward(self, params: Params, x: Tensor, buffers: Params | None, step: int | None) -> Tensor:
         if not self._bn or not self.per_step_bn:
             return super().task_forward(params, x, buffers, step)
         k = self.inner_steps if step is None else min(step, self.inner_steps)
@@ -146,7 +151,8 @@ class MAMLpp(MetaLearner):
                     chosen[prefix + b] = own[prefix + "step_" + b][k]
         return F.functional_forward(self.module, params, x, buffers=chosen)
 
-    def task_loss(self, trajectory, query_x, query_y, loss_fn, buffers):
+    def task_loss(self, trajectory: list[Params], query_x: Tensor, query_y: Tensor, loss_fn: LossFn,
+                  buffers: Params | None) -> Tensor:
         K = len(trajectory) - 1
         if self.training and self.iteration < self.msl_iterations and K == self.inner_steps > 1:
             w = self.msl_weights().tolist()
@@ -159,12 +165,12 @@ def _is_step_bn(name: str) -> bool:
     return name.rpartition(".")[2] in ("step_weight", "step_bias")
 
 
-def _add_step_bn(name: str, bn: nn.Module, sets: int) -> None:
+def _add_step_bn(name: str, bn: nn.modules.batchnorm._BatchNorm, sets: int) -> None:
     if hasattr(bn, "step_running_mean") or "step_weight" in bn._parameters:
         raise ValueError(f"batch norm layer {name!r} already has per-step statistics (wrapped twice?)")
     if bn.track_running_stats:
-        bn.register_buffer("step_running_mean", bn.running_mean.detach().clone().expand(sets, -1).contiguous())
-        bn.register_buffer("step_running_var", bn.running_var.detach().clone().expand(sets, -1).contiguous())
+        bn.register_buffer("step_running_mean", cast(Tensor, bn.running_mean).detach().clone().expand(sets, -1).contiguous())
+        bn.register_buffer("step_running_var", cast(Tensor, bn.running_var).detach().clone().expand(sets, -1).contiguous())
     if bn.affine:
         bn.step_weight = nn.Parameter(bn.weight.detach().clone().expand(sets, -1).contiguous())
         bn.step_bias = nn.Parameter(bn.bias.detach().clone().expand(sets, -1).contiguous())

@@ -18,12 +18,16 @@ The mask has one entry per output unit / row of W_l, shared by its bias, and is 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any, cast
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fastmaml import functional as F
 from fastmaml.algorithms._util import attach_transform, layer_names, safe_names
 from fastmaml.algorithms.base import MetaLearner
+from fastmaml.functional import Params
 
 MASKS = (False, "sampled", "deterministic")
 
@@ -65,8 +69,9 @@ class MTNet(MetaLearner):
     """
     cli_name, paper = "mtnet", "Lee & Choi 2018"  # fastmaml train --algo mtnet
 
-    def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, layers=None, mask=False,
-                 batching="auto", temperature=1.0, mask_logit=3.0):
+    def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 1, first_order: bool = False,
+                 layers: Iterable[str] | None = None, mask: bool | str | None = False, batching: str = "auto",
+                 temperature: float = 1.0, mask_logit: float = 3.0) -> None:
         """Build the learner, attaching the T-layers (the arguments: see the class docstring)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -82,15 +87,14 @@ class MTNet(MetaLearner):
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
         self.mask, self.temperature = mask, float(temperature)
-        self._task_masks = None
+        self._task_masks: dict[str, Tensor] | None = None
         if self.mask:
             keys = safe_names(self.layers)
             self._mask_keys = keys
+            weights = {layer: cast(Tensor, model.get_submodule(layer).weight) for layer in self.layers}
             self.mask_logits = nn.ParameterDict({
-                keys[layer]: nn.Parameter(torch.full((model.get_submodule(layer).weight.shape[0],), float(mask_logit),
-                                                     dtype=model.get_submodule(layer).weight.dtype,
-                                                     device=model.get_submodule(layer).weight.device))
-                for layer in self.layers
+                keys[layer]: nn.Parameter(torch.full((w.shape[0],), float(mask_logit), dtype=w.dtype, device=w.device))
+                for layer, w in weights.items()
             })
 
     def masks(self, sample: bool | None = None) -> dict[str, torch.Tensor]:
@@ -101,7 +105,7 @@ class MTNet(MetaLearner):
                 the `mask` setting says.
         """
         sample = self.mask == "sampled" if sample is None else sample
-        out = {}
+        out: dict[str, Tensor] = {}
         for layer, key in self._mask_keys.items():
             logits = self.mask_logits[key]
             if sample:
@@ -111,7 +115,7 @@ class MTNet(MetaLearner):
                 out[layer] = (logits > 0).to(soft.dtype) + soft - soft.detach()
         return out
 
-    def inner_loop(self, params, *args, **kwargs):
+    def inner_loop(self, params: Params, *args: Any, **kwargs: Any) -> list[Params]:
         # One mask per task, drawn here so every inner step of the task shares it (inside vmap:
         # one draw per task, randomness="different").
         self._task_masks = self.masks() if self.mask else None
@@ -120,12 +124,12 @@ class MTNet(MetaLearner):
         finally:
             self._task_masks = None
 
-    def inner_rates(self, step):
+    def inner_rates(self, step: int) -> float | dict[str, Tensor]:
         if not self.mask:
             return self.inner_lr
         masks = self._task_masks if self._task_masks is not None else self.masks()
         params = self.params()
-        rates = {}
+        rates: dict[str, Tensor] = {}
         for name in self.adapt_names:
             layer, _, _ = name.rpartition(".")
             p = params[name]

@@ -34,13 +34,21 @@ meta-steps (measurements in docs/algorithms/warpgrad.md).
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable
+from typing import Any, cast
 
 import torch
+from torch import Tensor, nn
 
 from fastmaml import checks, functional as F
 from fastmaml.algorithms._util import attach_transform, layer_names
 from fastmaml.algorithms.base import MetaLearner
 from fastmaml.execution.batchnorm import has_batch_norm
+from fastmaml.execution.inner import GradsFn
+from fastmaml.functional import LossFn, Params
+
+# one replay-buffer point: (inner step k, theta_k's adapted parameters, support x, support y, query x, query y)
+Point = tuple[int, Params, Tensor, Tensor, Tensor, Tensor]
 
 OBJECTIVES = ("trajectory", "unrolled")
 
@@ -69,8 +77,9 @@ class WarpGrad(MetaLearner):
     """
     cli_name, paper = "warpgrad", "Flennerhag et al. 2020"  # fastmaml train --algo warpgrad
 
-    def __init__(self, model, inner_lr=0.01, inner_steps=5, warp_after=None, objective="trajectory",
-                 batching="auto", warp_names=None, buffer_size=0, replay=None):
+    def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 5,
+                 warp_after: Iterable[str] | None = None, objective: str = "trajectory", batching: str = "auto",
+                 warp_names: Iterable[str] | None = None, buffer_size: int = 0, replay: int | None = None) -> None:
         """Build the learner, attaching the warps (the arguments: see the class docstring)."""
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -95,19 +104,21 @@ class WarpGrad(MetaLearner):
         self.warp_names = warps
         self.buffer_size = checks.check_int(buffer_size, "buffer_size")
         self.replay = None if replay is None else checks.check_int(replay, "replay", 1)
-        self.buffer: collections.deque = collections.deque(maxlen=max(self.buffer_size, 1))
-        self._support = None
+        self.buffer: collections.deque[Point] = collections.deque(maxlen=max(self.buffer_size, 1))
+        self._support: tuple[Tensor, Tensor] | None = None
 
-    def warp_parameters(self) -> list:
+    def warp_parameters(self) -> list[nn.Parameter]:
         """The warp layers, for their own (smaller) meta-learning rate."""
         params = dict(self.module.named_parameters())
         return [params[n] for n in self.warp_names]
 
-    def inner_loop(self, params, support_x, support_y, loss_fn, *args, **kwargs):
+    def inner_loop(self, params: Params, support_x: Tensor, support_y: Tensor, loss_fn: LossFn, *args: Any,
+                   **kwargs: Any) -> list[Params]:
         self._support = (support_x, support_y)  # the trajectory objective re-evaluates the support loss
         return super().inner_loop(params, support_x, support_y, loss_fn, *args, **kwargs)
 
-    def lookahead(self, phi, support_x, support_y, query_x, query_y, loss_fn, buffers=None, step=0):
+    def lookahead(self, phi: Params, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+                  loss_fn: LossFn, buffers: Params | None = None, step: int = 0) -> Tensor:
         """L_query(phi - alpha grad L_support(phi; omega); omega) with phi (the task parameters) fixed.
 
         The term of J for one trajectory point; differentiable w.r.t. the warps.
@@ -125,14 +136,15 @@ class WarpGrad(MetaLearner):
         adapted = set(self.adapt_names)
         start = {n: p.detach() if n in adapted else p for n, p in phi.items()}
 
-        def support(p, b):
+        def support(p: Params, b: Params | None) -> Tensor:
             return self.support_loss(p, support_x, support_y, loss_fn, b, step)
 
         _, grads = F.func_grads(support, start, self.adapt_names, False, buffers)
         ahead = F.inner_update(start, grads, self.inner_rates(step))
         return self.query_loss(ahead, query_x, query_y, loss_fn, buffers, step + 1)
 
-    def task_loss(self, trajectory, query_x, query_y, loss_fn, buffers):
+    def task_loss(self, trajectory: list[Params], query_x: Tensor, query_y: Tensor, loss_fn: LossFn,
+                  buffers: Params | None) -> Tensor:
         if self.objective == "unrolled" or len(trajectory) == 1:
             return super().task_loss(trajectory, query_x, query_y, loss_fn, buffers)
         warps = set(self.warp_names)
@@ -140,13 +152,14 @@ class WarpGrad(MetaLearner):
         final = self.query_loss(last, query_x, query_y, loss_fn, buffers, None)
         if self.buffer_size:
             return final  # meta_loss adds J over the replay buffer
-        support_x, support_y = self._support
+        support_x, support_y = cast("tuple[Tensor, Tensor]", self._support)  # set by inner_loop
         warp = torch.stack([self.lookahead(phi, support_x, support_y, query_x, query_y, loss_fn, buffers, k)
                             for k, phi in enumerate(trajectory[:-1])]).mean()
         return final + (warp - warp.detach())
 
     # ---- the replay buffer -------------------------------------------------------------------
-    def meta_loss(self, support_x, support_y, query_x, query_y, loss_fn, reduction="mean"):
+    def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, loss_fn: LossFn,
+                  reduction: str = "mean") -> Tensor:
         """`MetaLearner.meta_loss`, plus the replay buffer's J term in its gradient when `buffer_size` > 0."""
         loss = super().meta_loss(support_x, support_y, query_x, query_y, loss_fn, reduction)
         if not (self.buffer_size and self.objective == "trajectory" and torch.is_grad_enabled() and self.inner_steps):
@@ -155,12 +168,12 @@ class WarpGrad(MetaLearner):
         warp = self.replay_objective(loss_fn, self.replay or added)
         return loss + (warp - warp.detach()) * (1.0 if reduction == "mean" else support_x.shape[0])
 
-    def _record(self, sx, sy, qx, qy, loss_fn) -> int:
+    def _record(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, loss_fn: LossFn) -> int:
         """Push the points theta_0..theta_{K-1} of each task's trajectory (detached), task by task;
         return how many."""
         theta = {n: p.detach() for n, p in self.params().items()}
 
-        def points(x, y, grads_fn):
+        def points(x: Tensor, y: Tensor, grads_fn: GradsFn) -> list[Params]:
             trajectory = self.inner_loop(theta, x, y, loss_fn, first_order=True, grads_fn=grads_fn)[:-1]
             return [{n: phi[n].detach() for n in self.adapt_names} for phi in trajectory]
 
@@ -179,7 +192,7 @@ class WarpGrad(MetaLearner):
         """vmap over tasks / points unless batching="loop" or the model has batch norm."""
         return self.batching != "loop" and not has_batch_norm(self.module)
 
-    def replay_objective(self, loss_fn, count: int):
+    def replay_objective(self, loss_fn: LossFn, count: int) -> Tensor:
         """J over `count` points drawn uniformly (with replacement) from the buffer.
 
         Args:
@@ -191,10 +204,10 @@ class WarpGrad(MetaLearner):
         if not self._mapped() or len({p[2].shape for p in points}) > 1:
             return torch.stack([self.lookahead({**params, **phi}, sx, sy, qx, qy, loss_fn, None, k)
                                 for k, phi, sx, sy, qx, qy in points]).mean()
-        stacked = [torch.stack([p[i] for p in points]) for i in range(2, 6)]
+        stacked = [torch.stack([cast(Tensor, p[i]) for p in points]) for i in range(2, 6)]
         phis = {n: torch.stack([p[1][n] for p in points]) for n in self.adapt_names}
 
-        def one(phi, sx, sy, qx, qy):  # step 0 for every point: WarpGrad's rate and forward do not depend on k
+        def one(phi: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:  # step 0 for every point: WarpGrad's rate and forward do not depend on k
             return self.lookahead({**params, **phi}, sx, sy, qx, qy, loss_fn, None, 0)
 
         return torch.func.vmap(one, randomness="different")(phis, *stacked).mean()

@@ -14,13 +14,13 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def at_least(name: str, value, low: int) -> None:
+def at_least(name: str, value: int | None, low: int) -> None:
     """An integer option: None (unset) or >= low."""
     if value is not None and value < low:
         raise CommandError(f"{flag(name)} must be >= {low}, got {value}")
 
 
-def number(name: str, value, low: float = 0.0, strict: bool = False) -> None:
+def number(name: str, value: float | None, low: float = 0.0, strict: bool = False) -> None:
     """A float option: None (unset) or finite and >= low (> low when strict)."""
     if value is None:
         return

@@ -15,14 +15,18 @@ import os
 import platform
 import time
 import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 from tqdm import tqdm
 
 import fastmaml
 from fastmaml.functional import functional_forward
 from fastmaml.tasks import SineTasks, sine_mlp
+from fastmaml.tasks.sine import SineBatch
 from fastmaml.train.metrics import mean_ci95
 
 FINE_TUNE_STEPS = (0, 1, 10)
@@ -31,13 +35,14 @@ FINE_TUNE_STEPS = (0, 1, 10)
 class DeprecatedAlias(argparse.Action):
     """An old spelling of an option: stores into the new one's dest and warns."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: str | Sequence[Any] | None,
+                 option_string: str | None = None) -> None:
         new = "--" + self.dest.replace("_", "-")
         warnings.warn(f"{option_string} is deprecated; use {new} (the same value)", FutureWarning, stacklevel=2)
         setattr(namespace, self.dest, values)
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("demo", help="meta-train MAML on sine tasks (about a minute) and compare with a baseline",
                               description=__doc__)
     p.add_argument("--iterations", type=int, default=8000, help="meta-training iterations (default 8000)")
@@ -56,7 +61,8 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _train(model, loss_of_batch, tasks, args, desc):
+def _train(model: nn.Module, loss_of_batch: Callable[[SineBatch], Tensor], tasks: SineTasks,
+           args: argparse.Namespace, desc: str) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=args.meta_lr)
     bar = tqdm(range(args.iterations), desc=desc, unit="it", mininterval=0.5)
     for i in bar:
@@ -68,10 +74,10 @@ def _train(model, loss_of_batch, tasks, args, desc):
             bar.set_postfix(loss=f"{loss.item():.3f}")
 
 
-def _fine_tuned_mse(net, batch, inner_lr) -> dict[int, list[float]]:
+def _fine_tuned_mse(net: nn.Module, batch: SineBatch, inner_lr: float) -> dict[int, list[float]]:
     """Query MSE of each task after 0, 1 and 10 plain SGD steps on its support set."""
     params = {n: p.detach() for n, p in net.named_parameters()}
-    out = {k: [] for k in FINE_TUNE_STEPS}
+    out: dict[int, list[float]] = {k: [] for k in FINE_TUNE_STEPS}
     for t in range(batch.support_x.shape[0]):
         phi = {n: p.requires_grad_() for n, p in copy.deepcopy(params).items()}
         for step in range(max(FINE_TUNE_STEPS) + 1):
@@ -85,7 +91,7 @@ def _fine_tuned_mse(net, batch, inner_lr) -> dict[int, list[float]]:
     return out
 
 
-def _predict_after(net, batch, t, x, steps, inner_lr):
+def _predict_after(net: nn.Module, batch: SineBatch, t: int, x: Tensor, steps: int, inner_lr: float) -> Tensor:
     phi = {n: p.detach().clone().requires_grad_() for n, p in net.named_parameters()}
     for _ in range(steps):
         loss = F.mse_loss(functional_forward(net, phi, batch.support_x[t]), batch.support_y[t])
@@ -95,7 +101,7 @@ def _predict_after(net, batch, t, x, steps, inner_lr):
         return functional_forward(net, phi, x)
 
 
-def _figure(path, nets, batch, inner_lr, tasks=3):
+def _figure(path: str, nets: dict[str, nn.Module], batch: SineBatch, inner_lr: float, tasks: int = 3) -> None:
     """`fastmaml plot`'s sine figure (fastmaml.train.plots.sine_figure): each net before and after
     10 SGD steps on the support points."""
     from fastmaml.train import plots, style
@@ -107,7 +113,7 @@ def _figure(path, nets, batch, inner_lr, tasks=3):
     style.save(plots.sine_figure(batch, curves, title, tasks), path)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from fastmaml.cli import CommandError
     from fastmaml.commands import _args
 
@@ -139,9 +145,9 @@ def run(args) -> int:
     print(f"\nquery MSE on {args.eval_tasks} held-out sine tasks (mean ± 95% CI), fine-tuned with SGD lr {args.inner_lr} "
           f"on K={args.k_shot} support points")
     print(f"{'model':<14}" + "".join(f"{f'{k} steps':>18}" for k in FINE_TUNE_STEPS))
-    summary = {}
+    summary: dict[str, dict[int, dict[str, float]]] = {}
     for name, per_step in results.items():
-        row = {}
+        row: dict[int, dict[str, float]] = {}
         for k, values in per_step.items():
             mean, ci95 = mean_ci95(values)
             row[k] = {"mean": mean, "ci95": ci95}

@@ -24,7 +24,7 @@ example:
 """
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "eval", help="evaluate a checkpoint on held-out tasks",
         description="Evaluate a meta-trained checkpoint (a checkpoint.pt file or its run folder).",
@@ -56,7 +56,7 @@ def parse_steps(text: str) -> list[int]:
     return steps
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from fastmaml.commands.train import set_threads
     from fastmaml.tasks.omniglot import OmniglotError
     from fastmaml.tasks.sampler import SamplerError

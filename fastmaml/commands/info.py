@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+from typing import Any
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("info", help="torch build, devices and usable backends", description=__doc__)
     p.set_defaults(func=run)
 
@@ -20,7 +22,7 @@ def _triton_status() -> str:
     return f"importable, version {triton.__version__}, {mode}"
 
 
-def collect() -> dict:
+def collect() -> dict[str, Any]:
     import torch
 
     from fastmaml import ops
@@ -45,7 +47,7 @@ def collect() -> dict:
     }
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import warnings
 
     with warnings.catch_warnings():

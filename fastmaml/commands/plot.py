@@ -11,7 +11,7 @@ from fastmaml.cli import CommandError
 from fastmaml.commands import _args
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "plot", help="draw a run's figures",
         description="Draw the figures of a run folder as PNG files in it: learning_curves.png (train loss "
@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from fastmaml.train import plots
     from fastmaml.train.checkpoint import CheckpointError
 
@@ -35,8 +35,8 @@ def run(args) -> int:
     _args.writable_dir("--out-dir" if args.out_dir else "the run folder", out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # drawn into a temporary folder and moved into place only when every figure could be drawn
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".plot-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".plot-") as tmp_name:
+        tmp = Path(tmp_name)
         try:
             made = [plots.learning_curves(run_dir, tmp / "learning_curves.png"),
                     plots.steps_curve(run_dir, tmp / "inner_steps.png")]
@@ -46,10 +46,10 @@ def run(args) -> int:
             raise CommandError(str(err)) from None
         except KeyError as err:
             raise CommandError(f"the checkpoint's config lacks {err}") from None
-        made = [m for m in made if m is not None]
-        if not made:
+        figures = [m for m in made if m is not None]
+        if not figures:
             raise CommandError(f"{run_dir} has nothing to plot (no metrics.jsonl, eval.json or sine checkpoint)")
-        for m in made:
+        for m in figures:
             os.replace(m, out_dir / m.name)
             print(f"wrote {out_dir / m.name}")
     return 0

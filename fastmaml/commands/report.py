@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from fastmaml.cli import CommandError
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "report", help="markdown tables of finished runs (from their eval.json)",
         description="Print the markdown tables of recorded results (Omniglot accuracy, sine MSE) made from each "
@@ -17,7 +18,7 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from fastmaml.train.report import table
 
     missing = [r for r in args.runs if not Path(r).is_dir()]

@@ -6,9 +6,13 @@ import argparse
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastmaml.cli import CommandError
 from fastmaml.commands import _args
+
+if TYPE_CHECKING:  # torch is imported when a command runs, not when the parser is built
+    from torch import nn
 
 EPILOG = """\
 defaults (Finn et al. 2017; a flag overrides its default):
@@ -37,7 +41,7 @@ examples:
 """
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "train", help="meta-train an algorithm (sine or Omniglot)",
         description="Meta-train an algorithm of the MAML family. Unset options take the paper's defaults, below.",
@@ -105,7 +109,7 @@ CONFIG_KEYS = ("task", "algo", "iterations", "meta_batch", "meta_lr", "meta_opti
                "augment_shift", "augment_rotate", "augment_scale")
 
 
-def config_from_args(args) -> dict:
+def config_from_args(args: argparse.Namespace) -> dict:
     from fastmaml.train.experiment import AUGMENT_KEYS, TASKS, defaults
     from fastmaml.train.registry import ALGORITHMS, AlgorithmUnavailable, algorithm_class
 
@@ -148,14 +152,14 @@ def config_from_args(args) -> dict:
     return cfg
 
 
-def check_logging(args) -> None:
+def check_logging(args: argparse.Namespace) -> None:
     """The options that are not part of the config (and may change on --resume)."""
     for key in ("log_every", "checkpoint_every", "eval_every", "threads"):
         _args.at_least(key, getattr(args, key), 1)
     _args.at_least("iterations", args.iterations, 0)
 
 
-def resume_config(args, cfg: dict) -> dict:
+def resume_config(args: argparse.Namespace, cfg: dict) -> dict:
     """The saved config with --iterations / --eval-every applied. Any other option of the config
     given with a different value is refused: a resumed run continues the run it was (its rates,
     optimizer state and RNGs), bit-identically; `--init-from RUN_DIR` starts a new run instead."""
@@ -202,7 +206,7 @@ def default_run_dir(cfg: dict) -> str:
     return str(Path("runs") / name)
 
 
-def init_from(learner, path: str, cfg: dict) -> int:
+def init_from(learner: nn.Module, path: str, cfg: dict) -> int:
     """Load a checkpoint's meta-parameters (and buffers) into `learner`, which they must fit exactly;
     the checkpoint must be of the same task and algorithm as `cfg`. Returns its iteration."""
     from fastmaml.train.checkpoint import CheckpointError, load_checkpoint, run_config
@@ -253,7 +257,7 @@ def write_results(run_dir: Path, cfg: dict, summary: dict, wall: float, world_si
     atomic_write_text(run_dir / "results.json", json.dumps(record, indent=2, default=str) + "\n")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from fastmaml.tasks.omniglot import OmniglotError
     from fastmaml.tasks.sampler import SamplerError
     from fastmaml.train import MetaTrainer, TrainingDiverged

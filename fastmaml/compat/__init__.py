@@ -13,6 +13,9 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 
 from fastmaml.faces.compat import __all__, __doc__ as _faces_doc  # noqa: F401
 
@@ -22,20 +25,21 @@ _HOME = "fastmaml.faces.compat"
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds `fastmaml.compat.X...` and loads it as the already-defined `fastmaml.faces.compat.X...`."""
 
-    def __init__(self):
-        self._specs: dict[int, object] = {}
+    def __init__(self) -> None:
+        self._specs: dict[int, ModuleSpec | None] = {}
 
-    def find_spec(self, name, path=None, target=None):
+    def find_spec(self, name: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
         if name.startswith(__name__ + "."):
             return importlib.util.spec_from_loader(name, self)
         return None
 
-    def create_module(self, spec):
+    def create_module(self, spec: ModuleSpec) -> ModuleType:
         module = importlib.import_module(_HOME + spec.name[len(__name__):])
         self._specs[id(module)] = module.__spec__
         return module
 
-    def exec_module(self, module):
+    def exec_module(self, module: ModuleType) -> None:
         # module_from_spec gave the module this alias's spec: it keeps its own
         module.__spec__ = self._specs.pop(id(module), module.__spec__)
 

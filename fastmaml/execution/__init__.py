@@ -21,12 +21,13 @@ from fastmaml.execution import auto, compiled, hooks, mapped
 from fastmaml.execution.auto import MODES
 from fastmaml.execution.batched import run as batched
 from fastmaml.execution.hvp_mode import SECOND_ORDER, check_second_order, hvp_meta_losses
+from fastmaml.execution.learner import Learner
 from fastmaml.execution.state import ExecutionState
 from fastmaml.execution.taskmap import TaskMap
 from fastmaml.functional import LossFn, Params
 
 
-def meta_losses(learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+def meta_losses(learner: Learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
                 loss_fn: LossFn) -> Tensor:
     """The [T] query losses after adaptation, differentiable w.r.t. the learner's parameters (under
     no_grad: the inner loop still takes gradients, the result is detached).
@@ -57,7 +58,7 @@ def meta_losses(learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, 
     return losses if outer_grad else losses.detach()
 
 
-def adapted(learner, support_x: Tensor, support_y: Tensor, loss_fn: LossFn) -> tuple[Params, Tensor]:
+def adapted(learner: Learner, support_x: Tensor, support_y: Tensor, loss_fn: LossFn) -> tuple[Params, Tensor]:
     """Every task's adapted parameters ([T, ...] per adapted name, no graph) and post-adaptation
     support losses ([T]), first order ("loop" or "vmap"; Reptile's meta-step).
 
@@ -75,7 +76,7 @@ def adapted(learner, support_x: Tensor, support_y: Tensor, loss_fn: LossFn) -> t
         return mapped.adapted(learner, TaskMap(learner.module, mode == "vmap"), support_x, support_y, loss_fn)
 
 
-def explain(learner) -> dict[str, str | None]:
+def explain(learner: Learner) -> dict[str, str | None]:
     """Each mode with the reason the learner cannot take it (None: it can).
 
     Args:

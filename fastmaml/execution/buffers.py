@@ -14,6 +14,8 @@ speed, never the model's state. tests/test_buffers.py checks every mode against 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -43,5 +45,6 @@ def for_recompute(module: nn.Module) -> Params | None:
     with batch statistics and does not read its running statistics, so None for each (nothing is
     updated twice); in eval mode the module's own, which are only read."""
     if module.training:
-        return {n: None for n, _ in module.named_buffers()}
+        # a None buffer is one the forward does not read (functional_call leaves nothing in its place)
+        return cast(Params, {n: None for n, _ in module.named_buffers()})
     return None

@@ -21,7 +21,8 @@ layers with autograd instead.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as TF
@@ -31,19 +32,25 @@ from torch._C._functorch import peek_interpreter_stack
 from fastmaml.functional import Params
 from fastmaml.ops import chain as chain_ops
 
+if TYPE_CHECKING:  # plan.py imports this module
+    from fastmaml.execution.batched.plan import Plan
+    from fastmaml.execution.inner import GradsFn
+
 
 class Chain:
     """A plain chain of Linear layers, each followed by at most one ReLU: per layer (module name,
     has bias, ReLU after); `names` the parameters in the order of the gradients."""
 
-    def __init__(self, layers: list[tuple[str, bool, bool]], in_features: int, out_features: int):
+    def __init__(self, layers: list[tuple[str, bool, bool]], in_features: int, out_features: int) -> None:
         self.layers, self.in_features, self.out_features = layers, in_features, out_features
         self.names = [f"{m}.{p}" for m, bias, _ in layers for p in (("weight", "bias") if bias else ("weight",))]
         self.flags = [int(bias) + 2 * int(relu) for _, bias, relu in layers]  # the ops' `layers` argument
 
-    def split(self, tensors):
+    def split(self, tensors: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor | None]]:
         """Per-layer (weight, bias or None) lists from tensors in the order of `names`."""
-        weights, biases, k = [], [], 0
+        weights: list[Tensor] = []
+        biases: list[Tensor | None] = []
+        k = 0
         for _, bias, _ in self.layers:
             weights.append(tensors[k])
             biases.append(tensors[k + 1] if bias else None)
@@ -51,14 +58,15 @@ class Chain:
         return weights, biases
 
 
-def chain_of(plan) -> Chain | None:
+def chain_of(plan: Plan) -> Chain | None:
     """The batched plan as a Chain, or None when it is anything else."""
-    gm, layers, last = plan.graph_module, [], plan.steps[0][0]
+    gm, last = plan.graph_module, plan.steps[0][0]
+    layers: list[list[Any]] = []  # [module name, has bias, ReLU after], made tuples at the end
     for name, kind, target, args in plan.steps[1:]:
         if args != [last]:
             return None
         last = name
-        mod = gm.get_submodule(target) if kind == "module" else None
+        mod = gm.get_submodule(cast(str, target)) if kind == "module" else None
         if isinstance(mod, nn.Linear):
             layers.append([target, mod.bias is not None, False])
         elif (type(mod) is nn.ReLU or (kind == "function" and target is TF.relu)) and layers and not layers[-1][2]:
@@ -67,8 +75,9 @@ def chain_of(plan) -> Chain | None:
             return None
     if not layers or last != plan.output:
         return None
-    first, final = gm.get_submodule(layers[0][0]), gm.get_submodule(layers[-1][0])
-    return Chain([tuple(layer) for layer in layers], first.in_features, final.out_features)
+    first = cast(nn.Linear, gm.get_submodule(layers[0][0]))
+    final = cast(nn.Linear, gm.get_submodule(layers[-1][0]))
+    return Chain([(name, bias, relu) for name, bias, relu in layers], first.in_features, final.out_features)
 
 
 def _fits(chain: Chain, x: Tensor, y: Tensor) -> bool:
@@ -77,8 +86,8 @@ def _fits(chain: Chain, x: Tensor, y: Tensor) -> bool:
 
 
 class Explicit(NamedTuple):
-    grads_fn: object      # (loss_of, params, names, first_order, buffers) -> (losses, grads), for unroll()
-    query_losses: object  # params -> [T] query losses
+    grads_fn: GradsFn  # (loss_of, params, names, first_order, buffers) -> (losses, grads), for unroll()
+    query_losses: Callable[[Params], Tensor]  # params -> [T] query losses
 
 
 def explicit(chain: Chain | None, support_x: Tensor, support_y: Tensor, query_x: Tensor,
@@ -92,7 +101,8 @@ def explicit(chain: Chain | None, support_x: Tensor, support_y: Tensor, query_x:
     if not (_fits(chain, support_x, support_y) and _fits(chain, query_x, query_y)):
         return None
 
-    def grads_fn(loss_of, params: Params, names: list[str], first_order: bool, buffers=None):
+    def grads_fn(loss_of: object, params: Params, names: list[str], first_order: bool,
+                 buffers: Params | None = None) -> tuple[Tensor, Params]:
         weights, biases = chain.split([params[n] for n in chain.names])
         with torch.set_grad_enabled(not first_order):
             losses, gs = chain_ops.loss_and_grad(support_x, support_y, weights, biases, chain.flags)

@@ -5,6 +5,8 @@ model as it is)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
@@ -14,13 +16,14 @@ from fastmaml.execution.batched.layers import forward
 from fastmaml.execution.batched.losses import per_task_loss
 from fastmaml.execution.batched.run import batched_grads, why_not_learner
 from fastmaml.execution.inner import unroll
+from fastmaml.execution.learner import Learner
 from fastmaml.execution.taskmap import TaskMap
-from fastmaml.functional import LossFn
+from fastmaml.functional import LossFn, Params
 
 MODES = ("batched", "vmap", "loop")
 
 
-def query_outputs(learner, mode: str, sx: Tensor, sy: Tensor, qx: Tensor, loss_fn: LossFn,
+def query_outputs(learner: Learner, mode: str, sx: Tensor, sy: Tensor, qx: Tensor, loss_fn: LossFn,
                   step_list: list[int]) -> list[Tensor]:
     """[T, ...] query outputs per entry of `step_list`, adapting on (sx, sy) with `mode`."""
     T, last = sx.shape[0], max(step_list)
@@ -33,7 +36,7 @@ def query_outputs(learner, mode: str, sx: Tensor, sy: Tensor, qx: Tensor, loss_f
         module, loss = learner.module, per_task_loss(loss_fn)
         theta = {n: p.detach().expand(T, *p.shape).requires_grad_() for n, p in learner.params().items()}
 
-        def support_loss(p, b, step):
+        def support_loss(p: Params, b: Params | None, step: int) -> Tensor:
             return loss(forward(module, p, sx, b), sy)
 
         with torch.enable_grad():
@@ -45,8 +48,8 @@ def query_outputs(learner, mode: str, sx: Tensor, sy: Tensor, qx: Tensor, loss_f
     grads_fn = F.func_grads  # torch.func.grad: under vmap and in the loop alike
     theta = {k: p.detach() for k, p in learner.params().items()}
 
-    def one_task(sx, sy, qx, buffers):
-        trajectory = learner.inner_loop(theta, sx, sy, loss_fn, buffers, steps=last, first_order=True,
+    def one_task(sx: Tensor, sy: Tensor, qx: Tensor, buffers: Params) -> list[Tensor]:
+        trajectory: list[Params] | Mapping[int, Params] = learner.inner_loop(theta, sx, sy, loss_fn, buffers, steps=last, first_order=True,
                                         grads_fn=grads_fn)
         if len(trajectory) != last + 1:  # not one iterate per step (iMAML: [theta, phi])
             trajectory = {s: learner.inner_loop(theta, sx, sy, loss_fn, buffers, steps=s, first_order=True,

@@ -10,6 +10,8 @@ the plain update by hand) cannot run a learner that overrides it; `why_not` says
 
 from __future__ import annotations
 
+from fastmaml.execution.learner import Learner
+
 HOOKS = ("inner_rates", "inner_gammas", "is_first_order", "task_forward", "support_loss", "query_loss",
          "task_loss", "inner_loop")
 # What `overridden_hooks` records: the hooks, and meta_loss (a learner with its own, iMAML, never
@@ -27,13 +29,13 @@ REPLACED = {
 }
 
 
-def overridden(learner, mode: str) -> list[str]:
+def overridden(learner: Learner, mode: str) -> list[str]:
     """The hooks `learner` overrides that `mode` replaces."""
-    own = getattr(learner, "overridden_hooks", frozenset())
+    own: frozenset[str] = getattr(learner, "overridden_hooks", frozenset())
     return [h for h in REPLACED[mode] if h in own]
 
 
-def why_not(learner, mode: str) -> str | None:
+def why_not(learner: Learner, mode: str) -> str | None:
     """Why `learner`'s hooks keep it off `mode` (None when they do not)."""
     if mode in ("hvp", "compiled") and getattr(learner, "inner_optimizer", None) is not None:
         return f"the {mode!r} mode differentiates the plain SGD update only, not inner_optimizer={learner.inner_optimizer!r}"

@@ -25,7 +25,8 @@ gradient next to their direct query gradient.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -33,11 +34,21 @@ from torch.autograd.function import once_differentiable
 
 from fastmaml import functional as F
 from fastmaml.execution import buffers as B, hooks
+from fastmaml.execution.learner import Learner
 from fastmaml.execution.taskmap import TaskMap
-from fastmaml.functional import Params
+from fastmaml.functional import LossFn, Params
 from fastmaml.secondorder.hvp import hvp_and_grad
 
 SECOND_ORDER = ("autograd", "hvp")
+
+
+class Solver(Protocol):
+    """What HandGradLosses runs: `forward()` the [T] losses, `backward(grad_losses)` one gradient
+    (or None) per input tensor."""
+
+    def forward(self) -> Tensor: ...
+
+    def backward(self, grad_losses: Tensor) -> Sequence[Tensor | None]: ...
 
 
 class HandGradLosses(torch.autograd.Function):
@@ -45,18 +56,18 @@ class HandGradLosses(torch.autograd.Function):
     tensor of `inputs` (NOTE: [hand meta-gradient])."""
 
     @staticmethod
-    def forward(ctx, solver, *inputs):
+    def forward(ctx: Any, solver: Solver, *inputs: Tensor) -> Tensor:
         ctx.solver = solver
         return solver.forward()
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_losses):
+    def backward(ctx: Any, grad_losses: Tensor) -> tuple[Tensor | None, ...]:
         solver, ctx.solver = ctx.solver, None  # frees the saved iterates after use
         return (None, *solver.backward(grad_losses))
 
 
-def check_second_order(value) -> str:
+def check_second_order(value: str) -> str:
     """`value` if it is a second_order setting ("autograd" or "hvp"), else a ValueError naming it.
 
     Args:
@@ -67,7 +78,7 @@ def check_second_order(value) -> str:
     return value
 
 
-def check_hvp_mode(learner) -> None:
+def check_hvp_mode(learner: Learner) -> None:
     """second_order="hvp" covers the updates phi - a (.) g (MAML, Meta-SGD) with the plain task
     loss: refuse learners whose hooks change that."""
     why = hooks.why_not(learner, "hvp")
@@ -80,9 +91,12 @@ def check_hvp_mode(learner) -> None:
 class _Unrolled:
     """The solver of HandGradLosses for second_order="hvp" (see the module docstring)."""
 
-    def __init__(self, learner, mapper: TaskMap, batch, loss_fn, theta: Params, rates: list[Tensor]):
+    def __init__(self, learner: Learner, mapper: TaskMap, batch: tuple[Tensor, Tensor, Tensor, Tensor], loss_fn: LossFn,
+                 theta: Params, rates: list[Tensor]) -> None:
         self.learner, self.map, self.batch, self.loss_fn = learner, mapper, batch, loss_fn
         self.theta, self.rates = theta, rates
+        self.iterates: list[Params] | None = None  # per adapted name [T, ...], phi_0..phi_{K-1} (forward)
+        self.query_grads: Params = {}
 
     def forward(self) -> Tensor:
         learner, loss_fn = self.learner, self.loss_fn
@@ -92,11 +106,12 @@ class _Unrolled:
         adapt = learner.adapt_names
         buffers = B.task_copies(learner.module, T)
 
-        def one_task(sx, sy, qx, qy, buffers):
+        def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
+                     buffers: Params) -> tuple[list[Params], Params, Tensor]:
             trajectory = learner.inner_loop(theta, sx, sy, loss_fn, buffers, first_order=True, grads_fn=F.func_grads)
             kept = [{n: phi[n] for n in adapt} for phi in trajectory[:-1]]
 
-            def query(p, b):
+            def query(p: Params, b: Params | None) -> tuple[Tensor, Tensor]:
                 loss = learner.query_loss(p, qx, qy, loss_fn, b, None)
                 return loss, loss.detach()
 
@@ -114,6 +129,7 @@ class _Unrolled:
         T = sx.shape[0]
         adapt = set(learner.adapt_names)
         fixed = [n for n in self.theta if n not in adapt]
+        iterates = cast("list[Params]", self.iterates)  # set by forward
         scale = lambda t: grad_losses.reshape(T, *[1] * (t.dim() - 1)).to(t.dtype) * t
         v = {n: scale(g) for n, g in self.query_grads.items()}  # dL/dphi_K (and the fixed params' direct terms)
         rate_grads = {id(r): torch.zeros_like(r) for r in self.rates}
@@ -121,22 +137,24 @@ class _Unrolled:
         buffers = B.for_recompute(learner.module)
         state = learner.execution_state
         method = state.hvp_method or learner.hvp_method
-        for k in reversed(range(len(self.iterates))):
+        for k in reversed(range(len(iterates))):
             rates = learner.inner_rates(k)
-            a = {n: rates[n] if isinstance(rates, dict) else rates for n in learner.adapt_names}
-            u = {n: (a[n].detach() * v[n] if isinstance(a[n], Tensor) else a[n] * v[n]) for n in learner.adapt_names}
+            a: dict[str, Tensor | float] = {n: rates[n] if isinstance(rates, dict) else cast(float, rates)
+                                            for n in learner.adapt_names}
+            u = {n: (r.detach() * v[n] if isinstance(r := a[n], Tensor) else r * v[n]) for n in learner.adapt_names}
             u.update({n: torch.zeros_like(theta_T[n]) for n in fixed})
-            phi = {**theta_T, **self.iterates.pop()}  # the iterate is not needed again: free it
+            phi = {**theta_T, **iterates.pop()}  # the iterate is not needed again: free it
 
-            def support(p, x, y, k=k):
+            def support(p: Params, x: Tensor, y: Tensor, k: int = k) -> Tensor:
                 return learner.support_loss(p, x, y, loss_fn, buffers, k)
 
             g, hu, used = hvp_and_grad(support, phi, u, sx, sy, method=method, context=self.map.context)
             state.hvp_method = used
             for n in learner.adapt_names:
-                if isinstance(a[n], Tensor) and id(a[n]) in rate_grads:
+                r = a[n]
+                if isinstance(r, Tensor) and id(r) in rate_grads:
                     # d phi_{k+1} / d a_k = -g_k
-                    rate_grads[id(a[n])] += (-(g[n] * v[n]).sum(0)).sum_to_size(a[n].shape)
+                    rate_grads[id(r)] += (-(g[n] * v[n]).sum(0)).sum_to_size(r.shape)
                 v[n] = v[n] - hu[n]
             for n in fixed:
                 v[n] = v[n] - hu[n]
@@ -145,9 +163,10 @@ class _Unrolled:
         return grads + [rate_grads[id(r)] for r in self.rates]
 
 
-def _rates_of(learner) -> list[Tensor]:
+def _rates_of(learner: Learner) -> list[Tensor]:
     """The distinct rate tensors (requiring grad) the inner steps use, in first-use order."""
-    seen, out = set(), []
+    seen: set[int] = set()
+    out: list[Tensor] = []
     for k in range(learner.inner_steps):
         rates = learner.inner_rates(k)
         if isinstance(rates, dict):
@@ -158,7 +177,7 @@ def _rates_of(learner) -> list[Tensor]:
     return out
 
 
-def map_tasks(learner, run: Callable[[TaskMap], Tensor]) -> Tensor:
+def map_tasks(learner: Learner, run: Callable[[TaskMap], Tensor]) -> Tensor:
     """`run(mapper)` by vmap, or by the task loop when batching is "loop" or the model does not
     vmap ("auto" remembers which ran in the learner's execution state)."""
     state = learner.execution_state
@@ -176,14 +195,15 @@ def map_tasks(learner, run: Callable[[TaskMap], Tensor]) -> Tensor:
     return out
 
 
-def hvp_meta_losses(learner, support_x, support_y, query_x, query_y, loss_fn) -> Tensor:
+def hvp_meta_losses(learner: Learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+                    loss_fn: LossFn) -> Tensor:
     """The per-task query losses after adaptation ([T]) whose backward gives the exact
     second-order meta-gradient by HVPs (NOTE: [hand meta-gradient])."""
     check_hvp_mode(learner)
     theta = learner.params()
     rates = _rates_of(learner)
 
-    def run(mapper):
+    def run(mapper: TaskMap) -> Tensor:
         solver = _Unrolled(learner, mapper, (support_x, support_y, query_x, query_y), loss_fn, theta, rates)
         return HandGradLosses.apply(solver, *theta.values(), *rates)
 

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import Tensor
+
 from fastmaml import functional as F
+from fastmaml.execution.learner import Learner
 from fastmaml.functional import Params
 
 # grads_fn(loss_of, params, names, first_order, buffers) -> (loss, {name: grad}), with
 # loss_of(params, buffers) the support loss: F.autograd_grads, F.func_grads, batched_grads, ...
-GradsFn = Callable[..., tuple]
+GradsFn = Callable[..., tuple[Tensor, Params]]
+# support_loss(params, buffers, step) -> the support loss of one step
+StepLoss = Callable[[Params, Params | None, int], Tensor]
 
 
-def unroll(learner, params: Params, support_loss: Callable, steps: int, first_order: bool | None,
+def unroll(learner: Learner, params: Params, support_loss: StepLoss, steps: int, first_order: bool | None,
            grads_fn: GradsFn, buffers: Params | None = None) -> list[Params]:
     """The iterates [phi_0, ..., phi_steps]; `support_loss(params, buffers, step)` is the loss of
     one step; `first_order` (None: the learner's `is_first_order(step)`) drops the graph through
@@ -28,7 +33,7 @@ def unroll(learner, params: Params, support_loss: Callable, steps: int, first_or
     for step in range(steps):
         order = learner.is_first_order(step) if first_order is None else first_order
 
-        def loss_of(p, b, step=step):
+        def loss_of(p: Params, b: Params | None, step: int = step) -> Tensor:
             return support_loss(p, b, step)
 
         _, grads = grads_fn(loss_of, params, learner.adapt_names, order, buffers)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +19,14 @@ from fastmaml.execution.batchnorm import DecomposedBatchNorm, has_batch_norm
 
 
 class TaskMap:
-    def __init__(self, module: nn.Module, vmapped: bool):
+    """Maps a per-task function over a batch of tasks: torch.func.vmap (`vmapped`) or a Python loop.
+
+    Args:
+        module: the model the tasks run (a model with batch norm runs its decomposed form under vmap).
+        vmapped: vmap (True) or the loop (False).
+    """
+
+    def __init__(self, module: nn.Module, vmapped: bool) -> None:
         self.vmapped = vmapped
         self.bn = vmapped and has_batch_norm(module)
 
@@ -25,10 +34,10 @@ class TaskMap:
     def mode(self) -> str:
         return "vmap" if self.vmapped else "loop"
 
-    def context(self):
+    def context(self) -> AbstractContextManager[object]:
         return DecomposedBatchNorm() if self.bn else contextlib.nullcontext()
 
-    def __call__(self, fn: Callable, *args):
+    def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
         """fn over dim 0 of every tensor in args (nested dicts allowed); outputs stacked on dim 0.
         In the loop, task t sees views of its slices, so in-place updates (buffers) land in args."""
         if self.vmapped:

@@ -22,7 +22,9 @@ vector algebra) and ops/chain (the Linear/ReLU chain's support step and query lo
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -34,7 +36,7 @@ UPDATE = Family.of_package("update", __name__, BACKENDS,
                            auto={"cpu": ("native", "foreach"), "cuda": ("native", "triton", "foreach")})
 
 
-def backend_module(name: str):
+def backend_module(name: str) -> ModuleType:
     """The module of the update's backend `name`.
 
     Args:
@@ -62,12 +64,12 @@ def resolve_backend(device: torch.device) -> str:
     return UPDATE.resolve(device)
 
 
-def _split_lr(lr) -> tuple[list[Tensor] | None, float]:
+def _split_lr(lr: float | Sequence[Tensor]) -> tuple[list[Tensor] | None, float]:
     if isinstance(lr, (int, float)) and not isinstance(lr, bool):
         return None, float(lr)
     if isinstance(lr, Tensor):
         raise TypeError("lr must be a Python number or a list of tensors (one per param), got a Tensor")
-    return list(lr), 1.0
+    return list(cast("Sequence[Tensor]", lr)), 1.0
 
 
 # NOTE: [validation fast path]
@@ -80,7 +82,8 @@ def _split_lr(lr) -> tuple[list[Tensor] | None, float]:
 _LISTS = (list, tuple)
 
 
-def _native_fast(params, grads, lrs, gammas, alpha) -> bool:
+def _native_fast(params: Sequence[Tensor], grads: Sequence[Tensor], lrs: Sequence[Tensor] | None,
+                 gammas: Sequence[Tensor] | None, alpha: float) -> bool:
     return (
         type(params) in _LISTS and type(grads) in _LISTS and len(params) > 0
         and (lrs is None or type(lrs) in _LISTS) and (gammas is None or type(gammas) in _LISTS)
@@ -89,7 +92,9 @@ def _native_fast(params, grads, lrs, gammas, alpha) -> bool:
     )
 
 
-def _fast_call(fn_name, fn, params, grads, lrs, gammas, alpha, names):
+def _fast_call(fn_name: str, fn: Callable[..., Any], params: Sequence[Tensor], grads: Sequence[Tensor],
+               lrs: Sequence[Tensor] | None, gammas: Sequence[Tensor] | None, alpha: float,
+               names: Sequence[str] | None) -> Any:
     try:
         return fn(params, grads, lrs, gammas, alpha)
     except (RuntimeError, TypeError, ValueError, IndexError):
@@ -97,7 +102,8 @@ def _fast_call(fn_name, fn, params, grads, lrs, gammas, alpha, names):
         raise
 
 
-def update(params: Sequence[Tensor], grads: Sequence[Tensor], lr, gammas=None, *, names=None) -> list[Tensor]:
+def update(params: Sequence[Tensor], grads: Sequence[Tensor], lr: float | Sequence[Tensor],
+           gammas: Sequence[Tensor] | None = None, *, names: Sequence[str] | None = None) -> list[Tensor]:
     """Differentiable fused update: `[gamma *] p - lr * g` for every tensor of the list.
 
     Args:
@@ -120,7 +126,8 @@ def update(params: Sequence[Tensor], grads: Sequence[Tensor], lr, gammas=None, *
     return backend.update(list(params), list(grads), lrs, None if gammas is None else list(gammas), alpha)
 
 
-def update_(params: Sequence[Tensor], grads: Sequence[Tensor], lr, gammas=None, *, names=None) -> None:
+def update_(params: Sequence[Tensor], grads: Sequence[Tensor], lr: float | Sequence[Tensor],
+            gammas: Sequence[Tensor] | None = None, *, names: Sequence[str] | None = None) -> None:
     """In-place, non-differentiable fused update (first order, evaluation, Reptile's outer step).
 
     Args:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -16,7 +17,8 @@ def _describe(names: Sequence[str] | None, i: int) -> str:
     return f"[{i}] ({names[i]!r})" if names is not None else f"[{i}]"
 
 
-def check_update_args(fn: str, params, grads, lrs, gammas, alpha, names=None) -> None:
+def check_update_args(fn: str, params: Any, grads: Any, lrs: Any, gammas: Any, alpha: Any,
+                      names: Sequence[str] | None = None) -> None:
     """Raise a ValueError/TypeError naming the argument and index on any malformed input.
 
     Args:

@@ -20,7 +20,7 @@ import functools
 import importlib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import torch
@@ -52,7 +52,7 @@ def get_backend() -> str:
 
 
 @contextlib.contextmanager
-def use_backend(name: str):
+def use_backend(name: str) -> Iterator[None]:
     """Context manager: `with fastmaml.use_backend("reference"): ...`, the previous choice restored after.
 
     Args:
@@ -70,13 +70,15 @@ class Family:
     """An op family: `loaders` maps each backend it has to a function importing it (lazily: triton
     is optional and slow to import); `auto` gives, per device type, the order "auto" tries."""
 
-    def __init__(self, name: str, loaders: dict[str, Callable[[], ModuleType]], auto: dict[str, tuple[str, ...]]):
+    def __init__(self, name: str, loaders: dict[str, Callable[[], ModuleType]],
+                 auto: dict[str, tuple[str, ...]]) -> None:
         self.name, self.loaders, self.auto = name, loaders, auto
         self._auto_cache: dict[str, str] = {}
         self._modules: dict[str, ModuleType] = {}
 
     @classmethod
-    def of_package(cls, name: str, package: str, backends: tuple[str, ...], auto: dict[str, tuple[str, ...]]):
+    def of_package(cls, name: str, package: str, backends: tuple[str, ...],
+                   auto: dict[str, tuple[str, ...]]) -> Family:
         """A family whose backend `b` is the module `{package}.{b}`, imported on first use."""
         return cls(name, {b: functools.partial(importlib.import_module, f"{package}.{b}") for b in backends}, auto)
 

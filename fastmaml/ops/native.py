@@ -7,8 +7,11 @@ Without the extension this backend is unavailable, and `import_error` says why (
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
+from types import ModuleType
 
 import torch
+from torch import Tensor
 from torch._C import _AutoDispatchBelowAutograd as _DispatchBelowAutograd
 from torch._C._functorch import peek_interpreter_stack
 
@@ -17,7 +20,7 @@ from fastmaml.ops import _autograd
 try:
     # by name: the extension has no Python source, and `from fastmaml import _C` would read, to the
     # import-linter contract (pyproject.toml), as this bottom layer importing the whole package
-    _C = importlib.import_module("fastmaml._C")
+    _C: ModuleType | None = importlib.import_module("fastmaml._C")
 except ImportError as error:  # not built (FASTMAML_NO_EXT=1), or built against another torch
     _C = None
     import_error: str | None = f"{type(error).__name__}: {error}"
@@ -44,13 +47,15 @@ def is_available(device: torch.device) -> bool:
         return False
 
 
-def update(params, grads, lrs, gammas, alpha):
+def update(params: Sequence[Tensor], grads: Sequence[Tensor], lrs: Sequence[Tensor] | None,
+           gammas: Sequence[Tensor] | None, alpha: float) -> list[Tensor]:
     # Straight to the op: its C++ Autograd kernel (csrc/autograd.cpp) records the node only when a
     # gradient is wanted, and the dispatcher handles torch.func, torch.compile and forward AD.
     return _OP(params, grads, lrs, gammas, alpha)
 
 
-def update_(params, grads, lrs, gammas, alpha):
+def update_(params: Sequence[Tensor], grads: Sequence[Tensor], lrs: Sequence[Tensor] | None,
+            gammas: Sequence[Tensor] | None, alpha: float) -> None:
     """In place; never recorded by autograd (callers need no torch.no_grad())."""
     if peek_interpreter_stack() is None:
         with _DispatchBelowAutograd():

@@ -13,19 +13,26 @@ A new operand is one entry here (LISTS, and BROADCAST when it broadcasts) and on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
 from torch import Tensor
+
+T = TypeVar("T")
 
 LISTS = ("params", "grads", "lrs", "gammas")
 OPTIONAL = frozenset({"lrs", "gammas"})
 BROADCAST = frozenset({"lrs", "gammas"})  # the others must have params' shapes
 
 
-def join(params, grads, lrs, gammas) -> list[Tensor]:
+def join(params: Sequence[Tensor], grads: Sequence[Tensor], lrs: Sequence[Tensor] | None,
+         gammas: Sequence[Tensor] | None) -> list[Tensor]:
     """The tensor lists as one flat list (the absent optional ones left out)."""
     return [*params, *grads, *(lrs or ()), *(gammas or ())]
 
 
-def split(n: int, has_lrs: bool, has_gammas: bool, flat) -> tuple:
+def split(n: int, has_lrs: bool, has_gammas: bool, flat: Sequence[T]
+          ) -> tuple[list[T], list[T], list[T] | None, list[T] | None]:
     """Inverse of join: (params, grads, lrs or None, gammas or None)."""
     params, grads, rest = list(flat[:n]), list(flat[n : 2 * n]), flat[2 * n :]
     lrs = list(rest[:n]) if has_lrs else None

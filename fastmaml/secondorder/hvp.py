@@ -23,18 +23,22 @@ Methods (NOTE: [hvp methods]):
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 Params = dict[str, Tensor]
+Context = Callable[[], AbstractContextManager[Any]]  # a callable returning a context manager
 METHODS = ("auto", "forward", "reverse", "loop")
 _ORDER = ("forward", "reverse", "loop")
 
 
-def _check(params: Mapping[str, Tensor], vectors: Mapping[str, Tensor], data, params_batched: bool) -> int:
+def _check(params: Mapping[str, Tensor], vectors: Mapping[str, Tensor], data: Sequence[Any],
+           params_batched: bool) -> int:
     if not isinstance(vectors, Mapping) or not vectors:
         raise ValueError("hvp: vectors must be a non-empty dict name -> tensor")
     missing = [n for n in vectors if n not in params]
@@ -44,7 +48,8 @@ def _check(params: Mapping[str, Tensor], vectors: Mapping[str, Tensor], data, pa
     sizes = set(tasks.values())
     if None in sizes or len(sizes) != 1:
         raise ValueError(f"hvp: every vector needs the same leading task dimension, got {tasks}")
-    (T,) = sizes
+    (count,) = sizes
+    T = cast(int, count)  # not None: checked above
     for n, v in vectors.items():
         p = params[n]
         shape = tuple(p.shape[1:]) if params_batched else tuple(p.shape)
@@ -62,40 +67,42 @@ def _check(params: Mapping[str, Tensor], vectors: Mapping[str, Tensor], data, pa
     return T
 
 
-def _split(params: Mapping[str, Tensor], names) -> tuple[Params, Params]:
+def _split(params: Mapping[str, Tensor], names: Iterable[str]) -> tuple[Params, Params]:
     return {n: params[n] for n in names}, {n: p for n, p in params.items() if n not in names}
 
 
-def _one_task(loss_of: Callable, method: str) -> Callable:
+def _one_task(loss_of: Callable[..., Tensor], method: str) -> Callable[..., tuple[Params, Params]]:
     """(params, vectors, *data) -> (grad, H v) of one task, by forward or reverse mode."""
 
-    def fn(params, vectors, *data):
+    def fn(params: Params, vectors: Params, *data: Any) -> tuple[Params, Params]:
         wrt, rest = _split(params, vectors)
 
-        def grad_of(sub):
+        def grad_of(sub: Params) -> Params:
             return torch.func.grad(lambda s, *d: loss_of({**rest, **s}, *d))(sub, *data)
 
         if method == "forward":
-            return torch.func.jvp(grad_of, (wrt,), (dict(vectors),))
-        g, vjp_fn = torch.func.vjp(grad_of, wrt)
+            return cast("tuple[Params, Params]", torch.func.jvp(grad_of, (wrt,), (dict(vectors),)))
+        g, vjp_fn = cast("tuple[Params, Callable[[Params], tuple[Params]]]", torch.func.vjp(grad_of, wrt))
         return g, vjp_fn(dict(vectors))[0]  # H is symmetric: v^T H = (H v)^T
 
     return fn
 
 
-def _loop(loss_of: Callable, params, vectors, data, params_batched: bool, T: int):
+def _loop(loss_of: Callable[..., Tensor], params: Params, vectors: Params, data: Sequence[Any], params_batched: bool,
+          T: int) -> tuple[Params, Params]:
     """Task by task, by double backward through torch.autograd."""
-    grads, hvs = [], []
+    grads: list[list[Tensor]] = []
+    hvs: list[list[Tensor]] = []
     with torch.enable_grad():
         for t in range(T):
             p = {n: (x[t] if params_batched else x).detach() for n, x in params.items()}
             wrt = {n: p[n].requires_grad_() for n in vectors}
             d = [x[t] if isinstance(x, Tensor) else x for x in data]
             loss = loss_of(p, *d)
-            g = torch.autograd.grad(loss, list(wrt.values()), create_graph=True, allow_unused=True)
-            g = [torch.zeros_like(w) if gi is None else gi for gi, w in zip(g, wrt.values())]
+            got = torch.autograd.grad(loss, list(wrt.values()), create_graph=True, allow_unused=True)
+            g = [torch.zeros_like(w) if gi is None else gi for gi, w in zip(got, wrt.values())]
             needs = [gi.requires_grad for gi in g]
-            hv = [None] * len(g)
+            hv: list[Tensor | None] = [None] * len(g)
             if any(needs):
                 outs = [gi for gi, k in zip(g, needs) if k]
                 vs = [vectors[n][t] for (n, k) in zip(wrt, needs) if k]
@@ -103,7 +110,7 @@ def _loop(loss_of: Callable, params, vectors, data, params_batched: bool, T: int
             grads.append([gi.detach() for gi in g])
             hvs.append([torch.zeros_like(w) if h is None else h.detach() for h, w in zip(hv, wrt.values())])
     names = list(vectors)
-    stack = lambda rows: {n: torch.stack([r[i] for r in rows]) for i, n in enumerate(names)}
+    stack: Callable[[list[list[Tensor]]], Params] = lambda rows: {n: torch.stack([r[i] for r in rows]) for i, n in enumerate(names)}
     return stack(grads), stack(hvs)
 
 
@@ -112,32 +119,38 @@ class ForwardADLosses(TorchFunctionMode):
     ("ZeroTensors are immutable") under jvp(grad(...)); within this mode F.mse_loss runs as the
     same maths in primitive ops, which forward mode handles."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func: Callable[..., Any], types: Sequence[type], args: Sequence[Any] = (),
+                           kwargs: Mapping[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         if func is torch.nn.functional.mse_loss:
             return _mse_loss(*args, **kwargs)
         return func(*args, **kwargs)
 
 
-def _mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+def _mse_loss(input: Tensor, target: Tensor, size_average: bool | None = None, reduce: bool | None = None,
+              reduction: str = "mean", weight: Tensor | None = None) -> Tensor:
     if size_average is not None or reduce is not None or weight is not None:
-        return torch.nn.functional.mse_loss(input, target, size_average, reduce, reduction, weight=weight)
+        mse_loss: Callable[..., Tensor] = torch.nn.functional.mse_loss  # `weight`: newer torch only
+        return mse_loss(input, target, size_average, reduce, reduction, weight=weight)
     d = (input - target).square()
     return d.mean() if reduction == "mean" else d.sum() if reduction == "sum" else d
 
 
-def _run(loss_of, params, vectors, data, params_batched, method, T, context):
+def _run(loss_of: Callable[..., Tensor], params: Params, vectors: Params, data: Sequence[Any], params_batched: bool,
+         method: str, T: int, context: Context) -> tuple[Params, Params]:
     if method == "loop":
         with context():
             return _loop(loss_of, params, vectors, data, params_batched, T)
     in_dims = (0 if params_batched else None, 0) + tuple(0 if isinstance(d, Tensor) else None for d in data)
     fn = torch.func.vmap(_one_task(loss_of, method), in_dims=in_dims, randomness="different")
     with context(), ForwardADLosses() if method == "forward" else _nullcontext():
-        return fn(dict(params), dict(vectors), *data)
+        g, hv = fn(dict(params), dict(vectors), *data)
+        return g, hv
 
 
 def hvp_and_grad(loss_of: Callable[..., Tensor], params: Mapping[str, Tensor], vectors: Mapping[str, Tensor],
-                 *data, params_batched: bool = True, method: str = "auto", context=None):
+                 *data: Any, params_batched: bool = True, method: str = "auto",
+                 context: Context | None = None) -> tuple[Params, Params, str]:
     """The per-task gradient of `loss_of` and the Hessian-vector products H_t v_t, in one pass.
 
     The gradient is the primal output of the jvp/vjp. The results are detached: this is for
@@ -160,15 +173,15 @@ def hvp_and_grad(loss_of: Callable[..., Tensor], params: Mapping[str, Tensor], v
     if method not in METHODS:
         raise ValueError(f"hvp: method must be one of {METHODS}, got {method!r}")
     T = _check(params, vectors, data, params_batched)
-    context = context or _nullcontext
-    params = {n: p.detach() for n, p in params.items()}
-    vectors = {n: v.detach() for n, v in vectors.items()}
+    enter: Context = context or _nullcontext
+    detached: Params = {n: p.detach() for n, p in params.items()}
+    directions: Params = {n: v.detach() for n, v in vectors.items()}
     candidates = _ORDER if method == "auto" else (method,)
-    errors = []
+    errors: list[str] = []
     for m in candidates:
         try:
             with torch.no_grad() if m != "loop" else _nullcontext():
-                g, hv = _run(loss_of, params, vectors, data, params_batched, m, T, context)
+                g, hv = _run(loss_of, detached, directions, data, params_batched, m, T, enter)
         except Exception as error:
             if method != "auto":
                 raise
@@ -180,8 +193,8 @@ def hvp_and_grad(loss_of: Callable[..., Tensor], params: Mapping[str, Tensor], v
     raise RuntimeError("fastmaml.hvp: no method could compute the Hessian-vector products:\n  " + "\n  ".join(errors))
 
 
-def hvp(loss_of: Callable[..., Tensor], params: Mapping[str, Tensor], vectors: Mapping[str, Tensor], *data,
-        params_batched: bool = True, method: str = "auto", context=None) -> Params:
+def hvp(loss_of: Callable[..., Tensor], params: Mapping[str, Tensor], vectors: Mapping[str, Tensor], *data: Any,
+        params_batched: bool = True, method: str = "auto", context: Context | None = None) -> Params:
     """H_t v_t for every task t (see the module docstring).
 
     Args:
@@ -201,10 +214,10 @@ def hvp(loss_of: Callable[..., Tensor], params: Mapping[str, Tensor], vectors: M
 
 
 class _nullcontext:
-    def __enter__(self):
+    def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         return False
 
 

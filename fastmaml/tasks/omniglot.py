@@ -55,7 +55,7 @@ SETS = tuple(MD5)
 # Splits by alphabet. "small": meta-train on the five alphabets of small1, meta-test on the
 # three alphabets of small2 that small1 lacks (small2's Greek and Latin are small1's files).
 # "standard": the dataset authors' background / evaluation split.
-SPLITS = {
+SPLITS: dict[str, dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]]] = {
     "small": {
         "train": (("images_background_small1", None),),
         "test": (("images_background_small2", ("Japanese_(katakana)", "Sanskrit", "Tagalog")),),
@@ -204,7 +204,7 @@ def _decode(data: bytes, size: int) -> Tensor:
     with Image.open(io.BytesIO(data)) as img:
         img = img.convert("L")
         if img.size != (size, size):
-            img = img.resize((size, size), Image.LANCZOS)
+            img = img.resize((size, size), Image.Resampling.LANCZOS)
         pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(size, size)
     return 255 - pixels  # strokes 1, paper 0
 
@@ -283,7 +283,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def atomic_save(obj, path: str | os.PathLike) -> None:
+def atomic_save(obj: object, path: str | os.PathLike) -> None:
     """torch.save to a temporary file in the same folder, then os.replace: readers see the old
     file or the complete new one, never a partial one. Temporaries of killed writers are removed."""
     path = Path(path)
@@ -407,7 +407,10 @@ class Omniglot:
     def from_characters(cls, chars: dict[str, Tensor], rotations: Sequence[int] = (0,),
                         sources: list[str] | None = None) -> Omniglot:
         """Build from {"Alphabet/character": uint8 images [n, s, s]}."""
-        images, labels, class_names, class_alphabets = [], [], [], []
+        images: list[Tensor] = []
+        labels: list[Tensor] = []
+        class_names: list[str] = []
+        class_alphabets: list[str] = []
         for cname in sorted(chars):
             imgs = chars[cname].float().div_(255).unsqueeze(1)
             for r in rotations:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -26,6 +27,18 @@ from fastmaml.checks import check_int
 
 class SamplerError(ValueError):
     """The episode cannot be drawn from the data (too few classes or images per class)."""
+
+
+class TaskBatch(Protocol):
+    """A batch of tasks as the trainer and the evaluation read it (FewShotBatch, SineBatch)."""
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
+
+
+class TaskSource(Protocol):
+    """A source of task batches (FewShotSampler, SineTasks): `sample(T)` draws T tasks."""
+
+    def sample(self, num_tasks: int) -> TaskBatch: ...
 
 
 @dataclass

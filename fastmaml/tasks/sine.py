@@ -54,8 +54,9 @@ class SineTasks:
         device: where the tensors go.
     """
 
-    def __init__(self, k_shot: int = 10, q_query: int = 10, amplitude=(0.1, 5.0), phase=(0.0, math.pi),
-                 x_range=(-5.0, 5.0), seed: int | None = 0, dtype=torch.float32, device="cpu"):
+    def __init__(self, k_shot: int = 10, q_query: int = 10, amplitude: tuple[float, float] = (0.1, 5.0),
+                 phase: tuple[float, float] = (0.0, math.pi), x_range: tuple[float, float] = (-5.0, 5.0),
+                 seed: int | None = 0, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
         for name, value in (("k_shot", k_shot), ("q_query", q_query)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -67,7 +68,7 @@ class SineTasks:
         self.dtype, self.device = dtype, torch.device(device)
         self.generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
 
-    def _uniform(self, shape, bounds) -> Tensor:
+    def _uniform(self, shape: tuple[int, ...], bounds: tuple[float, ...]) -> Tensor:
         lo, hi = bounds
         return torch.rand(shape, generator=self.generator, dtype=torch.float64) * (hi - lo) + lo
 

@@ -9,11 +9,13 @@ import os
 import pickle
 import random
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from fastmaml.tasks.omniglot import atomic_save
+from fastmaml.tasks.sampler import TaskSource
 
 FORMAT = "fastmaml-checkpoint"
 VERSION = 1
@@ -37,7 +39,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint; a run directory means its checkpoint.pt.
 
     Args:
@@ -79,7 +81,7 @@ def run_config(state: dict, path: str | os.PathLike) -> dict:
 
 def rng_state() -> dict:
     """The global random states, in types torch.load(weights_only=True) accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     state = {
         "torch": torch.get_rng_state(),
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
@@ -100,29 +102,30 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _to_lists(x):
+def _to_lists(x: Any) -> Any:
     return [_to_lists(v) for v in x] if isinstance(x, tuple) else x
 
 
-def _to_tuples(x):
+def _to_tuples(x: Any) -> Any:
     return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
 
 
-def sampler_state(sampler) -> dict | None:
+def sampler_state(sampler: TaskSource | None) -> dict | None:
     """The state of a task sampler: its state_dict(), else its `generator`'s state."""
     if sampler is None:
         return None
     if hasattr(sampler, "state_dict"):
         return sampler.state_dict()
-    if isinstance(getattr(sampler, "generator", None), torch.Generator):
-        return {"generator": sampler.generator.get_state()}
+    generator = getattr(sampler, "generator", None)
+    if isinstance(generator, torch.Generator):
+        return {"generator": generator.get_state()}
     return None
 
 
-def load_sampler_state(sampler, state: dict | None) -> None:
+def load_sampler_state(sampler: TaskSource | None, state: dict | None) -> None:
     if sampler is None or state is None:
         return
     if hasattr(sampler, "load_state_dict"):
         sampler.load_state_dict(state)
     else:
-        sampler.generator.set_state(state["generator"])
+        cast(Any, sampler).generator.set_state(state["generator"])  # what sampler_state saved

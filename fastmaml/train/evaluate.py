@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from fastmaml.algorithms.base import MetaLearner
 from fastmaml.execution.batched.run import why_not_learner
 from fastmaml.execution.evaluation import MODES, query_outputs
+from fastmaml.functional import LossFn
+from fastmaml.tasks.sampler import TaskSource
 from fastmaml.train.metrics import mean_ci95
 
 METRICS = ("accuracy", "mse")
@@ -30,15 +32,17 @@ def query_metric(metric: str, output: Tensor, target: Tensor) -> float:
     return float(torch.nn.functional.mse_loss(output, target))
 
 
-def outputs_by(mode: str, learner, sx, sy, qx, loss_fn, step_list: list[int]) -> list[Tensor]:
+def outputs_by(mode: str, learner: MetaLearner, sx: Tensor, sy: Tensor, qx: Tensor, loss_fn: LossFn,
+               step_list: list[int]) -> list[Tensor]:
     return query_outputs(learner, mode, sx, sy, qx, loss_fn, step_list)
 
 
-def fastest_mode(learner, sx, sy, qx, loss_fn, step_list: list[int], tasks: int = 8) -> str:
+def fastest_mode(learner: MetaLearner, sx: Tensor, sy: Tensor, qx: Tensor, loss_fn: LossFn, step_list: list[int],
+                 tasks: int = 8) -> str:
     """The fastest of MODES (process CPU time) on the first `tasks` tasks; a mode that raises (a model
     vmap cannot run, one the batched layers do not cover) is skipped; the loop always runs."""
     sample = (sx[:tasks], sy[:tasks], qx[:tasks])
-    times = {}
+    times: dict[str, float] = {}
     for mode in MODES:
         if mode == "batched" and why_not_learner(learner) is not None:
             continue
@@ -50,10 +54,10 @@ def fastest_mode(learner, sx, sy, qx, loss_fn, step_list: list[int], tasks: int 
                 raise
             continue
         times[mode] = time.process_time() - start
-    return min(times, key=times.get)
+    return min(times, key=lambda mode: times[mode])
 
 
-def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_tasks: int = 600,
+def evaluate(learner: MetaLearner, tasks: TaskSource, loss_fn: LossFn, metric: str = "accuracy", num_tasks: int = 600,
              steps: int | list[int] | None = None, batch: int = 50, progress: bool = False,
              batching: str = "auto") -> dict:
     """Adapt to `num_tasks` tasks from `tasks` and score the query sets: {"metric", "mean", "ci95",
@@ -85,8 +89,8 @@ def evaluate(learner, tasks, loss_fn: Callable, metric: str = "accuracy", num_ta
     step_list = [default] if steps is None else ([steps] if isinstance(steps, int) else sorted(set(steps)))
     if not step_list or min(step_list) < 0:
         raise ValueError(f"steps must be >= 0, got {steps!r}")
-    scores = {s: [] for s in step_list}
-    losses = {s: [] for s in step_list}
+    scores: dict[int, list[float]] = {s: [] for s in step_list}
+    losses: dict[int, list[float]] = {s: [] for s in step_list}
     saved = {n: b.clone() for n, b in learner.named_buffers()}
     device = next(learner.parameters()).device
     if batching not in ("auto", *MODES):

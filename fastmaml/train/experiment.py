@@ -21,7 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from fastmaml.algorithms.base import MetaLearner
+from fastmaml.functional import LossFn
 from fastmaml.models import conv4, mlp
 from fastmaml.tasks.augment import RandomAffine
 from fastmaml.tasks.omniglot import load_split
@@ -31,15 +34,15 @@ from fastmaml.train.registry import build_learner
 
 TASKS = ("sine", "omniglot")
 
-COMMON = {
+COMMON: dict[str, Any] = {
     "algo": "maml", "first_order": False, "meta_optimizer": "adam", "meta_lr": 1e-3, "seed": 0,
     "eval_every": 1000, "eval_tasks": 600, "batching": "auto", "grad_clip": None,
     "data_root": None, "cache_dir": None, "omniglot_split": "small", "device": "cpu",
 }
 AUGMENT_KEYS = ("augment_shift", "augment_rotate", "augment_scale")  # RandomAffine's shift, rotate, scale
-SINE = {"k_shot": 10, "q_query": 10, "meta_batch": 25, "inner_lr": 0.01, "inner_steps": 1,
+SINE: dict[str, Any] = {"k_shot": 10, "q_query": 10, "meta_batch": 25, "inner_lr": 0.01, "inner_steps": 1,
         "eval_inner_steps": 1, "iterations": 70000}
-OMNIGLOT = {
+OMNIGLOT: dict[int, dict[str, Any]] = {
     5: {"n_way": 5, "k_shot": 1, "q_query": 15, "meta_batch": 32, "inner_lr": 0.4, "inner_steps": 1,
         "eval_inner_steps": 3, "iterations": 60000},
     20: {"n_way": 20, "k_shot": 1, "q_query": 15, "meta_batch": 16, "inner_lr": 0.1, "inner_steps": 5,
@@ -47,14 +50,14 @@ OMNIGLOT = {
 }
 # Reptile (Nichol et al., 2018) steps its own outer update: plain SGD on theta - mean phi with
 # step size epsilon, several inner steps, trained on the support set only.
-REPTILE = {"sine": {"meta_optimizer": "sgd", "meta_lr": 0.1, "inner_lr": 0.02, "inner_steps": 5,
+REPTILE: dict[str, dict[str, Any]] = {"sine": {"meta_optimizer": "sgd", "meta_lr": 0.1, "inner_lr": 0.02, "inner_steps": 5,
                     "eval_inner_steps": 5},
            "omniglot": {"meta_optimizer": "sgd", "meta_lr": 1.0, "inner_lr": 0.1, "inner_steps": 5,
                         "eval_inner_steps": 5}}
 
 
 # Algorithms whose papers (and classes) use other inner settings on sine than MAML's.
-SINE_ALGO = {
+SINE_ALGO: dict[str, dict[str, Any]] = {
     "cavia": {"inner_lr": 1.0},                                  # Zintgraf et al.: context lr 1.0
     "mamlpp": {"inner_steps": 5, "eval_inner_steps": 5},         # Antoniou et al.: 5 steps, LSLR
     "warpgrad": {"inner_steps": 5, "eval_inner_steps": 5,
@@ -62,7 +65,7 @@ SINE_ALGO = {
     "imaml": {"inner_steps": 30, "eval_inner_steps": 30},        # IMAML's defaults (docs/imaml.md)
 }
 # iMAML's inner loop on Conv-4: its own defaults (lam 5, CG damping 5, 30 steps of 0.01), not MAML's one step of 0.4.
-OMNIGLOT_ALGO = {"imaml": {"inner_lr": 0.01, "inner_steps": 30, "eval_inner_steps": 30}}
+OMNIGLOT_ALGO: dict[str, dict[str, Any]] = {"imaml": {"inner_lr": 0.01, "inner_steps": 30, "eval_inner_steps": 30}}
 # CAVIA's context: 4 numbers, concatenated to the sine MLP's input, or to the input of Conv-4's
 # linear head (the paper conditions Conv-4 by FiLM on a 100-number context; this is the simple form).
 CAVIA_CONTEXT = 4
@@ -92,7 +95,7 @@ def defaults(task: str, n_way: int | None = None, algo: str = "maml") -> dict[st
 @dataclass
 class Experiment:
     config: dict
-    learner: torch.nn.Module
+    learner: MetaLearner
     train_tasks: Any
     eval_tasks: Any
     loss_fn: Any
@@ -119,17 +122,22 @@ def build(config: dict, eval_split: str = "test", need_train: bool = True) -> Ex
     cfg = dict(config)
     seed_everything(cfg["seed"])
     context = CAVIA_CONTEXT if cfg["algo"] == "cavia" else 0
-    extra = {"num_context": CAVIA_CONTEXT} if context else {}
+    extra: dict[str, Any] = {"num_context": CAVIA_CONTEXT} if context else {}
+    model: nn.Module
+    train: SineTasks | FewShotSampler | None
+    evals: SineTasks | FewShotSampler
+    loss_fn: LossFn
     if cfg["task"] == "sine":
         model = mlp(1 + context, 1, hidden=40, layers=2)
         train = SineTasks(cfg["k_shot"], cfg["q_query"], seed=cfg["seed"]) if need_train else None
         evals = SineTasks(cfg["k_shot"], cfg["q_query"], seed=cfg["seed"] + 1_000_003)
         loss_fn, metric = F.mse_loss, "mse"
     elif cfg["task"] == "omniglot":
-        model = conv4(cfg["n_way"])
+        net = conv4(cfg["n_way"])
         if context:
-            model.head = torch.nn.Linear(model.head.in_features + context, cfg["n_way"])
+            net.head = torch.nn.Linear(net.head.in_features + context, cfg["n_way"])
             extra["context_at"] = "head"
+        model = net
         common = dict(root=cfg["data_root"], cache_dir=cfg["cache_dir"], download=cfg.get("download", False))
         train = None
         if need_train:

@@ -10,6 +10,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from fastmaml.tasks.omniglot import remove_stale_temporaries
 
@@ -107,9 +108,10 @@ class MetricsLogger:
         if self.run_dir is None:
             self.records = [r for r in self.records if r.get("iteration", 0) <= iteration]
             return
-        kept = [r for r in read_jsonl(self.jsonl) if r.get("iteration", 0) <= iteration]
+        jsonl = cast(Path, self.jsonl)  # run_dir is set
+        kept = [r for r in read_jsonl(jsonl) if r.get("iteration", 0) <= iteration]
         self.records = kept
-        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(jsonl, "".join(json.dumps(r) + "\n" for r in kept))
         for kind, fields in CSV_FIELDS.items():
             rows = [r for r in kept if r.get("kind") == kind]
             path = self.run_dir / f"{kind}.csv"
@@ -120,7 +122,7 @@ class MetricsLogger:
         self.records.append(record)
         if self.run_dir is None:
             return
-        with open(self.jsonl, "a") as f:
+        with open(cast(Path, self.jsonl), "a") as f:
             f.write(json.dumps(record) + "\n")
         kind = record.get("kind")
         if kind in CSV_FIELDS:

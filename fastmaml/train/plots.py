@@ -7,20 +7,29 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
-from fastmaml.tasks.sine import SineTasks
+from fastmaml.tasks.sine import SineBatch, SineTasks
 from fastmaml.train import style
 from fastmaml.train.metrics import read_jsonl
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn
+    from matplotlib.figure import Figure
+
+# one curve of the sine figure: (label, colour, line style, predict(task, grid) -> y)
+Curve = tuple[str, str, str, Callable[[int, Tensor], Tensor]]
 
 
 class PlotError(Exception):
     """A run file that cannot be drawn (not JSON, or not what `fastmaml train`/`eval` write); names it."""
 
 
-def learning_curves_figure(run_dir: str | os.PathLike):
+def learning_curves_figure(run_dir: str | os.PathLike) -> Figure | None:
     """The meta-train loss and the periodic evaluation (mean with its 95% CI band) against
     iterations, one panel for each that the run logged; None if it logged neither."""
     run_dir = Path(run_dir)
@@ -64,7 +73,7 @@ def learning_curves(run_dir: str | os.PathLike, out: str | os.PathLike | None = 
     return None if fig is None else style.save(fig, out or Path(run_dir) / "learning_curves.png")
 
 
-def steps_curve_figure(run_dir: str | os.PathLike):
+def steps_curve_figure(run_dir: str | os.PathLike) -> Figure | None:
     """The test metric against the number of inner steps (from `fastmaml eval`'s eval.json)."""
     run_dir = Path(run_dir)
     path = run_dir / "eval.json"
@@ -100,7 +109,7 @@ def steps_curve(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
     return None if fig is None else style.save(fig, out or Path(run_dir) / "inner_steps.png")
 
 
-def sine_figure(batch, curves, title: str, tasks: int = 3):
+def sine_figure(batch: SineBatch, curves: Sequence[Curve], title: str, tasks: int = 3) -> Figure:
     """The MAML paper's Figure 2 layout, for `fastmaml plot` and `fastmaml demo` alike: per task
     the true curve, the K support points, and each of `curves` = [(label, colour, line style,
     predict(t, grid) -> y)]."""
@@ -124,7 +133,7 @@ def sine_figure(batch, curves, title: str, tasks: int = 3):
 
 
 def sine_adaptation_figure(run_dir: str | os.PathLike, tasks: int = 3, steps: tuple[int, ...] = (1, 10),
-                           seed: int = 7):
+                           seed: int = 7) -> Figure | None:
     """sine_figure for a run's checkpoint: the meta-learned model before and after `steps` inner
     steps on the support points of `tasks` held-out tasks; None for a run that is not on sine."""
     from fastmaml.train.checkpoint import load_checkpoint, run_config
@@ -148,8 +157,8 @@ def sine_adaptation_figure(run_dir: str | os.PathLike, tasks: int = 3, steps: tu
                                       steps=max(steps), first_order=True)
         trajectories.append([{k: v.detach() for k, v in phi.items()} for phi in traj])
 
-    def after(s):
-        def predict(t, grid):
+    def after(s: int) -> Callable[[int, Tensor], Tensor]:
+        def predict(t: int, grid: Tensor) -> Tensor:
             with torch.no_grad():
                 return learner(grid, trajectories[t][s])
         return predict
@@ -174,7 +183,8 @@ def _loss_name(run_dir: Path) -> str:
     except (ValueError, UnicodeDecodeError):
         cfg = {}  # a label only: an unreadable config.json does not stop the figures
     task = cfg.get("task") if isinstance(cfg, dict) else None
-    return {"sine": "MSE", "omniglot": "cross-entropy"}.get(task, "log scale")
+    names: dict[object, str] = {"sine": "MSE", "omniglot": "cross-entropy"}
+    return names.get(task, "log scale")
 
 
 def _title(run_dir: Path) -> str:
@@ -192,5 +202,5 @@ def _title(run_dir: Path) -> str:
     return f"{cfg.get('algo')}{' (first order)' if cfg.get('first_order') else ''}, {what}"
 
 
-def _numbers(record: dict, *keys: str) -> bool:
+def _numbers(record: dict[str, Any], *keys: str) -> bool:
     return all(isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool) for k in keys)

@@ -9,6 +9,7 @@ import importlib
 import inspect
 import pkgutil
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -34,7 +35,7 @@ def _discover() -> dict[str, Algorithm]:
         importlib.import_module(f"fastmaml.algorithms.{info.name}")
     found: dict[str, Algorithm] = {}
 
-    def walk(cls):
+    def walk(cls: type[MetaLearner]) -> None:
         for sub in cls.__subclasses__():
             name = sub.__dict__.get("cli_name")  # its own, not inherited (FOMAML is not "maml")
             if name:
@@ -57,7 +58,7 @@ def _year(paper: str) -> int:
 ALGORITHMS = _discover()
 
 
-def algorithm_class(name: str):
+def algorithm_class(name: str) -> type[MetaLearner]:
     """The class behind `name`; AlgorithmUnavailable names the choices or what is missing.
 
     Args:
@@ -87,7 +88,7 @@ def available() -> list[str]:
     return [n for n in ALGORITHMS if is_available(n)]
 
 
-def build_learner(name: str, model: nn.Module, extra: dict | None = None, **kwargs):
+def build_learner(name: str, model: nn.Module, extra: dict[str, Any] | None = None, **kwargs: Any) -> MetaLearner:
     """`cls(model, **kwargs, **extra)`: of `kwargs`, only those the class accepts (e.g. FOMAML and
     Reptile take no `first_order`; None values are left to the class's defaults); every key of
     `extra` (algorithm-specific options, e.g. iMAML's `lam`) must be one the class accepts.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from fastmaml.train.metrics import read_jsonl
@@ -30,7 +31,7 @@ def _row(run: Path) -> dict | None:
     return {"run": run.name, "ev": ev, "cfg": cfg, "curve": curve, "train_s": train_s, "stages": stages}
 
 
-def lineage(cfg: dict):
+def lineage(cfg: dict) -> Iterator[tuple[Path, int | None]]:
     """The runs a run started from (`fastmaml train --init-from`), newest first: (run folder, the
     iteration of its checkpoint that was loaded)."""
     while cfg.get("init_from"):

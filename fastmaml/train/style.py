@@ -13,8 +13,14 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-RC = {
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+RC: dict[str, Any] = {
     "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8,
     "legend.fontsize": 8, "legend.frameon": False, "lines.linewidth": 1.5, "lines.markersize": 4,
     "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "axes.spines.top": False,
@@ -26,7 +32,7 @@ COLORS = {"truth": "black", "support": "tab:purple", "MAML": "tab:red", "pre-tra
 STEP_STYLES = {0: ":", 1: "--", 10: "-"}  # line style of a prediction after this many inner steps
 
 
-def pyplot():
+def pyplot() -> ModuleType:
     """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
     import matplotlib
 
@@ -36,7 +42,7 @@ def pyplot():
     return plt
 
 
-def figure(ncols: int = 1, nrows: int = 1):
+def figure(ncols: int = 1, nrows: int = 1) -> tuple[Figure, list[Axes]]:
     """A figure of nrows x ncols panels in the house style; returns (fig, flat list of axes)."""
     plt = pyplot()
     with plt.rc_context(RC):
@@ -46,18 +52,18 @@ def figure(ncols: int = 1, nrows: int = 1):
     return fig, list(axes.flat)
 
 
-def _apply(ax) -> None:
+def _apply(ax: Axes) -> None:
     """rc_context only covers creation; these keep the style when the figure is drawn later."""
     ax.grid(True, alpha=RC["grid.alpha"], linewidth=RC["grid.linewidth"])
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     ax.tick_params(labelsize=RC["xtick.labelsize"])
-    ax.xaxis.label.set_size(RC["axes.labelsize"])
-    ax.yaxis.label.set_size(RC["axes.labelsize"])
-    ax.title.set_size(RC["axes.titlesize"])
+    ax.xaxis.label.set_fontsize(RC["axes.labelsize"])
+    ax.yaxis.label.set_fontsize(RC["axes.labelsize"])
+    ax.title.set_fontsize(RC["axes.titlesize"])
 
 
-def plain_number(value: float, _pos=None) -> str:
+def plain_number(value: float, _pos: int | None = None) -> str:
     """A tick label without exponent notation: 0.002, 0.05, 3, 20, 1e+05 only beyond 10^5."""
     if value == 0 or not math.isfinite(value):
         return "0" if value == 0 else ""
@@ -66,7 +72,7 @@ def plain_number(value: float, _pos=None) -> str:
     return f"{value:.0e}"
 
 
-def log_axis(ax, which: str = "y") -> None:
+def log_axis(ax: Axes, which: str = "y") -> None:
     """Log scale with labelled ticks written as plain numbers, never only a minor '3x10^0': at
     every 1..9 x 10^k when the data span less than a decade, at 1, 2, 5 x 10^k up to three
     decades, at the powers of ten beyond. Call it after plotting: a range with fewer than two
@@ -90,7 +96,7 @@ def log_axis(ax, which: str = "y") -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def iteration_axis(ax, which: str = "x") -> None:
+def iteration_axis(ax: Axes, which: str = "x") -> None:
     """Integer ticks only (iterations, inner steps)."""
     from matplotlib.ticker import MaxNLocator
 
@@ -102,18 +108,18 @@ def metric_scale(metric: str) -> tuple[float, str]:
     return (100.0, "accuracy (%)") if metric == "accuracy" else (1.0, "MSE")
 
 
-def title(fig, text: str) -> None:
+def title(fig: Figure, text: str) -> None:
     fig.suptitle(text, fontsize=RC["axes.titlesize"] + 1)
 
 
-def legend_below(fig, ax) -> None:
+def legend_below(fig: Figure, ax: Axes) -> None:
     """One legend for the figure, in a row under its panels (taken from `ax`)."""
     handles, labels = ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=min(len(labels), 6),
                frameon=False, fontsize=RC["legend.fontsize"])
 
 
-def save(fig, path: str | os.PathLike) -> Path:
+def save(fig: Figure, path: str | os.PathLike) -> Path:
     plt = pyplot()
     with plt.rc_context(RC):
         fig.tight_layout()

@@ -28,13 +28,17 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn, cast
 
 import torch
-from torch import nn
 
 from fastmaml import distributed
+from fastmaml.algorithms.base import MetaLearner
+from fastmaml.functional import LossFn
+from fastmaml.tasks.sampler import TaskSource
 from fastmaml.train.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -47,6 +51,9 @@ from fastmaml.train.checkpoint import (
 from fastmaml.train.evaluate import METRICS, evaluate
 from fastmaml.train.metrics import MetricsLogger, atomic_write_text
 
+if TYPE_CHECKING:
+    from tqdm import tqdm as ProgressBar
+
 
 class TrainingDiverged(RuntimeError):
     """The meta-loss (or its gradient) became NaN or inf; the message names the iteration."""
@@ -55,7 +62,7 @@ class TrainingDiverged(RuntimeError):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _raise_interrupt(signum, frame):
+def _raise_interrupt(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt
 
 
@@ -64,7 +71,7 @@ def _in_main_thread() -> bool:
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts():
+def _sigterm_interrupts() -> Iterator[None]:
     """While training, SIGTERM (`kill`, a scheduler's preemption) stops the run like Ctrl-C: as a
     KeyboardInterrupt, after a checkpoint is saved. A handler someone else installed is left alone."""
     if not _in_main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
@@ -78,14 +85,14 @@ def _sigterm_interrupts():
 
 
 @contextlib.contextmanager
-def _deferred_sigint():
+def _deferred_sigint() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM until the block ends (the optimizer step must not be cut in half)."""
     interrupting = [sig for sig in STOP_SIGNALS
                     if signal.getsignal(sig) in (signal.default_int_handler, _raise_interrupt)]
     if not _in_main_thread() or not interrupting:
         yield
         return
-    caught = []
+    caught: list[int] = []
     previous = {sig: signal.signal(sig, lambda sig, frame: caught.append(sig)) for sig in interrupting}
     try:
         yield
@@ -102,7 +109,7 @@ class MetaTrainer:
     See the module docstring for the loop and the files of a run.
 
     Args:
-        learner: the meta-learner (a MetaLearner, or anything with `meta_loss`).
+        learner: the meta-learner (a MetaLearner).
         train_tasks: the training task source (a sampler with `sample(T)`).
         loss_fn: loss_fn(output, y) -> scalar.
         metric: "accuracy" or "mse", the evaluation's score.
@@ -130,13 +137,14 @@ class MetaTrainer:
             alone logs, evaluates and writes checkpoints.
     """
 
-    def __init__(self, learner: nn.Module, train_tasks, loss_fn: Callable, *, metric: str = "accuracy",
+    def __init__(self, learner: MetaLearner, train_tasks: TaskSource, loss_fn: LossFn, *, metric: str = "accuracy",
                  optimizer: torch.optim.Optimizer | None = None, meta_lr: float = 1e-3, meta_batch: int = 32,
-                 iterations: int = 1000, eval_tasks=None, eval_every: int = 500, eval_num_tasks: int = 600,
+                 iterations: int = 1000, eval_tasks: TaskSource | None = None, eval_every: int = 500, eval_num_tasks: int = 600,
                  eval_steps: int | None = None, eval_batch: int = 50, run_dir: str | os.PathLike | None = None,
                  checkpoint_every: int | None = None, log_every: int = 10, config: dict | None = None,
                  progress: bool = True, tensorboard: bool = False, grad_clip: float | None = None,
-                 device: str | torch.device | None = None, epoch_length: int = 500, dist: distributed.DistContext | None = None):
+                 device: str | torch.device | None = None, epoch_length: int = 500,
+                 dist: distributed.DistContext | None = None) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         for name, value, low in (("meta_batch", meta_batch, 1), ("iterations", iterations, 0),
@@ -211,6 +219,8 @@ class MetaTrainer:
     def resume(self, path: str | os.PathLike | None = None) -> int:
         """Load a checkpoint (default run_dir/checkpoint.pt); returns its iteration."""
         path = Path(path) if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("resume() needs a path when the trainer has no run_dir")
         state = load_checkpoint(path, map_location=self.device)
         try:
             self.load_state_dict(state)
@@ -222,7 +232,8 @@ class MetaTrainer:
         return self.iteration
 
     # ---- evaluation ----------------------------------------------------------------------------
-    def evaluate(self, tasks=None, num_tasks: int | None = None, steps=None) -> dict:
+    def evaluate(self, tasks: TaskSource | None = None, num_tasks: int | None = None,
+                 steps: int | list[int] | None = None) -> dict:
         """Evaluate on `tasks` (default: the eval sampler rewound to its fixed start), leaving the
         global RNGs as they were."""
         if tasks is None:
@@ -283,10 +294,10 @@ class MetaTrainer:
         done = self.last_eval is not None and self.last_eval["iteration"] == self.iteration
         return self.eval_tasks is not None and main and at and not done
 
-    def _evaluate_and_log(self, start: float, bar) -> None:
+    def _evaluate_and_log(self, start: float, bar: ProgressBar | None) -> None:
         result = self.evaluate()
         self.last_eval = {"iteration": self.iteration, **result}
-        self.logger.log({"kind": "eval", "iteration": self.iteration, "split": "eval",
+        cast(MetricsLogger, self.logger).log({"kind": "eval", "iteration": self.iteration, "split": "eval",
                          "elapsed_s": round(time.perf_counter() - start, 3), **result})
         if bar is not None:
             score = f"{result['mean']:.4f} +- {result['ci95']:.4f}" if math.isfinite(result["mean"]) else "diverged"
@@ -303,7 +314,7 @@ class MetaTrainer:
         self.logger = MetricsLogger(run_dir, self.tensorboard and main)
         if run_dir is not None:
             self.logger.truncate_after(self.iteration)
-            atomic_write_text(self.run_dir / "config.json", json.dumps(self.config, indent=2) + "\n")
+            atomic_write_text(run_dir / "config.json", json.dumps(self.config, indent=2) + "\n")
         self.learner.train()
         start = time.perf_counter()
         window, window_start, window_t = [], self.iteration, time.perf_counter()

@@ -10,6 +10,9 @@ takes either and returns the cheaper one for it; `forward` returns "tn".
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import torch
 import torch.nn.functional as TF
 from torch import Tensor, nn
@@ -18,6 +21,9 @@ from fastmaml.execution.batched.plan import ACTIVATION_MODULES, Plan, plan_of
 from fastmaml.functional import Params
 
 TN, NT = "tn", "nt"
+Act = tuple[Tensor, str]  # an activation and its layout (TN or NT)
+# a compiled step: (output name, fn(a, b, params, buffers, T) -> Act, input names)
+CompiledStep = tuple[str, Callable[..., Act], str, "str | None"]
 
 
 def _to(x: Tensor, layout: str, want: str) -> Tensor:
@@ -38,7 +44,7 @@ def _unmerge(y: Tensor, how: str, T: int) -> Tensor:
     return y.view(y.shape[0], T, -1, *y.shape[2:])
 
 
-def _linear(m, p, x, layout, T):
+def _linear(m: str, p: Params, x: Tensor, layout: str, T: int) -> Act:
     w = p[m + ".weight"]
     b = p.get(m + ".bias")
     x = _to(x, layout, TN)
@@ -55,7 +61,7 @@ def _linear(m, p, x, layout, T):
     return y, TN
 
 
-def _conv2d(mod, m, p, x, layout, T):
+def _conv2d(mod: nn.Conv2d, m: str, p: Params, x: Tensor, layout: str, T: int) -> Act:
     w = p[m + ".weight"]
     b = p.get(m + ".bias")
     x = _to(x, layout, NT)
@@ -66,7 +72,8 @@ def _conv2d(mod, m, p, x, layout, T):
     return y.view(n, T, -1, *y.shape[2:]), NT
 
 
-def _batch_norm(mod, m, p, buffers, x, layout, T):
+def _batch_norm(mod: nn.modules.batchnorm._BatchNorm, m: str, p: Params, buffers: Params | None, x: Tensor,
+                layout: str, T: int) -> Act:
     # Per-task statistics: one batch norm over T*C channels of [N, T*C, ...]. Running statistics
     # (if tracked) are per task, [T, C] in `buffers`, updated in place as nn.BatchNorm does.
     w, b = p.get(m + ".weight"), p.get(m + ".bias")
@@ -90,7 +97,7 @@ def _batch_norm(mod, m, p, buffers, x, layout, T):
     return y.view(n, T, -1, *y.shape[2:]), NT
 
 
-def _pool(mod, x, layout, T):
+def _pool(mod: nn.Module, x: Tensor, layout: str, T: int) -> Act:
     merged, how = _merged(x, layout)
     if isinstance(mod, nn.MaxPool2d):
         y = TF.max_pool2d(merged, mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode)
@@ -98,23 +105,25 @@ def _pool(mod, x, layout, T):
         y = TF.avg_pool2d(merged, mod.kernel_size, mod.stride, mod.padding, mod.ceil_mode, mod.count_include_pad,
                           mod.divisor_override)
     else:
-        y = TF.adaptive_avg_pool2d(merged, mod.output_size)
+        y = TF.adaptive_avg_pool2d(merged, cast(nn.AdaptiveAvgPool2d, mod).output_size)
     return _unmerge(y, how, T), how
 
 
-def _flatten(mod, x, layout):
+def _flatten(mod: nn.Flatten, x: Tensor, layout: str) -> Act:
     end = mod.end_dim if mod.end_dim < 0 else mod.end_dim + 1
     return x.flatten(mod.start_dim + 1, end), layout
 
 
-def compile_plan(plan: Plan) -> list:
+def compile_plan(plan: Plan) -> list[CompiledStep]:
     """The plan's steps as (output name, fn(a, b, params, buffers, T) -> (y, layout), input names)."""
-    gm, out = plan.graph_module, []
+    gm = plan.graph_module
+    out: list[CompiledStep] = []
     for name, kind, target, args in plan.steps:
         if kind == "input":
             continue
+        fn: Callable[..., Act]
         if kind == "module":
-            mod = gm.get_submodule(target)
+            mod = gm.get_submodule(cast(str, target))
             if type(mod) in ACTIVATION_MODULES:
                 act = ACTIVATION_MODULES[type(mod)]
                 fn = lambda a, b, p, bufs, T, act=act, mod=mod: (act(mod, a[0]), a[1])

@@ -31,21 +31,21 @@ def _ignore_index(loss_fn: LossFn) -> int | None:
 
 def per_task_loss(loss_fn: LossFn) -> PerTaskLoss:
     """loss_fn over [T, N, ...] predictions and targets -> [T]."""
-    def vmapped(out, y):
+    def vmapped(out: Tensor, y: Tensor) -> Tensor:
         losses = torch.func.vmap(loss_fn)(out, y)
         if losses.dim() != 1:  # the loop would fail differentiating it; say why here
             raise ValueError(f"loss_fn must return one number per task (a scalar), got shape {list(losses.shape[1:])} "
                              f"per task")
         return losses
     if is_mse(loss_fn):
-        def mse(out, y):
+        def mse(out: Tensor, y: Tensor) -> Tensor:
             if out.shape != y.shape:  # F.mse_loss broadcasts (and warns): let it, task by task
                 return vmapped(out, y)
             return (out - y).square().flatten(1).mean(1)
         return mse
     ignore = _ignore_index(loss_fn)
     if ignore is not None:
-        def cross_entropy(out, y):
+        def cross_entropy(out: Tensor, y: Tensor) -> Tensor:
             if out.dim() != 3 or y.dim() != 2 or y.is_floating_point():
                 return vmapped(out, y)
             T, N = y.shape

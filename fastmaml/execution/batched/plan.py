@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import operator
 import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as TF
 from torch import fx, nn
 
 from fastmaml.execution.chain import chain_of
+
+if TYPE_CHECKING:  # layers.py imports this module
+    from fastmaml.execution.batched.layers import CompiledStep
 
 ACTIVATION_MODULES = {
     nn.ReLU: lambda m, x: TF.relu(x),
@@ -30,22 +35,25 @@ ACTIVATION_MODULES = {
     nn.Identity: lambda m, x: x,
     nn.Dropout: lambda m, x: TF.dropout(x, m.p, m.training),
 }
-_ACTIVATION_FUNCTIONS = {TF.relu: TF.relu, torch.relu: TF.relu, torch.tanh: torch.tanh, TF.tanh: torch.tanh,
+_ACTIVATION_FUNCTIONS: dict[object, Callable[..., torch.Tensor]] = {TF.relu: TF.relu, torch.relu: TF.relu, torch.tanh: torch.tanh, TF.tanh: torch.tanh,
                          torch.sigmoid: torch.sigmoid, TF.sigmoid: torch.sigmoid, TF.silu: TF.silu,
                          TF.gelu: TF.gelu, TF.elu: TF.elu, TF.leaky_relu: TF.leaky_relu}
-_ACTIVATION_METHODS = {"relu": TF.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+_ACTIVATION_METHODS: dict[object, Callable[..., torch.Tensor]] = {"relu": TF.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
 _LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d,
            nn.AdaptiveAvgPool2d, nn.Flatten)
 
-_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# one step of a plan: (node name, kind, target: a submodule name, an activation or None, argument node names)
+Step = tuple[str, str, str | Callable[..., torch.Tensor] | None, list[str]]
+
+_plans: weakref.WeakKeyDictionary[nn.Module, str | Plan] = weakref.WeakKeyDictionary()
 
 
 class Plan:
     """The model as a list of steps (node name, kind, target, argument node names)."""
 
-    def __init__(self, graph_module: fx.GraphModule, steps: list, output: str):
+    def __init__(self, graph_module: fx.GraphModule, steps: list[Step], output: str) -> None:
         self.graph_module, self.steps, self.output = graph_module, steps, output
-        self.compiled: list | None = None  # the steps as functions (layers.compile_plan), made on first use
+        self.compiled: list[CompiledStep] | None = None  # the steps as functions (layers.compile_plan), made on first use
         self.chain = chain_of(self)  # a Linear/ReLU chain: explicit gradients (execution/chain.py)
 
 
@@ -58,7 +66,9 @@ def _trace(model: nn.Module) -> str | Plan:
         gm = fx.symbolic_trace(model)
     except Exception as error:  # noqa: BLE001 - data-dependent control flow, unsupported Python
         return f"torch.fx cannot trace it ({type(error).__name__}: {error})"
-    steps, output, inputs = [], None, 0
+    steps: list[Step] = []
+    output: str | None = None
+    inputs = 0
     for node in gm.graph.nodes:
         args = [a.name for a in node.args if isinstance(a, fx.Node)]
         if node.op == "placeholder":

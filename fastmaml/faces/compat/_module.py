@@ -15,6 +15,7 @@ order), every (submodule, key) slot that holds it, so tied weights stay tied.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -49,7 +50,7 @@ class FastSlots:
         self.names: list[str] = []
         self.originals: list[Tensor] = []
         self.slots: list[list[tuple[nn.Module, str]]] = []
-        self._rnns: list[nn.Module] = []
+        self._rnns: list[nn.RNNBase] = []
         index: dict[int, int] = {}
         buffers: dict[int, Tensor] = {}
 
@@ -83,7 +84,7 @@ class FastSlots:
                 if child is not None:
                     new._modules[key] = visit(child, f"{prefix}{key}.")
             if "_flat_weights_names" in new.__dict__:
-                self._rnns.append(new)
+                self._rnns.append(cast(nn.RNNBase, new))
             return new
 
         self.root = visit(module, "")
@@ -100,7 +101,7 @@ class FastSlots:
 
     def current(self) -> list[Tensor]:
         """The tensors now in the slots, one per distinct parameter."""
-        return [slots[0][0]._parameters[slots[0][1]] for slots in self.slots]
+        return [cast(Tensor, slots[0][0]._parameters[slots[0][1]]) for slots in self.slots]
 
     def assign(self, tensors: Sequence[Tensor], indices: Sequence[int] | None = None) -> None:
         """Put tensors[j] into every slot of distinct parameter indices[j] (default: all, in order)."""
@@ -110,12 +111,17 @@ class FastSlots:
             indices = range(len(self.slots))
         for i, t in zip(indices, tensors):
             for mod, key in self.slots[i]:
-                mod._parameters[key] = t
+                _slots(mod)[key] = t
         for rnn in self._rnns:  # RNNs keep a list of their weights beside _parameters
-            rnn._flat_weights = [rnn._parameters.get(n) for n in rnn._flat_weights_names]
+            rnn._flat_weights = [_slots(rnn).get(n) for n in rnn._flat_weights_names]
 
 
-def lr_list(lr, params: Sequence[Tensor]):
+def _slots(module: nn.Module) -> dict[str, Tensor | None]:
+    """`module._parameters`, whose slots hold fast weights (plain tensors) here, not only Parameters."""
+    return cast("dict[str, Tensor | None]", module._parameters)
+
+
+def lr_list(lr: float | Tensor, params: Sequence[Tensor]) -> float | list[Tensor]:
     """A learning rate for fastmaml.ops.update: a Python number as it is, a tensor as one
     per-parameter rate tensor each (the "scaled" form, differentiable in the rate)."""
     if isinstance(lr, Tensor):

@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple, NoReturn, cast, overload
 
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from fastmaml.ops.optim import (
+    Form,
     InnerAdam,
     InnerAdamW,
     InnerOptimizer,
@@ -74,6 +75,10 @@ __all__ = [
 ]
 
 _PROVIDED = ", ".join(__all__)
+
+PyTree = Any  # a (nested) tuple, list or dict of tensors, as torch.utils._pytree flattens it
+# a learning rate: a number >= 0, a tensor, or a schedule step count -> rate
+Rate = float | Tensor | Callable[[int], float | Tensor]
 
 
 class ModuleState(NamedTuple):
@@ -126,8 +131,8 @@ class MetaOptimizer:
         moment_requires_grad: keep the moments differentiable.
     """
 
-    def __init__(self, module: nn.Module, impl: InnerOptimizer | None = None, lr: float | Callable = 0.0,
-                 maximize: bool = False, moment_requires_grad: bool = False):
+    def __init__(self, module: nn.Module, impl: InnerOptimizer | None = None, lr: Rate = 0.0,
+                 maximize: bool = False, moment_requires_grad: bool = False) -> None:
         if not isinstance(module, nn.Module):
             raise TypeError(f"{type(self).__name__}: module must be an nn.Module, got {type(module).__name__}")
         if not (callable(lr) or isinstance(lr, Tensor) or (isinstance(lr, (int, float)) and not isinstance(lr, bool)
@@ -173,18 +178,19 @@ class MetaOptimizer:
                 c[k] = p
 
 
-def _init(impl: InnerOptimizer, params, requires_grad: bool) -> OptimState:
+def _init(impl: InnerOptimizer, params: Sequence[Tensor], requires_grad: bool) -> OptimState:
     state = impl.init([p.detach() for p in params])
     if requires_grad:
         state = _map_state(state, lambda t: t.requires_grad_())
     return state
 
 
-def _step(impl: InnerOptimizer, params, grads, state: OptimState, lr):
+def _step(impl: InnerOptimizer, params: Sequence[Tensor], grads: Sequence[Tensor | None], state: OptimState,
+          lr: float | Tensor) -> tuple[list[int], list[Tensor], OptimState]:
     return impl.step_some(params, grads, state, _rate(lr, params))
 
 
-def _rate(lr, params):
+def _rate(lr: float | Tensor, params: Sequence[Tensor]) -> float | list[Tensor]:
     return [lr.to(p.device, p.dtype) for p in params] if isinstance(lr, Tensor) else float(lr)
 
 
@@ -193,7 +199,7 @@ class _TorchOptSGD(InnerSGD):
 
     first_call = True
 
-    def form(self, count):
+    def form(self, count: int) -> Form:
         form = super().form(0 if self.first_call else 1)
         self.first_call = False
         return form
@@ -214,9 +220,9 @@ class MetaSGD(MetaOptimizer):
         maximize: ascend instead of descend.
     """
 
-    def __init__(self, module: nn.Module, lr: float | Callable, momentum: float = 0.0, weight_decay: float = 0.0,
+    def __init__(self, module: nn.Module, lr: Rate, momentum: float = 0.0, weight_decay: float = 0.0,
                  dampening: float = 0.0, nesterov: bool = False, moment_requires_grad: bool = True,
-                 maximize: bool = False):
+                 maximize: bool = False) -> None:
         try:
             impl = _TorchOptSGD(momentum, dampening, weight_decay, nesterov)
         except ValueError as error:
@@ -240,9 +246,9 @@ class MetaAdam(MetaOptimizer):
         use_accelerated_op: accepted for TorchOpt's signature; fastmaml's fused ops always run.
     """
 
-    def __init__(self, module: nn.Module, lr: float | Callable = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, module: nn.Module, lr: Rate = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, *, eps_root: float = 0.0, moment_requires_grad: bool = True,
-                 maximize: bool = False, use_accelerated_op: bool = False):
+                 maximize: bool = False, use_accelerated_op: bool = False) -> None:
         super().__init__(module, InnerAdam(betas, eps, weight_decay, eps_root=eps_root, bias_correction="torchopt"), lr, maximize,
                          moment_requires_grad)
 
@@ -265,9 +271,9 @@ class MetaAdamW(MetaOptimizer):
         use_accelerated_op: accepted for TorchOpt's signature; fastmaml's fused ops always run.
     """
 
-    def __init__(self, module: nn.Module, lr: float | Callable = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, *, eps_root: float = 0.0, mask=None, moment_requires_grad: bool = False,
-                 maximize: bool = False, use_accelerated_op: bool = False):
+    def __init__(self, module: nn.Module, lr: Rate = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, *, eps_root: float = 0.0, mask: object = None, moment_requires_grad: bool = False,
+                 maximize: bool = False, use_accelerated_op: bool = False) -> None:
         if mask is not None:
             raise NotImplementedError("MetaAdamW: mask= (weight decay on some parameters only) is not supported by "
                                       "fastmaml.compat.torchopt; use torchopt itself for it")
@@ -292,9 +298,9 @@ class MetaRMSProp(MetaOptimizer):
         maximize: ascend instead of descend.
     """
 
-    def __init__(self, module: nn.Module, lr: float | Callable = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+    def __init__(self, module: nn.Module, lr: Rate = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
-                 initial_scale: float = 0.0, nesterov: bool = False, maximize: bool = False):
+                 initial_scale: float = 0.0, nesterov: bool = False, maximize: bool = False) -> None:
         impl = InnerRMSprop(alpha, eps, weight_decay, momentum, centered, nesterov=nesterov, initial_scale=initial_scale)
         super().__init__(module, impl, lr, maximize, False)
 
@@ -326,15 +332,16 @@ class FunctionalState(NamedTuple):
     inner: OptimState
 
 
-def _functional(impl: InnerOptimizer, lr, maximize: bool, moment_requires_grad: bool) -> GradientTransformation:
+def _functional(impl: InnerOptimizer, lr: Rate, maximize: bool, moment_requires_grad: bool) -> GradientTransformation:
     if not (callable(lr) or (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0.0)):
         raise ValueError(f"Invalid learning rate: {lr} (expected a number >= 0 or a schedule count -> lr)")
 
-    def init(params):
+    def init(params: PyTree) -> FunctionalState:
         leaves, _ = tree_flatten(params)
         return FunctionalState(_init(impl, leaves, moment_requires_grad))
 
-    def update(updates, state, *, params=None, inplace: bool = True):
+    def update(updates: PyTree, state: FunctionalState, *, params: PyTree = None,
+               inplace: bool = True) -> tuple[PyTree, FunctionalState]:
         grads, spec = tree_flatten(updates)
         needs_params = bool(getattr(impl, "weight_decay", 0.0))
         if needs_params and params is None:
@@ -352,7 +359,7 @@ def _functional(impl: InnerOptimizer, lr, maximize: bool, moment_requires_grad: 
     return GradientTransformation(init, update)
 
 
-def sgd(lr, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
+def sgd(lr: Rate, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
         moment_requires_grad: bool = False, maximize: bool = False) -> GradientTransformation:
     """torchopt.sgd: the functional SGD (momentum, dampening, Nesterov, weight decay).
 
@@ -368,8 +375,9 @@ def sgd(lr, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float =
     return _functional(_TorchOptSGD(momentum, dampening, weight_decay, nesterov), lr, maximize, moment_requires_grad)
 
 
-def adam(lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0, *, eps_root: float = 0.0,
-         moment_requires_grad: bool = False, maximize: bool = False, use_accelerated_op: bool = False):
+def adam(lr: Rate = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0, *,
+         eps_root: float = 0.0, moment_requires_grad: bool = False, maximize: bool = False,
+         use_accelerated_op: bool = False) -> GradientTransformation:
     """torchopt.adam: the functional Adam.
 
     Args:
@@ -385,8 +393,9 @@ def adam(lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0
     return _functional(InnerAdam(betas, eps, weight_decay, eps_root=eps_root, bias_correction="torchopt"), lr, maximize, moment_requires_grad)
 
 
-def adamw(lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2, *, eps_root: float = 0.0,
-          mask=None, moment_requires_grad: bool = False, maximize: bool = False, use_accelerated_op: bool = False):
+def adamw(lr: Rate = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
+          *, eps_root: float = 0.0, mask: object = None, moment_requires_grad: bool = False, maximize: bool = False,
+          use_accelerated_op: bool = False) -> GradientTransformation:
     """torchopt.adamw: the functional AdamW (no `mask`).
 
     Args:
@@ -405,8 +414,9 @@ def adamw(lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 
     return _functional(InnerAdamW(betas, eps, weight_decay, eps_root=eps_root, bias_correction="torchopt"), lr, maximize, moment_requires_grad)
 
 
-def rmsprop(lr=1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
-            centered: bool = False, *, initial_scale: float = 0.0, nesterov: bool = False, maximize: bool = False):
+def rmsprop(lr: Rate = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
+            centered: bool = False, *, initial_scale: float = 0.0, nesterov: bool = False,
+            maximize: bool = False) -> GradientTransformation:
     """torchopt.rmsprop: the functional RMSProp.
 
     Args:
@@ -424,7 +434,7 @@ def rmsprop(lr=1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float
     return _functional(impl, lr, maximize, False)
 
 
-def apply_updates(params, updates, *, inplace: bool = True):
+def apply_updates(params: PyTree, updates: PyTree, *, inplace: bool = True) -> PyTree:
     """params + updates, leaf by leaf (in place on the tensors' data with inplace=True, as TorchOpt).
 
     Args:
@@ -432,26 +442,28 @@ def apply_updates(params, updates, *, inplace: bool = True):
         updates: a tree of the same structure.
         inplace: add into params' data in place (TorchOpt's default) instead of new tensors.
     """
+    add: Callable[[Tensor, Tensor | None], Tensor]
     if inplace:
-        def add(p, u):
+        def add(p: Tensor, u: Tensor | None) -> Tensor:
             if u is not None:
                 p.data.add_(u)
             return p
     else:
-        def add(p, u):
+        def add(p: Tensor, u: Tensor | None) -> Tensor:
             return p if u is None else p.add(u)
     p_leaves, spec = tree_flatten(params)
     u_leaves = tree_flatten(updates)[0]
     return tree_unflatten([add(p, u) for p, u in zip(p_leaves, u_leaves)], spec)
 
 
-def stop_gradient(target) -> None:
+def stop_gradient(target: nn.Module | ModuleState | MetaOptimizer | PyTree) -> None:
     """Detach, in place, a module's parameters, a ModuleState, a MetaOptimizer's state or a tree of
     tensors from their graph (keeping requires_grad).
 
     Args:
         target: a module, ModuleState, MetaOptimizer or tree of tensors.
     """
+    tree: PyTree
     if isinstance(target, ModuleState):
         tree = (target.params, target.buffers)
     elif isinstance(target, nn.Module):
@@ -466,7 +478,8 @@ def stop_gradient(target) -> None:
             t.detach_().requires_grad_(requires_grad)
 
 
-def module_clone(target, *, by: str = "reference", detach_buffers: bool = False, device=None):
+def module_clone(target: nn.Module | MetaOptimizer | PyTree, *, by: str = "reference", detach_buffers: bool = False,
+                 device: str | torch.device | None = None) -> nn.Module | MetaOptimizer | PyTree:
     """A copy of a module or MetaOptimizer whose tensors are taken `by` "reference", "copy" (clones
     in the graph) or "deepcopy" (detached clones), or such a copy of a tree of tensors.
 
@@ -478,6 +491,7 @@ def module_clone(target, *, by: str = "reference", detach_buffers: bool = False,
     """
     replicate, _ = _replicator(by, device)
     if isinstance(target, (nn.Module, MetaOptimizer)):
+        containers: PyTree
         if isinstance(target, nn.Module):
             containers = extract_module_containers(target, with_buffers=True)
         else:
@@ -491,7 +505,8 @@ def module_clone(target, *, by: str = "reference", detach_buffers: bool = False,
     return tree_unflatten([replicate(t) if isinstance(t, Tensor) else t for t in leaves], spec)
 
 
-def _replicator(by: str, device):
+def _replicator(by: str, device: str | torch.device | None) -> tuple[Callable[[Tensor], Tensor],
+                                                                   Callable[[Tensor], Tensor]]:
     if by not in ("reference", "copy", "deepcopy", "ref", "clone", "deepclone"):
         raise ValueError(f"extract_state_dict: by must be one of 'reference', 'copy', 'deepcopy' "
                          f"(or 'ref', 'clone', 'deepclone'), got {by!r}")
@@ -510,8 +525,10 @@ def _replicator(by: str, device):
     return clone_detach_, clone_detach_
 
 
-def extract_state_dict(target, *, by: str = "reference", device=None, with_buffers: bool = True,
-                       detach_buffers: bool = False, enable_visual: bool = False, visual_prefix: str = ""):
+def extract_state_dict(target: nn.Module | MetaOptimizer, *, by: str = "reference",
+                       device: str | torch.device | None = None, with_buffers: bool = True,
+                       detach_buffers: bool = False, enable_visual: bool = False,
+                       visual_prefix: str = "") -> ModuleState | tuple[OptimState | None, ...]:
     """The tensors of a module (a ModuleState) or the state of a MetaOptimizer, by "reference"
     (the tensors themselves), "copy" (clones, still in the graph) or "deepcopy" (detached
     clones); detach_buffers=True takes buffers as detached clones whatever `by` says.
@@ -531,7 +548,7 @@ def extract_state_dict(target, *, by: str = "reference", device=None, with_buffe
         buffers: list[dict] = []
         for sub in target.modules():
             if len(sub._parameters) > 0:
-                params.append(type(sub._parameters)(
+                params.append(cast("type[dict[str, Tensor]]", type(sub._parameters))(
                     (k, replicate(v)) for k, v in sub._parameters.items() if isinstance(v, Tensor)))
             if with_buffers and len(sub._buffers) > 0:
                 fn = clone_detach_ if detach_buffers else replicate
@@ -544,14 +561,23 @@ def extract_state_dict(target, *, by: str = "reference", device=None, with_buffe
     raise RuntimeError(f"Unexpected class of {target}")
 
 
-def _map_state(state, fn):
+@overload
+def _map_state(state: OptimState, fn: Callable[[Tensor], Tensor]) -> OptimState: ...
+
+
+@overload
+def _map_state(state: None, fn: Callable[[Tensor], Tensor]) -> None: ...
+
+
+def _map_state(state: OptimState | None, fn: Callable[[Tensor], Tensor]) -> OptimState | None:
     if state is None:
         return state
-    return state._replace(**{k: None if x is None else [fn(t) for t in x]
-                             for k, x in zip(("m", "v", "b"), state[1:])})
+    moments: dict[str, Any] = {k: None if x is None else [fn(t) for t in x]
+                               for k, x in zip(("m", "v", "b"), state[1:])}
+    return state._replace(**moments)
 
 
-def recover_state_dict(target, state) -> None:
+def recover_state_dict(target: nn.Module | MetaOptimizer, state: ModuleState | Sequence[OptimState | None]) -> None:
     """Put back what extract_state_dict took: a module's parameters (and buffers, as fresh
     detached clones if they were extracted with detach_buffers=True), or a MetaOptimizer's state.
 
@@ -575,6 +601,6 @@ def recover_state_dict(target, state) -> None:
         raise RuntimeError(f"Unexpected class of {target}")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> NoReturn:
     raise AttributeError(f"fastmaml.compat.torchopt has no {name!r}: it provides {_PROVIDED}; "
                          "use torchopt itself for the rest")

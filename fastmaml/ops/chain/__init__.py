@@ -12,18 +12,21 @@ third order) w.r.t. the weights and biases.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+from torch import Tensor
 
 from fastmaml.ops.dispatch import Family
 
 CHAIN = Family.of_package("chain", __name__, ("reference", "native"), auto={"cpu": ("native",), "cuda": ("native",)})
 
 
-def loss_and_grad(x, y, weights, biases, layers):
+def loss_and_grad(x: Tensor, y: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None], layers: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
     return CHAIN.backend(x.device).loss_and_grad(x, y, list(weights), list(biases), list(layers))
 
 
-def loss(x, y, weights, biases, layers):
+def loss(x: Tensor, y: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None], layers: Sequence[int]) -> Tensor:
     return CHAIN.backend(x.device).loss(x, y, list(weights), list(biases), list(layers))
 
 

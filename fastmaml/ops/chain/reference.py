@@ -4,7 +4,11 @@ are). The oracle of the native ops (tests/ops/test_chain_ops.py). Kept plain on 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
+from torch import Tensor
 
 RELU, BIAS = 2, 1
 
@@ -13,28 +17,29 @@ def is_available(device: torch.device) -> bool:
     return True
 
 
-def _losses(x, y, weights, biases, layers):
+def _losses(x: Tensor, y: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None], layers: Sequence[int]) -> Tensor:
     z = x
     for w, b, flags in zip(weights, biases, layers):
         z = torch.bmm(z, w.transpose(1, 2))
         if flags & BIAS:
-            z = z + b.unsqueeze(1)
+            z = z + cast(Tensor, b).unsqueeze(1)  # the flag says it is there
         if flags & RELU:
             z = torch.relu(z)
     return (z - y).square().flatten(1).mean(1)
 
 
-def loss(x, y, weights, biases, layers):
+def loss(x: Tensor, y: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None], layers: Sequence[int]) -> Tensor:
     return _losses(x, y, weights, biases, layers)
 
 
-def loss_and_grad(x, y, weights, biases, layers):
+def loss_and_grad(x: Tensor, y: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None], layers: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
     create_graph = torch.is_grad_enabled()
     params = [t for w, b in zip(weights, biases) for t in ((w, b) if b is not None else (w,))]
     # tensors that do not require grad (first order: detached) are differentiated as fresh leaves
     leaves = [p if p.requires_grad and create_graph else p.detach().requires_grad_() for p in params]
     it = iter(leaves)
-    ws, bs = [], []
+    ws: list[Tensor] = []
+    bs: list[Tensor | None] = []
     for b in biases:
         ws.append(next(it))
         bs.append(next(it) if b is not None else None)

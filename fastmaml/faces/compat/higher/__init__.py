@@ -30,7 +30,8 @@ As in higher:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +64,13 @@ __all__ = [
 ]
 
 
-class _FastWeights:
+if TYPE_CHECKING:  # the mixin's methods run on an nn.Module subclass (see _patched_class)
+    _MixinBase = nn.Module
+else:
+    _MixinBase = object
+
+
+class _FastWeights(_MixinBase):
     """The methods higher gives a patched module: mixed into a subclass of the model's own class,
     so `fmodel` is still an instance of it and its attributes and submodules are reachable."""
 
@@ -71,7 +78,7 @@ class _FastWeights:
     _track_higher_grads: bool
     _fastmaml_fast: FastSlots
 
-    def forward(self, *args, params: Iterable[Tensor] | None = None, **kwargs):
+    def forward(self, *args: Any, params: Iterable[Tensor] | None = None, **kwargs: Any) -> Any:
         """The model's forward with the current fast weights; `params`, if given, become the
         current fast weights first (as in higher)."""
         if params is not None:
@@ -80,7 +87,8 @@ class _FastWeights:
             raise ValueError("params keyword must be provided if patched module not tracking its own fast parameters")
         return super().forward(*args, **kwargs)
 
-    def parameters(self, recurse: bool = True, time: int | None = None):
+    # override: it yields the fast weights, plain tensors, not Parameters (as higher does)
+    def parameters(self, recurse: bool = True, time: int | None = None) -> Iterator[Tensor]:  # type: ignore[override]
         """The fast weights at step `time` (default: the latest; 0: the initial ones)."""
         if self._fast_params is None:
             raise Exception("Tried to get fast weights of a monkey patched module which does not encapsulate fast weights.")
@@ -104,7 +112,7 @@ class _FastWeights:
         return None if self._fast_params is None else self._fast_params[-1]
 
     @fast_params.setter
-    def fast_params(self, value) -> None:
+    def fast_params(self, value: Iterable[Tensor]) -> None:
         value = list(value)
         if self._fast_params is None:
             self._fast_params = []
@@ -119,7 +127,7 @@ class _FastWeights:
     def init_fast_params(self) -> list[Tensor]:
         if not self._track_higher_grads:
             raise Exception("Cannot get initial parameters when not tracking higher gradients.")
-        return self._fast_params[0]
+        return cast("list[list[Tensor]]", self._fast_params)[0]
 
     @property
     def track_higher_grads(self) -> bool:
@@ -158,7 +166,7 @@ def monkeypatch(module: nn.Module, device: torch.device | None = None, copy_init
         raise ValueError("monkeypatch: the module is already patched (a fastmaml.compat.higher fmodel)")
     move = (lambda t: t) if device is None else (lambda t: t.to(device))
     slots = FastSlots(module, buffer_rule=lambda b: move(copy_detached(b)))
-    fmodel = slots.root
+    fmodel = cast(_FastWeights, slots.root)
     fmodel.__class__ = _patched_class(type(module))
     fmodel.__dict__.update(_fast_params=None, _track_higher_grads=True, _fastmaml_fast=slots)
     if copy_initial_weights:
@@ -176,7 +184,7 @@ def monkeypatch(module: nn.Module, device: torch.device | None = None, copy_init
 @contextlib.contextmanager
 def innerloop_ctx(model: nn.Module, opt: torch.optim.Optimizer, device: torch.device | None = None,
                   copy_initial_weights: bool = True, override: dict | None = None,
-                  track_higher_grads: bool = True):
+                  track_higher_grads: bool = True) -> Iterator[tuple[nn.Module, DifferentiableOptimizer]]:
     """Yields (fmodel, diffopt): a functional copy of `model` and the differentiable twin of the
     optimizer `opt` (SGD, Adam, RMSprop or one registered with register_optim). See the module docstring for copy_initial_weights' semantics.
 

@@ -17,6 +17,8 @@ task transforms draw the same tasks from the same seed (tests/compat). What diff
 docs/migration/learn2learn.md.
 """
 
+from typing import NoReturn
+
 from fastmaml.faces.compat.learn2learn import algorithms, data, nn, optim, utils, vision
 from fastmaml.faces.compat.learn2learn.algorithms import GBML, MAML, BaseLearner, MetaSGD
 from fastmaml.faces.compat.learn2learn.utils import (
@@ -36,6 +38,6 @@ __all__ = ["GBML", "MAML", "BaseLearner", "MetaSGD", "accuracy", "algorithms", "
            "update_module", "utils", "vision"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> NoReturn:
     raise AttributeError(f"fastmaml.compat.learn2learn has no {name!r}: it provides {', '.join(__all__)}; "
                          "use learn2learn itself for the rest (gym, text, the Lightning wrappers, ...)")

@@ -9,7 +9,8 @@ fastmaml.ops.update call (lr = -1: p - (-1) * u), instead of one add per paramet
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -17,24 +18,37 @@ from torch import Tensor, nn
 from fastmaml import ops
 from fastmaml.faces.compat._module import FastSlots, share
 
+T = TypeVar("T")
+
 __all__ = ["accuracy", "clone_module", "clone_named_parameters", "clone_parameters", "detach_module",
            "magic_box", "update_module"]
 
 
-def clone_module(module: nn.Module, memo=None) -> nn.Module:
+def clone_module(module: T, memo: dict[int, Any] | None = None) -> T:
     """A shallow clone of `module` holding its parameters (gradients flow back to them) and
     sharing its buffers; a buffer with requires_grad=True is cloned into the graph (learn2learn's
-    rule). Tied parameters stay tied. `memo` is accepted for learn2learn's signature and unused."""
+    rule). Tied parameters stay tied.
+
+    Args:
+        module: the module to clone (anything else is returned as it is, as in learn2learn).
+        memo: accepted for learn2learn's signature, unused.
+    """
     if not isinstance(module, nn.Module):
         return module
-    return FastSlots(module, buffer_rule=share).root
+    return cast(T, FastSlots(module, buffer_rule=share).root)
 
 
-def update_module(module: nn.Module, updates: Sequence[Tensor | None] | None = None, memo=None) -> nn.Module:
+def update_module(module: nn.Module, updates: Sequence[Tensor | None] | None = None,
+                  memo: dict[int, Any] | None = None) -> nn.Module:
     """Replace every parameter p of `module` that has an update u by p + u, differentiably (the
-    module's slots get new tensors; the old ones are untouched). `updates` is one entry (or None)
-    per parameter in `module.parameters()` order; without it, each parameter's `.update`
-    attribute is used and reset to None, as in learn2learn. Returns `module`."""
+    module's slots get new tensors; the old ones are untouched). Returns `module`.
+
+    Args:
+        module: the (cloned) module to update in place.
+        updates: one update (or None) per parameter in `module.parameters()` order; None: each
+            parameter's `.update` attribute, reset to None afterwards, as in learn2learn.
+        memo: accepted for learn2learn's signature, unused.
+    """
     slots = FastSlots.of(module)
     params = slots.current()
     if updates is not None:
@@ -43,27 +57,34 @@ def update_module(module: nn.Module, updates: Sequence[Tensor | None] | None = N
             warnings.warn(f"update_module: {len(params)} parameters but {len(updates)} updates; the first "
                           f"{min(len(params), len(updates))} are applied", stacklevel=2)
         for p, u in zip(params, updates):
-            p.update = u
+            cast(Any, p).update = u  # learn2learn's convention: the update rides on the tensor
     idx = [i for i, p in enumerate(params) if getattr(p, "update", None) is not None]
     if idx:
         chosen = [params[i] for i in idx]
-        steps = [p.update for p in chosen]
+        steps = [cast(Any, p).update for p in chosen]
         for p in chosen:
-            p.update = None
+            cast(Any, p).update = None
         slots.assign(ops.update(chosen, steps, -1.0, names=[slots.names[i] for i in idx]), idx)
     return module
 
 
 def detach_module(module: nn.Module, keep_requires_grad: bool = False) -> None:
     """Detach every parameter (and every buffer that requires grad) of a cloned module from the
-    graph, in place; with keep_requires_grad they keep requiring grad."""
+    graph, in place.
+
+    Args:
+        module: the (cloned) module (anything else is left alone, as in learn2learn).
+        keep_requires_grad: the detached tensors keep requiring grad.
+    """
     if not isinstance(module, nn.Module):
         return
     # new detached tensors in the slots, not detach_(): a fresh clone's slots hold the original
     # model's own parameters, which must keep their graph; `done` keeps tied weights tied
     done: dict[int, Tensor] = {}
     for mod in module.modules():
-        for table, wanted in ((mod._parameters, None), (mod._buffers, True)):
+        tables: tuple[tuple[dict[str, Tensor | None], bool], ...] = (
+            (cast("dict[str, Tensor | None]", mod._parameters), False), (mod._buffers, True))
+        for table, wanted in tables:
             for key, t in table.items():
                 if t is None or (wanted and not t.requires_grad):
                     continue
@@ -72,21 +93,40 @@ def detach_module(module: nn.Module, keep_requires_grad: bool = False) -> None:
                 table[key] = done[id(t)]
 
 
-def clone_parameters(param_list) -> list[Tensor]:
+def clone_parameters(param_list: Iterable[Tensor]) -> list[Tensor]:
+    """`p.clone()` of each tensor (differentiable copies).
+
+    Args:
+        param_list: the tensors to clone.
+    """
     return [p.clone() for p in param_list]
 
 
-def clone_named_parameters(param_dict) -> dict[str, Tensor]:
+def clone_named_parameters(param_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """name -> `p.clone()` of each tensor (differentiable copies).
+
+    Args:
+        param_dict: name -> tensor.
+    """
     return {k: p.clone() for k, p in param_dict.items()}
 
 
-def magic_box(x):
-    """DiCE's magic box: 1 in value, d x in gradient (exp(x - stop_gradient(x)))."""
-    return torch.exp(x - x.detach()) if isinstance(x, Tensor) else x
+def magic_box(x: T) -> T:
+    """DiCE's magic box: 1 in value, d x in gradient (exp(x - stop_gradient(x))).
+
+    Args:
+        x: a tensor (anything else is returned as it is).
+    """
+    return cast(T, torch.exp(x - x.detach())) if isinstance(x, Tensor) else x
 
 
 def accuracy(preds: Tensor, targets: Tensor) -> Tensor:
-    """Fraction of rows of `preds` whose argmax equals `targets`."""
+    """Fraction of rows of `preds` whose argmax equals `targets`.
+
+    Args:
+        preds: [N, classes] scores.
+        targets: [N] class indices.
+    """
     return (preds.argmax(dim=1).long() == targets.long()).sum().float() / preds.size(0)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from torch import nn
 
 
@@ -12,15 +14,17 @@ class BaseLearner(nn.Module):
         module: the wrapped module.
     """
 
-    def __init__(self, module: nn.Module | None = None):
+    module: nn.Module | None
+
+    def __init__(self, module: nn.Module | None = None) -> None:
         super().__init__()
         self.module = module
 
-    def __getattr__(self, attr):
+    def __getattr__(self, attr: str) -> Any:
         try:
             return super().__getattr__(attr)
         except AttributeError:
             return getattr(self.__dict__["_modules"]["module"], attr)
 
-    def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return cast(nn.Module, self.module)(*args, **kwargs)

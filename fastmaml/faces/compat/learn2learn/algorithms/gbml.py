@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -26,8 +29,11 @@ class GBML(nn.Module):
         allow_nograd: parameters with requires_grad=False are skipped.
     """
 
-    def __init__(self, module: nn.Module, transform, lr: float = 1.0, adapt_transform: bool = False,
-                 first_order: bool = False, allow_unused: bool = False, allow_nograd: bool = False, **kwargs):
+    module: nn.Module
+
+    def __init__(self, module: nn.Module, transform: Callable[[Tensor], nn.Module | None], lr: float = 1.0,
+                 adapt_transform: bool = False, first_order: bool = False, allow_unused: bool = False,
+                 allow_nograd: bool = False, **kwargs: Any) -> None:
         super().__init__()
         if not isinstance(module, nn.Module):
             raise TypeError(f"GBML: module must be an nn.Module, got {type(module).__name__}")
@@ -44,7 +50,7 @@ class GBML(nn.Module):
         # whether the last adapt moved the module, so the transform's parameters have a gradient
         self._params_updated = False
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
 
     def clone(self, first_order: bool | None = None, allow_unused: bool | None = None,

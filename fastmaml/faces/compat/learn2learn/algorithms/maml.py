@@ -23,6 +23,7 @@ buffer, which nothing in learn2learn's MAML sets.
 from __future__ import annotations
 
 import warnings
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -47,8 +48,10 @@ class MAML(BaseLearner):
         allow_nograd: parameters with requires_grad=False are skipped.
     """
 
-    def __init__(self, model: nn.Module, lr, first_order: bool = False, allow_unused: bool | None = None,
-                 allow_nograd: bool = False):
+    module: nn.Module
+
+    def __init__(self, model: nn.Module, lr: float | Tensor, first_order: bool = False,
+                 allow_unused: bool | None = None, allow_nograd: bool = False) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"MAML: model must be an nn.Module, got {type(model).__name__}")
@@ -89,7 +92,7 @@ class MAML(BaseLearner):
         return new
 
 
-def maml_update(model: nn.Module, lr, grads: list[Tensor | None] | None = None) -> nn.Module:
+def maml_update(model: nn.Module, lr: float | Tensor, grads: list[Tensor | None] | None = None) -> nn.Module:
     """learn2learn's maml_update: p <- p - lr * g for every parameter of `model` with a gradient
     in `grads` (one per parameter, None to skip), through one fastmaml.ops.update call; the slots
     get new tensors (differentiable), the model object is updated and returned. Without `grads`,
@@ -113,15 +116,15 @@ def maml_update(model: nn.Module, lr, grads: list[Tensor | None] | None = None) 
     return model
 
 
-def _apply(slots: FastSlots, params: list[Tensor], grads: list[Tensor | None], lr) -> None:
+def _apply(slots: FastSlots, params: list[Tensor], grads: list[Tensor | None], lr: float | Tensor) -> None:
     """p - lr * g for every parameter with a gradient, in one dispatched update."""
     if all(g is not None for g in grads):
-        new = ops.update(params, grads, lr_list(lr, params), names=slots.names)
+        new = ops.update(params, cast("list[Tensor]", grads), lr_list(lr, params), names=slots.names)
         slots.assign(new)
         return
     idx = [i for i, g in enumerate(grads) if g is not None]
     if not idx:
         return
     ps = [params[i] for i in idx]
-    new = ops.update(ps, [grads[i] for i in idx], lr_list(lr, ps), names=[slots.names[i] for i in idx])
+    new = ops.update(ps, [cast(Tensor, grads[i]) for i in idx], lr_list(lr, ps), names=[slots.names[i] for i in idx])
     slots.assign(new, idx)

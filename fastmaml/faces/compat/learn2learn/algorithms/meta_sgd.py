@@ -3,6 +3,9 @@ form: p - lrs * g, differentiable in p and in the learned rates lrs)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -14,7 +17,8 @@ from fastmaml.faces.compat.learn2learn.utils import clone_module
 __all__ = ["MetaSGD", "meta_sgd_update"]
 
 
-def meta_sgd_update(model: nn.Module, lrs=None, grads=None) -> nn.Module:
+def meta_sgd_update(model: nn.Module, lrs: Iterable[Tensor] | None = None,
+                    grads: Iterable[Tensor | None] | None = None) -> nn.Module:
     """learn2learn's meta_sgd_update: p <- p - lr * g with one rate tensor per parameter of
     `model`, in one fastmaml.ops.update call ("scaled" form); a parameter whose gradient is None
     keeps its tensor. Returns `model`, whose slots now hold the new tensors.
@@ -33,7 +37,7 @@ def meta_sgd_update(model: nn.Module, lrs=None, grads=None) -> nn.Module:
         raise ValueError(f"meta_sgd_update: {len(params)} parameters but {len(lrs)} learning rates and "
                          f"{len(grads)} gradients (one of each per parameter)")
     idx = [i for i, g in enumerate(grads) if g is not None]
-    new = ops.update([params[i] for i in idx], [grads[i] for i in idx], [lrs[i] for i in idx],
+    new = ops.update([params[i] for i in idx], [cast(Tensor, grads[i]) for i in idx], [lrs[i] for i in idx],
                      names=[slots.names[i] for i in idx])
     slots.assign(new, idx)
     return model
@@ -51,14 +55,16 @@ class MetaSGD(BaseLearner):
         lrs: the initial rate tensors, one per parameter (None: lr everywhere).
     """
 
-    def __init__(self, model: nn.Module, lr: float = 1.0, first_order: bool = False, lrs=None):
+    module: nn.Module
+
+    def __init__(self, model: nn.Module, lr: float = 1.0, first_order: bool = False,
+                 lrs: Sequence[Tensor] | None = None) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"MetaSGD: model must be an nn.Module, got {type(model).__name__}")
         self.module = model
-        if lrs is None:
-            lrs = nn.ParameterList([nn.Parameter(torch.ones_like(p) * lr) for p in model.parameters()])
-        self.lrs = lrs
+        self.lrs: nn.ParameterList | Sequence[Tensor] = (nn.ParameterList([nn.Parameter(torch.ones_like(p) * lr) for p in model.parameters()])
+                                      if lrs is None else lrs)
         self.first_order = first_order
 
     def clone(self) -> MetaSGD:
@@ -67,6 +73,12 @@ class MetaSGD(BaseLearner):
         return MetaSGD(clone_module(self.module), lrs=list(self.lrs), first_order=self.first_order)
 
     def adapt(self, loss: Tensor, first_order: bool | None = None) -> None:
+        """One step p <- p - lrs * dloss/dp on this learner's parameters (not in place).
+
+        Args:
+            loss: the loss to differentiate.
+            first_order: overrides the learner's `first_order` (None: keep it).
+        """
         first_order = self.first_order if first_order is None else first_order
         second_order = not first_order
         params = FastSlots.of(self.module).current()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sized
+from typing import Any, cast
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -10,14 +12,14 @@ from torch.utils.data import Dataset, TensorDataset
 __all__ = ["FilteredMetaDataset", "MetaDataset"]
 
 
-def _label_tensor(dataset: Dataset):
+def _label_tensor(dataset: Dataset) -> torch.Tensor | None:
     """The dataset's labels as a 1-d tensor when it holds them as one (a TensorDataset's second
     tensor, or a `labels` tensor as fastmaml.compat.learn2learn.vision's datasets have), else None."""
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) > 1:
-        labels = dataset.tensors[1]
+        labels: object = dataset.tensors[1]
     else:
         labels = getattr(dataset, "labels", None)
-    if isinstance(labels, torch.Tensor) and labels.dim() == 1 and labels.shape[0] == len(dataset):
+    if isinstance(labels, torch.Tensor) and labels.dim() == 1 and labels.shape[0] == len(cast(Sized, dataset)):
         return labels
     return None
 
@@ -33,14 +35,21 @@ class MetaDataset(Dataset):
         indices_to_labels: item index -> label, if known.
     """
 
-    def __init__(self, dataset: Dataset, labels_to_indices: dict | None = None,
-                 indices_to_labels: dict | None = None):
+    def __init__(self, dataset: Dataset, labels_to_indices: dict[Any, list[int]] | None = None,
+                 indices_to_labels: dict[int, Any] | None = None) -> None:
         if not isinstance(dataset, Dataset):
             raise TypeError(f"MetaDataset: dataset must be a torch.utils.data.Dataset, got {type(dataset).__name__}")
         self.dataset = dataset
         self.create_bookkeeping(labels_to_indices, indices_to_labels)
 
-    def create_bookkeeping(self, labels_to_indices: dict | None = None, indices_to_labels: dict | None = None):
+    def create_bookkeeping(self, labels_to_indices: dict[Any, list[int]] | None = None,
+                           indices_to_labels: dict[int, Any] | None = None) -> None:
+        """Set `labels_to_indices`, `indices_to_labels` and `labels`.
+
+        Args:
+            labels_to_indices: label -> item indices, if known.
+            indices_to_labels: item index -> label, if known.
+        """
         if labels_to_indices is not None:
             indices_to_labels = {i: label for label, idx in labels_to_indices.items() for i in idx}
         elif indices_to_labels is not None:
@@ -49,11 +58,12 @@ class MetaDataset(Dataset):
                 labels_to_indices[label].append(i)
         else:
             tensor = _label_tensor(self.dataset)
+            labels: list[Any]
             if tensor is not None:
                 labels = tensor.tolist()
             else:
                 labels = []
-                for i in range(len(self.dataset)):
+                for i in range(len(cast(Sized, self.dataset))):
                     label = self.dataset[i][1]
                     if isinstance(label, torch.Tensor):
                         if label.numel() != 1:
@@ -69,11 +79,11 @@ class MetaDataset(Dataset):
         self.indices_to_labels = dict(indices_to_labels)
         self.labels = list(self.labels_to_indices)
 
-    def __getitem__(self, item):
+    def __getitem__(self, item: int) -> Any:
         return self.dataset[item]
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(cast(Sized, self.dataset))
 
 
 class FilteredMetaDataset(MetaDataset):
@@ -84,7 +94,7 @@ class FilteredMetaDataset(MetaDataset):
         labels: the labels to keep.
     """
 
-    def __init__(self, dataset: Dataset, labels):
+    def __init__(self, dataset: Dataset, labels: Iterable[Any]) -> None:
         if not isinstance(dataset, MetaDataset):
             dataset = MetaDataset(dataset)
         missing = [label for label in labels if label not in dataset.labels_to_indices]
@@ -95,7 +105,7 @@ class FilteredMetaDataset(MetaDataset):
         self.create_bookkeeping(indices_to_labels={j: dataset.indices_to_labels[i]
                                                    for j, i in enumerate(self.to_true_indices)})
 
-    def __getitem__(self, item):
+    def __getitem__(self, item: int) -> Any:
         return self.dataset[self.to_true_indices[item]]
 
     def __len__(self) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fastmaml.faces.compat._module import FastSlots
 from fastmaml.faces.compat.learn2learn.utils import update_module
@@ -14,9 +16,16 @@ class LearnableOptimizer(nn.Module):
     gradient to p - lr * T_p(p.grad), where T_p = transform(p) is a module of this optimizer. The
     new parameters keep their graph to the transforms (and only to them: p and its gradient are
     detached), so the next loss's backward gives the transforms their hypergradient while an outer
-    optimizer over `self.parameters()` trains them. The step is one fastmaml.ops.update call."""
+    optimizer over `self.parameters()` trains them. The step is one fastmaml.ops.update call.
 
-    def __init__(self, model: nn.Module, transform, lr: float = 1.0):
+    Args:
+        model: the model whose parameters `step()` updates (not a submodule of the optimizer).
+        transform: a callable param -> nn.Module, the learned transform T_p of that parameter's
+            gradient (e.g. ModuleTransform).
+        lr: the step size.
+    """
+
+    def __init__(self, model: nn.Module, transform: Callable[[Tensor], nn.Module], lr: float = 1.0) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"LearnableOptimizer: model must be an nn.Module, got {type(model).__name__}")
@@ -24,7 +33,12 @@ class LearnableOptimizer(nn.Module):
         self.transforms = nn.ModuleList([transform(p) for p in model.parameters()])
         self.lr = lr
 
-    def step(self, closure=None) -> None:
+    def step(self, closure: Callable[[], object] | None = None) -> None:
+        """p <- p - lr * T_p(p.grad) for every parameter of the model with a gradient.
+
+        Args:
+            closure: accepted for torch.optim's signature, unused.
+        """
         model = self.info["model"]
         slots = FastSlots.of(model)
         params = slots.current()
@@ -39,7 +53,11 @@ class LearnableOptimizer(nn.Module):
                 p.retain_grad()
 
     def zero_grad(self, set_to_none: bool = False) -> None:
-        """Zero the gradients of the model's parameters (the transforms' are the outer optimizer's)."""
+        """Zero the gradients of the model's parameters (the transforms' are the outer optimizer's).
+
+        Args:
+            set_to_none: set them to None instead of zeros.
+        """
         for p in self.info["model"].parameters():
             if p.grad is not None:
                 p.grad = None if set_to_none else torch.zeros_like(p)

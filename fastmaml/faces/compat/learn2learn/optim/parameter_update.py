@@ -13,11 +13,15 @@ class ParameterUpdate(nn.Module):
     """Like torch.autograd.grad, but each gradient passes through the transform module that
     `transform(param)` built for its parameter (None: the gradient is the update).
 
-    transform: a callable taking a parameter and returning an nn.Module (or None)."""
+    Args:
+        parameters: the parameters whose gradients are transformed.
+        transform: a callable taking a parameter and returning an nn.Module (or None).
+    """
 
-    def __init__(self, parameters: Iterable[Tensor], transform: Callable[[Tensor], nn.Module | None]):
+    def __init__(self, parameters: Iterable[Tensor], transform: Callable[[Tensor], nn.Module | None]) -> None:
         super().__init__()
-        modules, indices = [], []
+        modules: list[nn.Module] = []
+        indices: list[int | None] = []
         for i, param in enumerate(parameters):
             t = transform(param)
             if t is not None and not isinstance(t, nn.Module):

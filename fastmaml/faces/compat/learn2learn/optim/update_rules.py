@@ -10,9 +10,13 @@ from fastmaml.faces.compat.learn2learn.algorithms.maml import maml_update
 class DifferentiableSGD(nn.Module):
     """Calling it with (module, gradients) sets every parameter p of `module` to p - lr * g,
     differentiably (the module's slots get new tensors), in one fastmaml.ops.update call.
-    Without `gradients`, the parameters' `.grad` are used; a None gradient leaves p as it is."""
+    Without `gradients`, the parameters' `.grad` are used; a None gradient leaves p as it is.
 
-    def __init__(self, lr: float):
+    Args:
+        lr: the step size.
+    """
+
+    def __init__(self, lr: float) -> None:
         super().__init__()
         self.lr = lr
 

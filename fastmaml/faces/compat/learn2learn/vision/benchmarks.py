@@ -15,8 +15,13 @@ from __future__ import annotations
 import os
 import random
 from collections import namedtuple
+from collections.abc import Callable, KeysView
+from typing import Any
+
+import torch
 
 from fastmaml.faces.compat.learn2learn.data import FilteredMetaDataset, MetaDataset, Taskset
+from fastmaml.faces.compat.learn2learn.data.task_dataset import TaskTransformFn
 from fastmaml.faces.compat.learn2learn.data.transforms import (
     ConsecutiveLabels,
     FusedNWaysKShots,
@@ -39,10 +44,14 @@ Attributes:
     test: the test Taskset.
 """
 
+# each split's dataset and its chain of task transforms
+Splits = tuple[list[MetaDataset], list[list[TaskTransformFn]]]
+
 NOT_SHIPPED = ("tiered-imagenet", "fc100", "cifarfs")
 
 
-def omniglot_tasksets(train_ways, train_samples, test_ways, test_samples, root, device=None, **kwargs):
+def omniglot_tasksets(train_ways: int, train_samples: int, test_ways: int, test_samples: int, root: str,
+                      device: str | torch.device | None = None, **kwargs: Any) -> Splits:
     data = FullOmniglot(root, cache_dir=kwargs.get("cache_dir"))
     if device is not None:
         data.to(device)
@@ -52,7 +61,8 @@ def omniglot_tasksets(train_ways, train_samples, test_ways, test_samples, root, 
     n_train = round(len(classes) * 1100 / 1623)
     n_valid = max(1, round(len(classes) * 100 / 1623))
     splits = (classes[:n_train], classes[n_train:n_train + n_valid], classes[n_train + n_valid:])
-    datasets, transforms = [], []
+    datasets: list[MetaDataset] = []
+    transforms: list[list[TaskTransformFn]] = []
     for labels, ways, samples in zip(splits, (train_ways, test_ways, test_ways),
                                      (train_samples, test_samples, test_samples)):
         part = FilteredMetaDataset(dataset, labels)
@@ -62,13 +72,15 @@ def omniglot_tasksets(train_ways, train_samples, test_ways, test_samples, root, 
     return datasets, transforms
 
 
-def mini_imagenet_tasksets(train_ways=5, train_samples=10, test_ways=5, test_samples=10, root="~/data",
-                           data_augmentation=None, device=None, **kwargs):
+def mini_imagenet_tasksets(train_ways: int = 5, train_samples: int = 10, test_ways: int = 5, test_samples: int = 10,
+                           root: str = "~/data", data_augmentation: str | None = None,
+                           device: str | torch.device | None = None, **kwargs: Any) -> Splits:
     if data_augmentation not in (None, "normalize"):
         raise ValueError(f"get_tasksets('mini-imagenet'): data_augmentation must be None or 'normalize' here, got "
                          f"{data_augmentation!r} (learn2learn's 'lee2019' needs torchvision: use learn2learn)")
     scale = (lambda x: x / 255.0) if data_augmentation == "normalize" else None
-    datasets, transforms = [], []
+    datasets: list[MetaDataset] = []
+    transforms: list[list[TaskTransformFn]] = []
     for mode, ways, samples in (("train", train_ways, train_samples), ("validation", test_ways, test_samples),
                                 ("test", test_ways, test_samples)):
         data = MiniImagenet(root, mode=mode, transform=scale)
@@ -81,17 +93,17 @@ def mini_imagenet_tasksets(train_ways=5, train_samples=10, test_ways=5, test_sam
     return datasets, transforms
 
 
-_TASKSETS = {"omniglot": omniglot_tasksets, "mini-imagenet": mini_imagenet_tasksets}
+_TASKSETS: dict[str, Callable[..., Splits]] = {"omniglot": omniglot_tasksets, "mini-imagenet": mini_imagenet_tasksets}
 
 
-def list_tasksets():
+def list_tasksets() -> KeysView[str]:
     """The benchmark names get_tasksets knows."""
     return _TASKSETS.keys()
 
 
 def get_tasksets(name: str, train_ways: int = 5, train_samples: int = 10, test_ways: int = 5,
-                 test_samples: int = 10, num_tasks: int = -1, root: str = "~/data", device=None,
-                 **kwargs) -> BenchmarkTasksets:
+                 test_samples: int = 10, num_tasks: int = -1, root: str = "~/data",
+                 device: str | torch.device | None = None, **kwargs: Any) -> BenchmarkTasksets:
     """(train, validation, test) Tasksets of `name`: tasks of `*_ways` classes with `*_samples`
     images each (the caller splits them into adaptation and evaluation halves), `num_tasks`
     fixed tasks per set or -1 for a fresh task on every draw, data read from `root`, tensors on

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -43,11 +45,12 @@ class _TensorImages(Dataset):
 
     images: torch.Tensor
     labels: torch.Tensor
-    transform = None
-    target_transform = None
+    transform: Callable[[torch.Tensor], Any] | None = None
+    target_transform: Callable[[int], Any] | None = None
 
-    def __getitem__(self, i):
-        x, y = self.images[i], int(self.labels[i])
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        x: Any = self.images[i]
+        y: Any = int(self.labels[i])
         if x.dtype == torch.uint8:
             x = x.float()
         if self.transform is not None:
@@ -59,8 +62,12 @@ class _TensorImages(Dataset):
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-    def to(self, device):
-        """Move the images to `device` (learn2learn's OnDeviceDataset)."""
+    def to(self, device: str | torch.device) -> _TensorImages:
+        """Move the images to `device` (learn2learn's OnDeviceDataset).
+
+        Args:
+            device: where the images go.
+        """
         self.images = self.images.to(device)
         return self
 
@@ -70,8 +77,9 @@ class FullOmniglot(_TensorImages):
     [0, 1] with strokes 1 (learn2learn's Resize(28, LANCZOS), ToTensor, 1 - x). `transform`
     applies to these tensors (not to PIL images as in learn2learn)."""
 
-    def __init__(self, root: str | os.PathLike, transform=None, target_transform=None, download: bool = False,
-                 cache_dir: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike, transform: Callable[[torch.Tensor], Any] | None = None,
+                 target_transform: Callable[[int], Any] | None = None, download: bool = False,
+                 cache_dir: str | os.PathLike | None = None) -> None:
         folder, sets = omniglot_sets(root)
         data = Omniglot.load(sets, root=folder, rotations=(0,), cache_dir=cache_dir)
         self.images, self.labels = data.images, data.labels
@@ -86,7 +94,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
                ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict")}
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing {module}.{name} in a mini-ImageNet cache file")
         return super().find_class(module, name)
@@ -100,8 +108,9 @@ class MiniImagenet(_TensorImages):
 
     MODES = ("train", "validation", "test")
 
-    def __init__(self, root: str | os.PathLike, mode: str = "train", transform=None, target_transform=None,
-                 download: bool = False):
+    def __init__(self, root: str | os.PathLike, mode: str = "train",
+                 transform: Callable[[torch.Tensor], Any] | None = None,
+                 target_transform: Callable[[int], Any] | None = None, download: bool = False) -> None:
         if mode not in self.MODES:
             raise ValueError(f"MiniImagenet: mode must be one of {self.MODES}, got {mode!r}")
         path = Path(root).expanduser() / f"mini-imagenet-cache-{mode}.pkl"

@@ -7,36 +7,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar, cast
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fastmaml.faces.compat.learn2learn.nn import Flatten, Lambda
+
+M = TypeVar("M", bound=nn.Module)
 
 __all__ = ["CNN4", "CNN4Backbone", "ConvBase", "ConvBlock", "LinearBlock", "MiniImagenetCNN", "OmniglotCNN",
            "OmniglotFC", "fc_init_", "maml_init_"]
 
 
-def fc_init_(module: nn.Module) -> nn.Module:
+def fc_init_(module: M) -> M:
     """Weights from a normal of std 0.01 truncated at 2 std, bias 0 (in place).
 
     Args:
         module: an nn.Linear (or any module with weight and bias).
     """
     if getattr(module, "weight", None) is not None:
-        nn.init.trunc_normal_(module.weight.data, mean=0.0, std=0.01, a=-0.02, b=0.02)
+        nn.init.trunc_normal_(cast(Tensor, module.weight).data, mean=0.0, std=0.01, a=-0.02, b=0.02)
     if getattr(module, "bias", None) is not None:
-        nn.init.zeros_(module.bias.data)
+        nn.init.zeros_(cast(Tensor, module.bias).data)
     return module
 
 
-def maml_init_(module: nn.Module) -> nn.Module:
+def maml_init_(module: M) -> M:
     """Xavier-uniform weights, bias 0 (in place), as in the MAML code.
 
     Args:
         module: a conv or linear module.
     """
-    nn.init.xavier_uniform_(module.weight.data, gain=1.0)
-    nn.init.zeros_(module.bias.data)
+    nn.init.xavier_uniform_(cast(Tensor, module.weight).data, gain=1.0)
+    nn.init.zeros_(cast(Tensor, module.bias).data)
     return module
 
 
@@ -47,14 +52,14 @@ class LinearBlock(nn.Module):
         input_size: input features.
         output_size: output features.
     """
-    def __init__(self, input_size: int, output_size: int):
+    def __init__(self, input_size: int, output_size: int) -> None:
         super().__init__()
         self.relu = nn.ReLU()
         self.normalize = nn.BatchNorm1d(output_size, affine=True, momentum=0.999, eps=1e-3,
                                         track_running_stats=False)
         self.linear = fc_init_(nn.Linear(input_size, output_size))
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return self.relu(self.normalize(self.linear(x)))
 
 
@@ -70,18 +75,18 @@ class ConvBlock(nn.Module):
         max_pool_factor: scales the pool size.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, max_pool: bool = True,
-                 max_pool_factor: float = 1.0):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], max_pool: bool = True,
+                 max_pool_factor: float = 1.0) -> None:
         super().__init__()
         stride = int(2 * max_pool_factor)
-        self.max_pool = nn.MaxPool2d(stride, stride) if max_pool else nn.Identity()
+        self.max_pool: nn.Module = nn.MaxPool2d(stride, stride) if max_pool else nn.Identity()
         self.normalize = nn.BatchNorm2d(out_channels, affine=True)
         nn.init.uniform_(self.normalize.weight)
         self.relu = nn.ReLU()
         self.conv = maml_init_(nn.Conv2d(in_channels, out_channels, kernel_size, stride=1 if max_pool else stride,
                                          padding=1, bias=True))
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return self.max_pool(self.relu(self.normalize(self.conv(x))))
 
 
@@ -96,7 +101,7 @@ class ConvBase(nn.Sequential):
         max_pool_factor: scales the pool size.
     """
     def __init__(self, hidden: int = 64, channels: int = 1, max_pool: bool = False, layers: int = 4,
-                 max_pool_factor: float = 1.0):
+                 max_pool_factor: float = 1.0) -> None:
         blocks = [ConvBlock(channels if i == 0 else hidden, hidden, (3, 3), max_pool, max_pool_factor)
                   for i in range(layers)]
         super().__init__(*blocks)
@@ -110,7 +115,7 @@ class OmniglotFC(nn.Module):
         output_size: the number of classes.
         sizes: the hidden widths (default [256, 128, 64, 64]).
     """
-    def __init__(self, input_size: int, output_size: int, sizes=None):
+    def __init__(self, input_size: int, output_size: int, sizes: Sequence[int] | None = None) -> None:
         super().__init__()
         sizes = [256, 128, 64, 64] if sizes is None else list(sizes)
         dims = [input_size] + sizes
@@ -118,7 +123,7 @@ class OmniglotFC(nn.Module):
         self.classifier = fc_init_(nn.Linear(sizes[-1], output_size))
         self.input_size = input_size
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
 
 
@@ -131,7 +136,7 @@ class OmniglotCNN(nn.Module):
         layers: the number of blocks.
     """
 
-    def __init__(self, output_size: int = 5, hidden_size: int = 64, layers: int = 4):
+    def __init__(self, output_size: int = 5, hidden_size: int = 64, layers: int = 4) -> None:
         super().__init__()
         self.hidden_size = hidden_size
         self.base = ConvBase(hidden=hidden_size, channels=1, max_pool=False, layers=layers)
@@ -142,7 +147,7 @@ class OmniglotCNN(nn.Module):
             self.classifier.weight.normal_()
             self.classifier.bias.zero_()
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
 
 
@@ -157,11 +162,11 @@ class CNN4Backbone(ConvBase):
         max_pool_factor: scales the pool size (None: 4 / layers).
     """
     def __init__(self, hidden_size: int = 64, layers: int = 4, channels: int = 3, max_pool: bool = True,
-                 max_pool_factor: float | None = None):
+                 max_pool_factor: float | None = None) -> None:
         super().__init__(hidden=hidden_size, layers=layers, channels=channels, max_pool=max_pool,
                          max_pool_factor=4 // layers if max_pool_factor is None else max_pool_factor)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return super().forward(x).reshape(x.size(0), -1)
 
 
@@ -185,7 +190,7 @@ class CNN4(nn.Module):
                                                output_size, bias=True))
         self.hidden_size = hidden_size
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
 
 
