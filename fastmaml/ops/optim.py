@@ -1,7 +1,7 @@
 """Differentiable inner optimizers: SGD (momentum, dampening, Nesterov, weight decay), Adam, AdamW
-and RMSprop (centered, momentum), as torch.optim defines them, on two fused multi-tensor ops per
-step: the moments op (NOTE: [moment forms], fastmaml/ops/moments) gives the direction d and the
-new state, the update op moves the parameters, p - lr * d (AdamW: (1 - lr * wd) * p - lr * d).
+and RMSprop (centered, momentum), as torch.optim defines them, one fused multi-tensor op per step:
+the moments op (NOTE: [moment forms], fastmaml/ops/moments) gives the new parameters, p - lr * d
+(AdamW: (1 - lr * wd) * p - lr * d), and the new state.
 
     opt = InnerAdam(betas=(0.9, 0.999))
     state = opt.init(params)                               # a list of tensors
@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Union
 
 import torch
 from torch import Tensor
 
 from fastmaml import ops
 from fastmaml.ops.moments import Form, moments
+
+Rate = Union[float, Sequence[Tensor]]  # a number, or one rate tensor per parameter
 
 
 class OptimState(NamedTuple):
@@ -34,7 +36,8 @@ class OptimState(NamedTuple):
     b: list[Tensor] | None
 
 
-def _number(owner: str, name: str, value, low: float = 0.0, high: float | None = None, open_high=False) -> float:
+def _number(owner: str, name: str, value: object, low: float = 0.0, high: float | None = None,
+            open_high: bool = False) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= low
     if ok and high is not None:
         ok = value < high if open_high else value <= high
@@ -53,7 +56,7 @@ class InnerOptimizer:
 
     def init(self, params: Sequence[Tensor]) -> OptimState:
         """The state before the first step: zeros (v: `initial_v`) shaped like the parameters."""
-        def fill(keep, value=0.0):
+        def fill(keep: bool, value: float = 0.0) -> list[Tensor] | None:
             return [torch.full_like(p, value) for p in params] if keep else None
 
         keep_m, keep_v, keep_b = self.keeps
@@ -65,30 +68,51 @@ class InnerOptimizer:
 
     decoupled_decay = 0.0  # AdamW's weight decay: (1 - lr * wd) * p
 
-    def direction(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: OptimState):
-        """(d, new state): the parameters move by -lr * d."""
+    def direction(self, params: Sequence[Tensor], grads: Sequence[Tensor],
+                  state: OptimState) -> tuple[list[Tensor], OptimState]:
+        """(d, new state): the parameters would move by -lr * d (the decoupled decay apart).
+
+        Args:
+            params: the parameters (read for the coupled weight decay).
+            grads: their gradients.
+            state: the state before the step.
+        """
         form = self.form(state.count)
         if form == _PLAIN:
             return list(grads), state._replace(count=state.count + 1)
-        d, m, v, b = moments(grads, list(params) if form.wd else None, state.m, state.v, state.b, form)
+        d, m, v, b = moments(params, grads, 1.0, state.m, state.v, state.b, form, direction=True)
         return d, OptimState(state.count + 1, m, v, b)
 
-    def step(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: OptimState, lr,
-             names: Sequence[str] | None = None):
-        """(new params, new state). `lr`: a number, or a list of tensors broadcastable to each param."""
-        d, state = self.direction(params, grads, state)
-        gammas = None
-        if self.decoupled_decay:
-            wd = self.decoupled_decay
-            if isinstance(lr, (int, float)):
-                gammas = [torch.full((), 1.0 - lr * wd, dtype=p.dtype, device=p.device) for p in params]
-            else:
-                gammas = [1.0 - a * wd for a in lr]
-        return ops.update(list(params), d, lr, gammas, names=names), state
+    def step(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: OptimState, lr: Rate,
+             names: Sequence[str] | None = None) -> tuple[list[Tensor], OptimState]:
+        """(new params, new state): one fused op (plain SGD: the update op; else the moments op).
 
-    def step_some(self, params: Sequence[Tensor], grads: Sequence[Tensor | None], state: OptimState, lr):
+        Args:
+            params: the parameters.
+            grads: their gradients.
+            state: the state before the step.
+            lr: a number, or a list of tensors broadcastable to each param.
+            names: the params' names, only for error messages.
+        """
+        form = self.form(state.count)
+        if form == _PLAIN:
+            return ops.update(list(params), list(grads), lr, names=names), state._replace(count=state.count + 1)
+        new, m, v, b = moments(params, grads, lr, state.m, state.v, state.b, form, names=names)
+        return new, OptimState(state.count + 1, m, v, b)
+
+    def step_some(self, params: Sequence[Tensor], grads: Sequence[Tensor | None], state: OptimState,
+                  lr: Rate) -> tuple[list[int], list[Tensor], OptimState]:
         """step on the parameters whose gradient is not None; the others, and their state, are kept.
-        Returns (indices stepped, their new values, new state)."""
+
+        Args:
+            params: the parameters.
+            grads: their gradients, None for a parameter not stepped.
+            state: the state before the step.
+            lr: a number, or a list of tensors (one per param).
+
+        Returns:
+            (indices stepped, their new values, new state).
+        """
         indices = [j for j, g in enumerate(grads) if g is not None]
         if len(indices) == len(params):
             new, state = self.step(params, grads, state, lr)
@@ -106,9 +130,17 @@ class InnerOptimizer:
             merged.append(full)
         return indices, new, OptimState(sub.count, *merged)
 
-    def step_named(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr, state: OptimState | None):
-        """The dict form of step for the names of `grads` (the others pass through); `lr` a number
-        or a dict name -> tensor; state None: init first."""
+    def step_named(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
+                   lr: float | Mapping[str, Tensor] | Sequence[Tensor],
+                   state: OptimState | None) -> tuple[dict[str, Tensor], OptimState]:
+        """The dict form of step for the names of `grads` (the others pass through).
+
+        Args:
+            params: name -> parameter.
+            grads: name -> gradient, for the parameters stepped.
+            lr: a number, or a dict name -> rate tensor.
+            state: the state before the step; None: init first.
+        """
         names = list(grads)
         current = [params[n] for n in names]
         if state is None:
@@ -144,7 +176,7 @@ class InnerSGD(InnerOptimizer):
             raise ValueError("InnerSGD: nesterov=True requires momentum > 0 and dampening = 0")
         self.keeps = (False, False, self.momentum != 0)
 
-    def form(self, count):
+    def form(self, count: int) -> Form:
         if not self.momentum:
             return Form(wd=self.weight_decay)
         return Form(wd=self.weight_decay, mu=self.momentum, c=1.0 if count == 0 else 1.0 - self.dampening,
@@ -181,12 +213,12 @@ class InnerAdam(InnerOptimizer):
     def _coupled(self) -> float:
         return self.weight_decay
 
-    def form(self, count):
+    def form(self, count: int) -> Form:
         b1, b2 = self.betas
         t = count + 1
         if self.bias_correction == "torchopt":
-            count = torch.tensor(t)
-            bc1, bc2 = float(1 - pow(b1, count)), float(1 - pow(b2, count))
+            steps = torch.tensor(t)
+            bc1, bc2 = float(1 - pow(b1, steps)), float(1 - pow(b2, steps))
         else:
             bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
         if self.bias_correction == "higher":
@@ -194,7 +226,7 @@ class InnerAdam(InnerOptimizer):
         else:
             s1, s2 = 1 / bc1, 1 / bc2
         return Form(wd=self._coupled(), b1=b1, c1=1 - b1, b2=b2, c2=1 - b2, s1=s1, s2=s2, eps_in=self.eps_root,
-                    eps=self.eps, adam=True)
+                    eps=self.eps, decay=self.decoupled_decay, adam=True)
 
 
 class InnerAdamW(InnerAdam):
@@ -203,8 +235,8 @@ class InnerAdamW(InnerAdam):
 
     name = "adamw"
 
-    def __init__(self, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *, eps_root=0.0, bias_correction="torch",
-                 amsgrad=False):
+    def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2, *,
+                 eps_root: float = 0.0, bias_correction: str = "torch", amsgrad: bool = False):
         super().__init__(betas, eps, weight_decay, eps_root=eps_root, bias_correction=bias_correction, amsgrad=amsgrad)
         self.decoupled_decay = self.weight_decay
 
@@ -232,18 +264,22 @@ class InnerRMSprop(InnerOptimizer):
         self.initial_v = _number("InnerRMSprop", "initial_scale", initial_scale)
         self.keeps = (self.centered, True, self.momentum != 0)
 
-    def form(self, count):
+    def form(self, count: int) -> Form:
         a = self.alpha
         return Form(wd=self.weight_decay, b1=a, c1=1 - a, b2=a, c2=1 - a, eps=self.eps, mu=self.momentum,
                     centered=self.centered, nesterov=self.nesterov)
 
 
-NAMES = {"sgd": None, "momentum": lambda: InnerSGD(momentum=0.9), "adam": InnerAdam, "adamw": InnerAdamW,
+NAMES: dict[str, Callable[[], InnerOptimizer] | None] = {"sgd": None, "momentum": lambda: InnerSGD(momentum=0.9), "adam": InnerAdam, "adamw": InnerAdamW,
          "rmsprop": InnerRMSprop}
 
 
-def resolve(choice) -> InnerOptimizer | None:
-    """An inner optimizer from a name of NAMES or an InnerOptimizer; None for plain SGD ("sgd")."""
+def resolve(choice: str | InnerOptimizer) -> InnerOptimizer | None:
+    """An inner optimizer from a name of NAMES or an InnerOptimizer; None for plain SGD ("sgd").
+
+    Args:
+        choice: a name of NAMES, or an InnerOptimizer.
+    """
     if isinstance(choice, InnerOptimizer):
         if type(choice) is InnerSGD and not choice.momentum and not choice.weight_decay:
             return None

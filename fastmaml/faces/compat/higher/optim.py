@@ -116,7 +116,7 @@ class DifferentiableOptimizer:
 
     def _update(self, params: list[Tensor], all_grads: list[Tensor | None]):
         """(index, new value) of every parameter stepped. Groups with the same settings but the
-        learning rate (and the same step count) step together: one pair of fused ops."""
+        learning rate (and the same step count) step together: one fused op."""
         buckets: dict = {}
         for group_idx, group in enumerate(self.param_groups):
             inner = self._inner(group)
