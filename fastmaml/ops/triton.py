@@ -86,9 +86,9 @@ def _output(row, n_tensors, N_IN: tl.constexpr, J: tl.constexpr, TY: tl.constexp
 
 
 @triton.jit
-def _scalar(table, n_tensors, ROWS: tl.constexpr, I: tl.constexpr, OPMATH: tl.constexpr):
-    """Scalar I after the ROWS rows of columns: a double, rounded once to OPMATH."""
-    return tl.load(table + ROWS * n_tensors + I).to(tl.float64, bitcast=True).to(OPMATH)
+def _scalar(table, n_tensors, ROWS: tl.constexpr, K: tl.constexpr, OPMATH: tl.constexpr):
+    """Scalar K after the ROWS rows of columns: a double, rounded once to OPMATH."""
+    return tl.load(table + ROWS * n_tensors + K).to(tl.float64, bitcast=True).to(OPMATH)
 
 
 @triton.jit
