@@ -30,7 +30,7 @@ Rate = Union[float, Sequence[Tensor]]  # a number, or one rate tensor per parame
 class OptimState(NamedTuple):
     """count: steps taken; m, v, b: the moment lists (None where the optimizer keeps none)."""
 
-    count: int
+    count: int  # type: ignore[assignment]  # the field shadows tuple.count, as TorchOpt's states do
     m: list[Tensor] | None
     v: list[Tensor] | None
     b: list[Tensor] | None
@@ -38,10 +38,8 @@ class OptimState(NamedTuple):
 
 def _number(owner: str, name: str, value: object, low: float = 0.0, high: float | None = None,
             open_high: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= low
-    if ok and high is not None:
-        ok = value < high if open_high else value <= high
-    if not ok:
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < low
+            or (high is not None and (value >= high if open_high else value > high))):
         bound = f" and {'<' if open_high else '<='} {high}" if high is not None else ""
         raise ValueError(f"{owner}: {name} must be a finite number >= {low}{bound}, got {value!r}")
     return float(value)
@@ -114,18 +112,19 @@ class InnerOptimizer:
             (indices stepped, their new values, new state).
         """
         indices = [j for j, g in enumerate(grads) if g is not None]
+        present = [g for g in grads if g is not None]
         if len(indices) == len(params):
-            new, state = self.step(params, grads, state, lr)
+            new, state = self.step(params, present, state, lr)
             return indices, new, state
         pick = [params[j] for j in indices]
         rates = lr if isinstance(lr, (int, float)) else [lr[j] for j in indices]
         sub = OptimState(state.count, *(None if x is None else [x[j] for j in indices] for x in state[1:]))
-        new, sub = self.step(pick, [grads[j] for j in indices], sub, rates) if indices else ([], sub._replace(count=sub.count + 1))
+        new, sub = self.step(pick, present, sub, rates) if indices else ([], sub._replace(count=sub.count + 1))
         merged = []
         for full, part in zip(state[1:], sub[1:]):
             if full is not None:
                 full = list(full)
-                for j, t in zip(indices, part):
+                for j, t in zip(indices, part or []):
                     full[j] = t
             merged.append(full)
         return indices, new, OptimState(sub.count, *merged)
@@ -274,7 +273,7 @@ NAMES: dict[str, Callable[[], InnerOptimizer] | None] = {"sgd": None, "momentum"
          "rmsprop": InnerRMSprop}
 
 
-def resolve(choice: str | InnerOptimizer) -> InnerOptimizer | None:
+def resolve(choice: object) -> InnerOptimizer | None:
     """An inner optimizer from a name of NAMES or an InnerOptimizer; None for plain SGD ("sgd").
 
     Args:

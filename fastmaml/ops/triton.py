@@ -247,7 +247,7 @@ def _periodic(t: Tensor, shape: torch.Size) -> tuple[Tensor, int]:
     return rest, rest.numel()
 
 
-Lists = Sequence[Sequence[Tensor] | None]
+Lists = Sequence[Any]  # per operand: a list of tensors, or None where absent
 
 
 def _table(layout: Layout, idx: list[int], inputs: Lists, outputs: Lists,

@@ -60,10 +60,12 @@ class _Moments(torch.autograd.Function):
         return (None,) * 6 + tuple(grads)
 
 
-def _output_grads(n: int, gos: tuple[Tensor | None, ...], kept: list[bool], like: list[Tensor]) -> list:
+def _output_grads(n: int, gos: tuple[Tensor | None, ...], kept: list[bool],
+                  like: list[Tensor]) -> list[list[Tensor] | None]:
     """The gradients of the four outputs as lists (zeros for the unused tensors of a used output),
     None where the output is absent or unused."""
-    lists, pos = [], 0
+    lists: list[list[Tensor] | None] = []
+    pos = 0
     for here in kept:
         chunk = gos[pos:pos + n] if here else ()
         pos += n if here else 0
@@ -78,7 +80,7 @@ def _fused(backward: Callable[..., Any], n: int, present: tuple[bool, ...], alph
            direction: bool, flat: tuple[Tensor, ...], need: tuple[bool, ...], gos: tuple[Tensor | None, ...],
            kept: list[bool]) -> list[Tensor | None]:
     """One fused backward pass."""
-    lists = MOMENTS.split(n, present, flat)
+    lists: list[Any] = MOMENTS.split(n, present, flat)  # params and grads are lists, the others may be None
     mask, pos = [], 0
     for here in present:
         mask.append(here and any(need[pos:pos + n]))
@@ -109,12 +111,14 @@ def _by_reference(n: int, present: tuple[bool, ...], alpha: float, form: Form, d
     create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         inputs = list(flat) if create_graph else [x.detach().requires_grad_(f) for x, f in zip(flat, need)]
-        outs = reference.moments(*MOMENTS.split(n, present, inputs), alpha, form, direction)
+        params, grads, lrs, m, v, b = MOMENTS.split(n, present, inputs)
+        assert params is not None and grads is not None
+        outs = reference.moments(params, grads, lrs, m, v, b, alpha, form, direction)
         ys, ws, pos = [], [], 0
         for here, values in zip(kept, outs):
             if not here:
                 continue
-            for y, w in zip(values, gos[pos:pos + n]):
+            for y, w in zip(values or [], gos[pos:pos + n]):
                 if w is not None and y.requires_grad:
                     ys.append(y)
                     ws.append(w)
@@ -138,9 +142,9 @@ def moments(kernels: Kernels, params: list[Tensor], grads: list[Tensor], lrs: li
     n = len(params)
     present = tuple(x is not None for x in values)
     outs = _Moments.apply(kernels, n, present, alpha, form, direction, *MOMENTS.join(values))
-    result: list[list[Tensor] | None] = [list(outs[:n])]
+    states: list[list[Tensor] | None] = []
     pos = n
     for k in _STATES:
-        result.append(list(outs[pos:pos + n]) if present[k] else None)
+        states.append(list(outs[pos:pos + n]) if present[k] else None)
         pos += n if present[k] else 0
-    return result[0], result[1], result[2], result[3]
+    return list(outs[:n]), states[0], states[1], states[2]

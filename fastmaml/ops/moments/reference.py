@@ -25,15 +25,22 @@ def _sqrt(x: Tensor) -> Tensor:
 def moments(params: list[Tensor], grads: list[Tensor], lrs: list[Tensor] | None, m: list[Tensor] | None,
             v: list[Tensor] | None, b: list[Tensor] | None, alpha: float, form: Form, direction: bool) -> Outputs:
     """(p' or d, m', v', b') as NOTE: [moment forms] (see fastmaml.ops.moments.moments)."""
-    d, M, V, B = [], [], [], []
+    d: list[Tensor] = []
+    M: list[Tensor] = []
+    V: list[Tensor] = []
+    B: list[Tensor] = []
     for i in range(len(grads)):
         g = grads[i] + form.wd * params[i] if form.wd else grads[i]
         mi = None if m is None else form.b1 * m[i] + form.c1 * g
         vi = None if v is None else form.b2 * v[i] + form.c2 * (g * g)
-        q = form.s1 * mi if form.adam else g
+        q = g
+        if form.adam:
+            assert mi is not None  # checked by fastmaml.ops.moments: the adam form needs m
+            q = form.s1 * mi
         if vi is not None:
             w = form.s2 * vi
             if form.centered:
+                assert mi is not None
                 w = w - mi * mi
             q = q / (_sqrt(w + form.eps_in) + form.eps)
         if b is not None:
@@ -41,15 +48,15 @@ def moments(params: list[Tensor], grads: list[Tensor], lrs: list[Tensor] | None,
             B.append(bi)
             q = q + form.mu * bi if form.nesterov else bi
         d.append(q)
-        M.append(mi)
-        V.append(vi)
+        M += [] if mi is None else [mi]
+        V += [] if vi is None else [vi]
     states = (None if m is None else M, None if v is None else V, None if b is None else B)
     if direction:
         return (d, *states)
     keep, dd = form.gamma(alpha, lrs is not None)
-    gammas = None
+    gammas: list[Tensor] | list[float] | None = None
     if dd:
-        gammas = [keep - a * dd for a in lrs]
+        gammas = [keep - a * dd for a in lrs or []]
     elif keep != 1:
         gammas = [keep] * len(params)
     return (update_reference.update(params, d, lrs, gammas, alpha), *states)
