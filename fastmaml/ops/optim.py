@@ -28,7 +28,14 @@ Rate = Union[float, Sequence[Tensor]]  # a number, or one rate tensor per parame
 
 
 class OptimState(NamedTuple):
-    """count: steps taken; m, v, b: the moment lists (None where the optimizer keeps none)."""
+    """An inner optimizer's state, passed from step to step (NOTE: [moment state]).
+
+    Args:
+        count: steps taken.
+        m: the first moments (None where the optimizer keeps none).
+        v: the second moments, or None.
+        b: the momentum traces, or None.
+    """
 
     count: int  # type: ignore[assignment]  # the field shadows tuple.count, as TorchOpt's states do
     m: list[Tensor] | None
@@ -53,7 +60,11 @@ class InnerOptimizer:
     initial_v = 0.0
 
     def init(self, params: Sequence[Tensor]) -> OptimState:
-        """The state before the first step: zeros (v: `initial_v`) shaped like the parameters."""
+        """The state before the first step: zeros (v: `initial_v`) shaped like the parameters.
+
+        Args:
+            params: the parameters.
+        """
         def fill(keep: bool, value: float = 0.0) -> list[Tensor] | None:
             return [torch.full_like(p, value) for p in params] if keep else None
 
@@ -61,7 +72,11 @@ class InnerOptimizer:
         return OptimState(0, fill(keep_m), fill(keep_v, self.initial_v), fill(keep_b))
 
     def form(self, count: int) -> Form:
-        """The Form of the step after `count` steps."""
+        """The Form of the step after `count` steps.
+
+        Args:
+            count: the steps taken.
+        """
         raise NotImplementedError
 
     decoupled_decay = 0.0  # AdamW's weight decay: (1 - lr * wd) * p
@@ -161,7 +176,14 @@ _PLAIN = Form()
 
 class InnerSGD(InnerOptimizer):
     """torch.optim.SGD: g <- g + wd p; b <- g at the first step, then momentum b + (1 - dampening) g;
-    d = g + momentum b (Nesterov) or b."""
+    d = g + momentum b (Nesterov) or b.
+
+    Args:
+        momentum: the momentum factor (0: plain SGD, the update op alone when weight_decay is 0 too).
+        dampening: the dampening of the momentum.
+        weight_decay: the coupled weight decay.
+        nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
+    """
 
     name = "sgd"
 
@@ -188,7 +210,16 @@ class InnerAdam(InnerOptimizer):
     bias_correction="higher": d = sqrt(bc2) / bc1 * m / (sqrt(v) + eps), eps not corrected, as
     higher 0.2.1 and torch.optim.Adam before torch 1.6 compute it; "torchopt": bc_i as TorchOpt
     0.7.3 computes them, 1 - beta_i ** count with count an integer tensor, so in float32 (the
-    default dtype) whatever the parameters' dtype. amsgrad is not supported."""
+    default dtype) whatever the parameters' dtype. amsgrad is not supported.
+
+    Args:
+        betas: the moments' decay rates (beta1, beta2), each in [0, 1).
+        eps: added to the root.
+        weight_decay: the coupled weight decay.
+        eps_root: added inside the root (TorchOpt's).
+        bias_correction: "torch", "higher" or "torchopt" (see above).
+        amsgrad: refused (True raises NotImplementedError).
+    """
 
     name = "adam"
     keeps = (True, True, False)
@@ -230,7 +261,16 @@ class InnerAdam(InnerOptimizer):
 
 class InnerAdamW(InnerAdam):
     """torch.optim.AdamW: Adam without the coupled decay, the parameters decayed apart:
-    p <- (1 - lr * wd) p - lr * d."""
+    p <- (1 - lr * wd) p - lr * d.
+
+    Args:
+        betas: the moments' decay rates (beta1, beta2), each in [0, 1).
+        eps: added to the root.
+        weight_decay: the decoupled weight decay.
+        eps_root: added inside the root (TorchOpt's).
+        bias_correction: "torch", "higher" or "torchopt" (see InnerAdam).
+        amsgrad: refused (True raises NotImplementedError).
+    """
 
     name = "adamw"
 
@@ -246,7 +286,17 @@ class InnerAdamW(InnerAdam):
 class InnerRMSprop(InnerOptimizer):
     """torch.optim.RMSprop: g <- g + wd p; v <- alpha v + (1 - alpha) g^2; centered: m <- alpha m +
     (1 - alpha) g and v - m^2 under the root; q = g / (sqrt(.) + eps); momentum: b <- momentum b + q,
-    d = b (or q + momentum b, nesterov: TorchOpt's); initial_scale: v's initial value (TorchOpt's)."""
+    d = b (or q + momentum b, nesterov: TorchOpt's); initial_scale: v's initial value (TorchOpt's).
+
+    Args:
+        alpha: the decay rate of v (and of m, centered).
+        eps: added to the root.
+        weight_decay: the coupled weight decay.
+        momentum: the momentum factor (0: none).
+        centered: subtract the squared mean gradient under the root.
+        nesterov: TorchOpt's Nesterov momentum (needs momentum > 0).
+        initial_scale: v's initial value.
+    """
 
     name = "rmsprop"
 
