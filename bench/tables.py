@@ -88,6 +88,13 @@ def peers_compiled_table(data=RESULTS / "peers_compiled.json") -> str:
     return peers_table(data)
 
 
+def inner_optimizer_table(path: Path = RESULTS / "inner_optimizer.json") -> str:
+    """bench/bench_inner_optimizer.py's table: one inner Adam / momentum step, fastmaml against torch."""
+    from bench.bench_inner_optimizer import render_markdown
+
+    return render_markdown(path)
+
+
 def memory_table(data=RESULTS / "memory.json") -> str:
     from bench.bench_memory import render_markdown
 
@@ -123,7 +130,7 @@ def _gpu(name):
 
 
 TABLES = {"inner_update": inner_update_table, "inner_update_fwd_bwd": inner_update_fwd_bwd_table, "peers": peers_table,
-          "peers_compiled": peers_compiled_table, "memory": memory_table,
+          "peers_compiled": peers_compiled_table, "inner_optimizer": inner_optimizer_table, "memory": memory_table,
           "compat": compat_table, "distributed": distributed_table, "revisions": revisions_table,
           **{f"gpu_{name}": _gpu(name) for name in ("run", "goals", "update", "metastep")}}
 

@@ -20,16 +20,19 @@ TORCH_LIBRARY(fastmaml, m) {
         " Tensor[]? gammas, float alpha, bool[4] output_mask)"
         " -> (Tensor[], Tensor[], Tensor[], Tensor[])");
 
-  // The stateful forms' direction and new state: NOTE: [moment forms] in include/fastmaml/update.h.
-  // hyper = (wd, b1, c1, b2, c2, s1, s2, eps_in, eps, mu, c); flags = 1 adam + 2 centered + 4
-  // nesterov; a state list that is None is not used and comes back empty. Differentiable through
+  // The stateful forms, one op per update: NOTE: [moment forms] in include/fastmaml/update.h.
+  // The update's operands (params, grads, lrs, alpha: NOTE: [update operands]) and the state m, v,
+  // b; hyper = (wd, b1, c1, b2, c2, s1, s2, eps_in, eps, mu, c, keep, dd); flags = 1 adam + 2
+  // centered + 4 nesterov + 8 direction. Returns (params' or the direction, m', v', b'), a state
+  // list that is None not used and coming back empty. Differentiable through
   // fastmaml/ops/moments/native.py (its backward: fused_moments_backward, or torch ops when the
   // backward itself must be differentiable).
-  m.def("fused_moments(Tensor[] grads, Tensor[]? params, Tensor[]? m, Tensor[]? v, Tensor[]? b,"
-        " float[] hyper, int flags) -> (Tensor[], Tensor[], Tensor[], Tensor[])");
-  m.def("fused_moments_backward(Tensor[]? grad_d, Tensor[]? grad_m, Tensor[]? grad_v, Tensor[]? grad_b,"
-        " Tensor[] grads, Tensor[]? params, Tensor[]? m, Tensor[]? v, Tensor[]? b, float[] hyper,"
-        " int flags, bool[5] output_mask) -> (Tensor[], Tensor[], Tensor[], Tensor[], Tensor[])");
+  m.def("fused_moments(Tensor[] params, Tensor[] grads, Tensor[]? lrs, Tensor[]? m, Tensor[]? v,"
+        " Tensor[]? b, float alpha, float[] hyper, int flags) -> (Tensor[], Tensor[], Tensor[], Tensor[])");
+  m.def("fused_moments_backward(Tensor[]? grad_out, Tensor[]? grad_m, Tensor[]? grad_v,"
+        " Tensor[]? grad_b, Tensor[] params, Tensor[] grads, Tensor[]? lrs, Tensor[]? m, Tensor[]? v,"
+        " Tensor[]? b, float alpha, float[] hyper, int flags, bool[6] output_mask)"
+        " -> (Tensor[], Tensor[], Tensor[], Tensor[], Tensor[], Tensor[])");
 
   // ---- batched conjugate gradient (issue 5): NOTE: [cg ops] in include/fastmaml/cg.h ----------
   // Lists of [T, ...] tensors; the per-task results are [T] opmath tensors. Not differentiable.

@@ -140,21 +140,76 @@ void kernel(BackwardOp, const Src<T>* x, T* const* out, int64_t n, T c) {
   backward_kernel(x, out, n, c);
 }
 
-// The stateful forms (NOTE: [moment forms]): one scalar loop over the elements, the op's flags
-// (which operands are passed, which form) uniform across the loop. Absent operands hold 1 and are
-// not read by the op.
-template <typename T, typename Op,
-          typename = std::enable_if_t<std::is_same_v<Op, MomentsForwardOp> ||
-                                      std::is_same_v<Op, MomentsBackwardOp>>>
-void kernel(const Op& op, const Src<T>* x, T* const* out, int64_t n, T c) {
-  std::array<T, Op::kIn> v;
-  std::array<T, Op::kOut> y;
-  for (int64_t j = 0; j < n; ++j) {
-    for (int k = 0; k < Op::kIn; ++k) v[k] = x[k].ptr ? x[k].ptr[j] : x[k].value;
-    op(v, c, y);
-    for (int k = 0; k < Op::kOut; ++k)
-      if (out[k]) out[k][j] = y[k];
+// NOTE: [cpu moment forms]
+// The stateful forms (NOTE: [moment forms]) over blocks of kBlock elements: an operand that is one
+// value (absent: 1, or a scalar) is read from a block filled once, an absent output written to a
+// scratch block, so the inner loop reads and writes plain streams. For the optimizers' usual forms
+// (kHotForms) the form's flags are compile-time constants of the loop: no branch is left in it and
+// it vectorises (-fno-math-errno in setup.py lets sqrt vectorise; each lane is still the scalar IEEE
+// operation, so every form gives the same bits either way). Other forms run the same loop with the
+// flags read at run time.
+constexpr int kFormBits = MomentHyper::kAdam | MomentHyper::kCentered | MomentHyper::kNesterov |
+                          MomentHyper::kDirection | MomentHyper::kHasM | MomentHyper::kHasV |
+                          MomentHyper::kHasB;
+using MH = MomentHyper;
+template <int... kForms>
+using Forms = std::integer_sequence<int, kForms...>;
+using HotForms = Forms<MH::kHasB, MH::kHasB | MH::kNesterov, MH::kAdam | MH::kHasM | MH::kHasV, MH::kHasV,
+                       MH::kHasV | MH::kHasB, MH::kCentered | MH::kHasM | MH::kHasV,
+                       MH::kCentered | MH::kHasM | MH::kHasV | MH::kHasB>;
+
+template <typename T, typename Op>
+FASTMAML_INLINE void moments_blocks(const Op& op, const Src<T>* x, T* const* out, int64_t n, T c) {
+  alignas(64) T fill[Op::kIn][kBlock];
+  alignas(64) T sink[kBlock];
+  for (int k = 0; k < Op::kIn; ++k)
+    if (!x[k].ptr) std::fill(fill[k], fill[k] + kBlock, x[k].value);
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t m = std::min(kBlock, n - b);
+    const T* in[Op::kIn];
+    T* o[Op::kOut];
+    for (int k = 0; k < Op::kIn; ++k) in[k] = x[k].ptr ? x[k].ptr + b : fill[k];
+    for (int k = 0; k < Op::kOut; ++k) o[k] = out[k] ? out[k] + b : sink;
+    FASTMAML_IVDEP
+    for (int64_t j = 0; j < m; ++j) {
+      std::array<T, Op::kIn> v;
+      std::array<T, Op::kOut> y;
+      for (int k = 0; k < Op::kIn; ++k) v[k] = in[k][j];
+      op(v, c, y);
+      for (int k = 0; k < Op::kOut; ++k) o[k][j] = y[k];
+    }
   }
+}
+
+// The loop with the form's flags fixed to kForm (the other bits of the op's flags kept).
+template <int kForm, typename T, typename Op>
+FASTMAML_CLONES void moments_fixed(const Op& op, const Src<T>* x, T* const* out, int64_t n, T c) {
+  Op fixed = op;
+  fixed.h.flags = kForm | (op.h.flags & ~kFormBits);
+  moments_blocks(fixed, x, out, n, c);
+}
+
+template <typename T, typename Op>
+FASTMAML_CLONES void moments_any(const Op& op, const Src<T>* x, T* const* out, int64_t n, T c) {
+  moments_blocks(op, x, out, n, c);
+}
+
+template <typename T, typename Op, int... kForms>
+FASTMAML_INLINE void moments_switch(const Op& op, const Src<T>* x, T* const* out, int64_t n, T c,
+                                    Forms<kForms...>) {
+  const int form = op.h.flags & kFormBits;
+  const bool hot = ((form == kForms ? (moments_fixed<kForms>(op, x, out, n, c), true) : false) || ...);
+  if (!hot) moments_any(op, x, out, n, c);
+}
+
+template <typename T>
+void kernel(const MomentsForwardOp& op, const Src<T>* x, T* const* out, int64_t n, T c) {
+  moments_switch(op, x, out, n, c, HotForms{});
+}
+
+template <typename T>
+void kernel(const MomentsBackwardOp& op, const Src<T>* x, T* const* out, int64_t n, T c) {
+  moments_switch(op, x, out, n, c, HotForms{});
 }
 
 // One run of one job (NOTE: [cpu loop variants]): elements [lo, lo + len), operand k a stretch

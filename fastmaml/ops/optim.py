@@ -1,7 +1,7 @@
 """Differentiable inner optimizers: SGD (momentum, dampening, Nesterov, weight decay), Adam, AdamW
-and RMSprop (centered, momentum), as torch.optim defines them, on two fused multi-tensor ops per
-step: the moments op (NOTE: [moment forms], fastmaml/ops/moments) gives the direction d and the
-new state, the update op moves the parameters, p - lr * d (AdamW: (1 - lr * wd) * p - lr * d).
+and RMSprop (centered, momentum), as torch.optim defines them, one fused multi-tensor op per step:
+the moments op (NOTE: [moment forms], fastmaml/ops/moments) gives the new parameters, p - lr * d
+(AdamW: (1 - lr * wd) * p - lr * d), and the new state.
 
     opt = InnerAdam(betas=(0.9, 0.999))
     state = opt.init(params)                               # a list of tensors
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Union
 
 import torch
 from torch import Tensor
@@ -24,21 +24,29 @@ from torch import Tensor
 from fastmaml import ops
 from fastmaml.ops.moments import Form, moments
 
+Rate = Union[float, Sequence[Tensor]]  # a number, or one rate tensor per parameter
+
 
 class OptimState(NamedTuple):
-    """count: steps taken; m, v, b: the moment lists (None where the optimizer keeps none)."""
+    """An inner optimizer's state, passed from step to step (NOTE: [moment state]).
 
-    count: int
+    Args:
+        count: steps taken.
+        m: the first moments (None where the optimizer keeps none).
+        v: the second moments, or None.
+        b: the momentum traces, or None.
+    """
+
+    count: int  # type: ignore[assignment]  # the field shadows tuple.count, as TorchOpt's states do
     m: list[Tensor] | None
     v: list[Tensor] | None
     b: list[Tensor] | None
 
 
-def _number(owner: str, name: str, value, low: float = 0.0, high: float | None = None, open_high=False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= low
-    if ok and high is not None:
-        ok = value < high if open_high else value <= high
-    if not ok:
+def _number(owner: str, name: str, value: object, low: float = 0.0, high: float | None = None,
+            open_high: bool = False) -> float:
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < low
+            or (high is not None and (value >= high if open_high else value > high))):
         bound = f" and {'<' if open_high else '<='} {high}" if high is not None else ""
         raise ValueError(f"{owner}: {name} must be a finite number >= {low}{bound}, got {value!r}")
     return float(value)
@@ -52,63 +60,101 @@ class InnerOptimizer:
     initial_v = 0.0
 
     def init(self, params: Sequence[Tensor]) -> OptimState:
-        """The state before the first step: zeros (v: `initial_v`) shaped like the parameters."""
-        def fill(keep, value=0.0):
+        """The state before the first step: zeros (v: `initial_v`) shaped like the parameters.
+
+        Args:
+            params: the parameters.
+        """
+        def fill(keep: bool, value: float = 0.0) -> list[Tensor] | None:
             return [torch.full_like(p, value) for p in params] if keep else None
 
         keep_m, keep_v, keep_b = self.keeps
         return OptimState(0, fill(keep_m), fill(keep_v, self.initial_v), fill(keep_b))
 
     def form(self, count: int) -> Form:
-        """The Form of the step after `count` steps."""
+        """The Form of the step after `count` steps.
+
+        Args:
+            count: the steps taken.
+        """
         raise NotImplementedError
 
     decoupled_decay = 0.0  # AdamW's weight decay: (1 - lr * wd) * p
 
-    def direction(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: OptimState):
-        """(d, new state): the parameters move by -lr * d."""
+    def direction(self, params: Sequence[Tensor], grads: Sequence[Tensor],
+                  state: OptimState) -> tuple[list[Tensor], OptimState]:
+        """(d, new state): the parameters would move by -lr * d (the decoupled decay apart).
+
+        Args:
+            params: the parameters (read for the coupled weight decay).
+            grads: their gradients.
+            state: the state before the step.
+        """
         form = self.form(state.count)
         if form == _PLAIN:
             return list(grads), state._replace(count=state.count + 1)
-        d, m, v, b = moments(grads, list(params) if form.wd else None, state.m, state.v, state.b, form)
+        d, m, v, b = moments(params, grads, 1.0, state.m, state.v, state.b, form, direction=True)
         return d, OptimState(state.count + 1, m, v, b)
 
-    def step(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: OptimState, lr,
-             names: Sequence[str] | None = None):
-        """(new params, new state). `lr`: a number, or a list of tensors broadcastable to each param."""
-        d, state = self.direction(params, grads, state)
-        gammas = None
-        if self.decoupled_decay:
-            wd = self.decoupled_decay
-            if isinstance(lr, (int, float)):
-                gammas = [torch.full((), 1.0 - lr * wd, dtype=p.dtype, device=p.device) for p in params]
-            else:
-                gammas = [1.0 - a * wd for a in lr]
-        return ops.update(list(params), d, lr, gammas, names=names), state
+    def step(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: OptimState, lr: Rate,
+             names: Sequence[str] | None = None) -> tuple[list[Tensor], OptimState]:
+        """(new params, new state): one fused op (plain SGD: the update op; else the moments op).
 
-    def step_some(self, params: Sequence[Tensor], grads: Sequence[Tensor | None], state: OptimState, lr):
+        Args:
+            params: the parameters.
+            grads: their gradients.
+            state: the state before the step.
+            lr: a number, or a list of tensors broadcastable to each param.
+            names: the params' names, only for error messages.
+        """
+        form = self.form(state.count)
+        if form == _PLAIN:
+            return ops.update(list(params), list(grads), lr, names=names), state._replace(count=state.count + 1)
+        new, m, v, b = moments(params, grads, lr, state.m, state.v, state.b, form, names=names)
+        return new, OptimState(state.count + 1, m, v, b)
+
+    def step_some(self, params: Sequence[Tensor], grads: Sequence[Tensor | None], state: OptimState,
+                  lr: Rate) -> tuple[list[int], list[Tensor], OptimState]:
         """step on the parameters whose gradient is not None; the others, and their state, are kept.
-        Returns (indices stepped, their new values, new state)."""
+
+        Args:
+            params: the parameters.
+            grads: their gradients, None for a parameter not stepped.
+            state: the state before the step.
+            lr: a number, or a list of tensors (one per param).
+
+        Returns:
+            (indices stepped, their new values, new state).
+        """
         indices = [j for j, g in enumerate(grads) if g is not None]
+        present = [g for g in grads if g is not None]
         if len(indices) == len(params):
-            new, state = self.step(params, grads, state, lr)
+            new, state = self.step(params, present, state, lr)
             return indices, new, state
         pick = [params[j] for j in indices]
         rates = lr if isinstance(lr, (int, float)) else [lr[j] for j in indices]
         sub = OptimState(state.count, *(None if x is None else [x[j] for j in indices] for x in state[1:]))
-        new, sub = self.step(pick, [grads[j] for j in indices], sub, rates) if indices else ([], sub._replace(count=sub.count + 1))
+        new, sub = self.step(pick, present, sub, rates) if indices else ([], sub._replace(count=sub.count + 1))
         merged = []
         for full, part in zip(state[1:], sub[1:]):
             if full is not None:
                 full = list(full)
-                for j, t in zip(indices, part):
+                for j, t in zip(indices, part or []):
                     full[j] = t
             merged.append(full)
         return indices, new, OptimState(sub.count, *merged)
 
-    def step_named(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr, state: OptimState | None):
-        """The dict form of step for the names of `grads` (the others pass through); `lr` a number
-        or a dict name -> tensor; state None: init first."""
+    def step_named(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
+                   lr: float | Mapping[str, Tensor] | Sequence[Tensor],
+                   state: OptimState | None) -> tuple[dict[str, Tensor], OptimState]:
+        """The dict form of step for the names of `grads` (the others pass through).
+
+        Args:
+            params: name -> parameter.
+            grads: name -> gradient, for the parameters stepped.
+            lr: a number, or a dict name -> rate tensor.
+            state: the state before the step; None: init first.
+        """
         names = list(grads)
         current = [params[n] for n in names]
         if state is None:
@@ -130,7 +176,14 @@ _PLAIN = Form()
 
 class InnerSGD(InnerOptimizer):
     """torch.optim.SGD: g <- g + wd p; b <- g at the first step, then momentum b + (1 - dampening) g;
-    d = g + momentum b (Nesterov) or b."""
+    d = g + momentum b (Nesterov) or b.
+
+    Args:
+        momentum: the momentum factor (0: plain SGD, the update op alone when weight_decay is 0 too).
+        dampening: the dampening of the momentum.
+        weight_decay: the coupled weight decay.
+        nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
+    """
 
     name = "sgd"
 
@@ -144,7 +197,7 @@ class InnerSGD(InnerOptimizer):
             raise ValueError("InnerSGD: nesterov=True requires momentum > 0 and dampening = 0")
         self.keeps = (False, False, self.momentum != 0)
 
-    def form(self, count):
+    def form(self, count: int) -> Form:
         if not self.momentum:
             return Form(wd=self.weight_decay)
         return Form(wd=self.weight_decay, mu=self.momentum, c=1.0 if count == 0 else 1.0 - self.dampening,
@@ -157,7 +210,16 @@ class InnerAdam(InnerOptimizer):
     bias_correction="higher": d = sqrt(bc2) / bc1 * m / (sqrt(v) + eps), eps not corrected, as
     higher 0.2.1 and torch.optim.Adam before torch 1.6 compute it; "torchopt": bc_i as TorchOpt
     0.7.3 computes them, 1 - beta_i ** count with count an integer tensor, so in float32 (the
-    default dtype) whatever the parameters' dtype. amsgrad is not supported."""
+    default dtype) whatever the parameters' dtype. amsgrad is not supported.
+
+    Args:
+        betas: the moments' decay rates (beta1, beta2), each in [0, 1).
+        eps: added to the root.
+        weight_decay: the coupled weight decay.
+        eps_root: added inside the root (TorchOpt's).
+        bias_correction: "torch", "higher" or "torchopt" (see above).
+        amsgrad: refused (True raises NotImplementedError).
+    """
 
     name = "adam"
     keeps = (True, True, False)
@@ -181,12 +243,12 @@ class InnerAdam(InnerOptimizer):
     def _coupled(self) -> float:
         return self.weight_decay
 
-    def form(self, count):
+    def form(self, count: int) -> Form:
         b1, b2 = self.betas
         t = count + 1
         if self.bias_correction == "torchopt":
-            count = torch.tensor(t)
-            bc1, bc2 = float(1 - pow(b1, count)), float(1 - pow(b2, count))
+            steps = torch.tensor(t)
+            bc1, bc2 = float(1 - pow(b1, steps)), float(1 - pow(b2, steps))
         else:
             bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
         if self.bias_correction == "higher":
@@ -194,17 +256,26 @@ class InnerAdam(InnerOptimizer):
         else:
             s1, s2 = 1 / bc1, 1 / bc2
         return Form(wd=self._coupled(), b1=b1, c1=1 - b1, b2=b2, c2=1 - b2, s1=s1, s2=s2, eps_in=self.eps_root,
-                    eps=self.eps, adam=True)
+                    eps=self.eps, decay=self.decoupled_decay, adam=True)
 
 
 class InnerAdamW(InnerAdam):
     """torch.optim.AdamW: Adam without the coupled decay, the parameters decayed apart:
-    p <- (1 - lr * wd) p - lr * d."""
+    p <- (1 - lr * wd) p - lr * d.
+
+    Args:
+        betas: the moments' decay rates (beta1, beta2), each in [0, 1).
+        eps: added to the root.
+        weight_decay: the decoupled weight decay.
+        eps_root: added inside the root (TorchOpt's).
+        bias_correction: "torch", "higher" or "torchopt" (see InnerAdam).
+        amsgrad: refused (True raises NotImplementedError).
+    """
 
     name = "adamw"
 
-    def __init__(self, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *, eps_root=0.0, bias_correction="torch",
-                 amsgrad=False):
+    def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2, *,
+                 eps_root: float = 0.0, bias_correction: str = "torch", amsgrad: bool = False):
         super().__init__(betas, eps, weight_decay, eps_root=eps_root, bias_correction=bias_correction, amsgrad=amsgrad)
         self.decoupled_decay = self.weight_decay
 
@@ -215,7 +286,17 @@ class InnerAdamW(InnerAdam):
 class InnerRMSprop(InnerOptimizer):
     """torch.optim.RMSprop: g <- g + wd p; v <- alpha v + (1 - alpha) g^2; centered: m <- alpha m +
     (1 - alpha) g and v - m^2 under the root; q = g / (sqrt(.) + eps); momentum: b <- momentum b + q,
-    d = b (or q + momentum b, nesterov: TorchOpt's); initial_scale: v's initial value (TorchOpt's)."""
+    d = b (or q + momentum b, nesterov: TorchOpt's); initial_scale: v's initial value (TorchOpt's).
+
+    Args:
+        alpha: the decay rate of v (and of m, centered).
+        eps: added to the root.
+        weight_decay: the coupled weight decay.
+        momentum: the momentum factor (0: none).
+        centered: subtract the squared mean gradient under the root.
+        nesterov: TorchOpt's Nesterov momentum (needs momentum > 0).
+        initial_scale: v's initial value.
+    """
 
     name = "rmsprop"
 
@@ -232,18 +313,22 @@ class InnerRMSprop(InnerOptimizer):
         self.initial_v = _number("InnerRMSprop", "initial_scale", initial_scale)
         self.keeps = (self.centered, True, self.momentum != 0)
 
-    def form(self, count):
+    def form(self, count: int) -> Form:
         a = self.alpha
         return Form(wd=self.weight_decay, b1=a, c1=1 - a, b2=a, c2=1 - a, eps=self.eps, mu=self.momentum,
                     centered=self.centered, nesterov=self.nesterov)
 
 
-NAMES = {"sgd": None, "momentum": lambda: InnerSGD(momentum=0.9), "adam": InnerAdam, "adamw": InnerAdamW,
+NAMES: dict[str, Callable[[], InnerOptimizer] | None] = {"sgd": None, "momentum": lambda: InnerSGD(momentum=0.9), "adam": InnerAdam, "adamw": InnerAdamW,
          "rmsprop": InnerRMSprop}
 
 
-def resolve(choice) -> InnerOptimizer | None:
-    """An inner optimizer from a name of NAMES or an InnerOptimizer; None for plain SGD ("sgd")."""
+def resolve(choice: object) -> InnerOptimizer | None:
+    """An inner optimizer from a name of NAMES or an InnerOptimizer; None for plain SGD ("sgd").
+
+    Args:
+        choice: a name of NAMES, or an InnerOptimizer.
+    """
     if isinstance(choice, InnerOptimizer):
         if type(choice) is InnerSGD and not choice.momentum and not choice.weight_decay:
             return None

@@ -11,7 +11,7 @@ def is_available(device: torch.device) -> bool:
 
 
 def update(params: list[Tensor], grads: list[Tensor], lrs: list[Tensor] | None,
-           gammas: list[Tensor] | None, alpha: float) -> list[Tensor]:
+           gammas: list[Tensor] | list[float] | None, alpha: float) -> list[Tensor]:
     out: list[Tensor] = []
     for i in range(len(params)):
         step = grads[i] if lrs is None else lrs[i] * grads[i]

@@ -69,6 +69,10 @@ def test_register_optim_and_refusals():
     model = make("mlp")[0]
     with pytest.raises(NotImplementedError, match="torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop"):
         fh.get_diff_optim(torch.optim.Adagrad(model.parameters()), model.parameters())
+    for other in (torch.optim.Adamax, torch.optim.Adadelta, torch.optim.ASGD, torch.optim.Rprop):
+        with pytest.raises(NotImplementedError, match=f"supports the inner optimizers torch.optim.SGD, "
+                                                      f"torch.optim.Adam, torch.optim.RMSprop .*got torch.optim.*{other.__name__}"):
+            fh.create_diff_optim(other, {"lr": 0.1}, params=list(model.parameters()))
     with pytest.raises(NotImplementedError, match="amsgrad"):
         with fh.innerloop_ctx(model, torch.optim.Adam(model.parameters(), amsgrad=True)) as (fmodel, diffopt):
             diffopt.step(fmodel(torch.randn(2, 2, dtype=torch.float64)).sum())

@@ -7,14 +7,19 @@ import os
 import pytest
 import torch
 
+from fastmaml import ops
 from fastmaml.ops import reference
+from fastmaml.ops.moments import reference as moments_reference
+from fastmaml.ops.optim import InnerAdam, InnerAdamW, InnerRMSprop, InnerSGD
 from tests.ops import _suite
 from tests.ops._cases import DTYPES, FORMS, SMALL_SHAPES
 from tests.ops._compare import assert_all_close
+from tests.ops._moments_cases import FORMS as MOMENT_FORMS, case as moments_case
 from tests.ops._triton_cases import MANY_FORMS, many_case
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/ops/test_update_triton.py"
 fastmaml_triton = pytest.importorskip("fastmaml.ops.triton")
+triton_moments = pytest.importorskip("fastmaml.ops.moments.triton")
 
 dtypes = pytest.mark.parametrize("dtype,atol,rtol", DTYPES, ids=[str(d[0]).split(".")[1] for d in DTYPES])
 forms = pytest.mark.parametrize("form", FORMS)
@@ -102,3 +107,52 @@ def test_one_launch_per_dtype_in_a_mixed_list(monkeypatch):
     actual = fastmaml_triton.update(params, grads, lrs, gammas, 0.37)
     assert counter.launches == 2
     assert_all_close(actual, reference.update(params, grads, lrs, gammas, 0.37), atol=1e-6, rtol=1e-5, what="mixed")
+
+
+# ---- the moments op (NOTE: [moment forms]) ------------------------------------------------------
+@pytest.mark.parametrize("name", MOMENT_FORMS)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-14), (torch.float32, 1e-6), (torch.bfloat16, 2e-2)],
+                         ids=["float64", "float32", "bfloat16"])
+def test_moments_match_reference(name, dtype, tol):
+    """Random inputs of every form (the four optimizers, rates of every broadcast, direction)."""
+    form, keeps, _, direction = MOMENT_FORMS[name]
+    *lists, alpha = moments_case(name, dtype, seed=5)
+    got = triton_moments.moments(*lists, alpha, form, direction)
+    up = [None if x is None else [t.float() for t in x] for x in lists] if dtype == torch.bfloat16 else lists
+    want = moments_reference.moments(*up, alpha, form, direction)
+    for g, w, kept in zip(got, want, (True, *keeps)):
+        assert (g is None) == (not kept)
+        for x, y in zip(g or [], w or []):
+            assert x.dtype == dtype
+            torch.testing.assert_close(x.to(y.dtype), y, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("make", [lambda: InnerSGD(momentum=0.9, weight_decay=0.1), lambda: InnerAdam(weight_decay=0.1),
+                                  lambda: InnerAdamW(), lambda: InnerRMSprop(centered=True, momentum=0.5)],
+                         ids=["momentum", "adam", "adamw", "rmsprop"])
+def test_optimizer_steps_one_launch_each(make, monkeypatch):
+    """Each optimizer's steps through ops.use_backend("triton"), over many tensors of odd sizes: the
+    reference backend's numbers (float64), one launch per step."""
+    opt = make()
+    params, grads, _, _ = many_case("sgd", torch.float64, count=12, chunk=fastmaml_triton._CHUNK)
+    counter = _CountLaunches(fastmaml_triton._multi_moments_kernel)
+    monkeypatch.setattr(fastmaml_triton, "_multi_moments_kernel", counter)
+    results = {}
+    for backend in ("reference", "triton"):
+        ps, state = params, opt.init(params)
+        with ops.use_backend(backend):
+            for _ in range(2):
+                ps, state = opt.step(ps, grads, state, 0.05)
+        results[backend] = ps
+    assert counter.launches == 2
+    assert_all_close(results["triton"], results["reference"], atol=1e-14, rtol=1e-13, what=f"{opt!r}")
+
+
+@pytest.mark.parametrize("name", ["adamw-elementwise", "rmsprop-centered-momentum"])
+def test_moments_gradcheck(name):
+    """The backward (the reference recomputed) and the double backward, through the Triton forward."""
+    from tests.ops._moments_cases import flat_fn
+
+    f, flat = flat_fn(name, triton_moments.moments, shapes=[(3,), (2, 2)])
+    assert torch.autograd.gradcheck(f, flat)
+    assert torch.autograd.gradgradcheck(f, flat)

@@ -56,6 +56,27 @@ def test_aligned_kernel_vectorizes():
     assert "ld.global.v4" not in ptx(False)
 
 
+@pytest.mark.parametrize("f64", [False, True], ids=["float32", "float64"])
+def test_moments_kernel_compiles_for_the_gpu(f64):
+    """The moments kernel compiled for sm_90 (no GPU needed: the interpreter runs it on CPU but does
+    not lower it), every branch on: what the interpreter would let through (an fp32-only intrinsic
+    on fp64, ...) fails here; the float32 root and division are the correctly rounded ones."""
+    triton = pytest.importorskip("triton")
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+
+    from fastmaml.ops import triton as kernels
+
+    ty = tl.float64 if f64 else tl.float32
+    flags = dict.fromkeys(("HAS_A", "HAS_M", "HAS_V", "HAS_B", "ADAM", "CENTERED", "NESTEROV", "WD", "DD"), True)
+    consts = {"TY": ty, "OPMATH": ty, **flags, "DIRECTION": False, "F64": f64, "ALIGNED": True,
+              "CHUNK": kernels._CHUNK, "BLOCK": kernels._BLOCK}
+    src = triton.compiler.ASTSource(fn=kernels._multi_moments_kernel, constexprs=consts,
+                                    signature={"table": "*i64", "n_tensors": "i32", **dict.fromkeys(consts, "constexpr")})
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+    assert ("sqrt.rn.f64" if f64 else "sqrt.rn.f32") in ptx and ("div.rn.f64" if f64 else "div.rn.f32") in ptx
+
+
 @needs_cuda
 @pytest.mark.parametrize("form", MANY_FORMS)
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES, ids=[str(d[0]).split(".")[1] for d in DTYPES])

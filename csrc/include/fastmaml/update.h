@@ -79,26 +79,31 @@ struct BackwardOp {
 
 // NOTE: [moment forms]
 // The stateful inner optimizers (SGD with momentum, Adam, AdamW, RMSprop) are one elementwise map
-// from the gradient g (and p, and the state tensors m, v, b) to a direction d and the new state:
-//   g' = g + wd * p                                        (coupled weight decay; p read if wd != 0)
+// from the parameter p, its gradient g and the state tensors m, v, b to the new parameter and the
+// new state, one op per update:
+//   g' = g + wd * p                                        (coupled weight decay, if wd != 0)
 //   m' = b1 * m + c1 * g'                                  (if m: Adam's first moment, RMSprop's
 //                                                           centered mean of g')
 //   v' = b2 * v + c2 * (g' * g')                           (if v: the second moment)
 //   n  = s1 * m' if ADAM else g'
 //   q  = n / (sqrt(s2 * v' - [m' * m' if CENTERED] + eps_in) + eps)      if v, else q = n
 //   b' = mu * b + c * q;  d = q + mu * b' if NESTEROV else b'            (if b: the momentum trace)
-// and the parameters then move by the plain update  p - lr * d  (or (1 - lr * wd_decoupled) * p -
-// lr * d for AdamW, the "forget" form): one fused_update over all tensors (NOTE: [update forms]).
-// The hyper-parameters (MomentHyper) are per call: the step's bias corrections are folded into s1
-// and s2 by the caller (fastmaml/ops/moments/__init__.py, which maps torch.optim's, higher's and
-// TorchOpt's definitions onto them). The derivative of sqrt at 0 (v' = 0 and no eps_in: g' and v
-// both zero there) is taken as 0, as higher masks it.
+//   p' = gamma * p - alpha * (a * d),  gamma = keep - a * dd             (NOTE: [update forms])
+// a is the learned rate (lrs[i], read modulo its period; 1 when absent), alpha the scalar rate; the
+// decoupled decay of AdamW is gamma: keep = 1 - lr * wd and dd = 0 for a number lr (the product
+// taken in double, as torch.optim does), keep = 1 and dd = alpha * wd for rate tensors, keep = 1
+// and dd = 0 (gamma exactly 1) without it. With DIRECTION the op returns d instead of p' (TorchOpt's
+// functional API, whose update is -lr * d). The hyper-parameters (MomentHyper) are per call: the
+// step's bias corrections are folded into s1 and s2 by the caller (fastmaml/ops/moments/__init__.py,
+// which maps torch.optim's, higher's and TorchOpt's definitions onto them). The derivative of sqrt
+// at 0 (v' = 0 and no eps_in: g' and v both zero there) is taken as 0, as higher masks it.
 struct MomentHyper {
-  double wd = 0, b1 = 0, c1 = 0, b2 = 0, c2 = 0, s1 = 1, s2 = 1, eps_in = 0, eps = 0, mu = 0, c = 1;
-  int flags = 0;  // kAdam | kCentered | kNesterov | which operands are passed (kHas*)
-  static constexpr int kAdam = 1, kCentered = 2, kNesterov = 4, kHasP = 8, kHasM = 16, kHasV = 32,
-                       kHasB = 64;
-  static constexpr int kNumHyper = 11;  // the float[] hyper of the schema, in the order above
+  double wd = 0, b1 = 0, c1 = 0, b2 = 0, c2 = 0, s1 = 1, s2 = 1, eps_in = 0, eps = 0, mu = 0, c = 1,
+         keep = 1, dd = 0;
+  int flags = 0;  // kAdam | kCentered | kNesterov | kDirection | which operands are passed (kHas*)
+  static constexpr int kAdam = 1, kCentered = 2, kNesterov = 4, kDirection = 8, kUserFlags = 16,
+                       kHasM = 16, kHasV = 32, kHasB = 64;
+  static constexpr int kNumHyper = 13;  // the float[] hyper of the schema, in the order above
 };
 
 template <typename T>
@@ -110,55 +115,77 @@ FASTMAML_HD T moment_sqrt(T x) {
 #endif
 }
 
-// x = (g, p, m, v, b); y = (d, m', v', b'). Absent operands are not read (their slots hold 1).
-struct MomentsForwardOp {
-  static constexpr int kIn = 5, kOut = 4;
-  MomentHyper h;
-  template <typename X, typename T, typename Y>
-  FASTMAML_HD void operator()(const X& x, const T&, Y& y) const {
+// The forward's intermediate values of one element, shared by the forward and the backward.
+template <typename T>
+struct MomentValues {
+  T g, m, v, n, r, den, q, b, d, gamma;
+
+  FASTMAML_HD MomentValues(const MomentHyper& h, T p, T g_in, T a, T m_in, T v_in, T b_in) {
     const int f = h.flags;
-    T g = x[0];
-    if (f & MomentHyper::kHasP) g = g + T(h.wd) * x[1];
-    T m = 0, v = 0;
-    if (f & MomentHyper::kHasM) m = T(h.b1) * x[2] + T(h.c1) * g;
-    if (f & MomentHyper::kHasV) v = T(h.b2) * x[3] + T(h.c2) * (g * g);
-    T q = (f & MomentHyper::kAdam) ? T(h.s1) * m : g;
+    g = g_in;
+    if (h.wd != 0) g = g + T(h.wd) * p;
+    m = 0;
+    v = 0;
+    if (f & MomentHyper::kHasM) m = T(h.b1) * m_in + T(h.c1) * g;
+    if (f & MomentHyper::kHasV) v = T(h.b2) * v_in + T(h.c2) * (g * g);
+    n = (f & MomentHyper::kAdam) ? T(h.s1) * m : g;
+    q = n;
+    r = 0;
+    den = 1;
     if (f & MomentHyper::kHasV) {
       T w = T(h.s2) * v;
       if (f & MomentHyper::kCentered) w = w - m * m;
-      q = q / (moment_sqrt(w + T(h.eps_in)) + T(h.eps));
+      r = moment_sqrt(w + T(h.eps_in));
+      den = r + T(h.eps);
+      q = n / den;
     }
-    T d = q, b = 0;
+    d = q;
+    b = 0;
     if (f & MomentHyper::kHasB) {
-      b = T(h.mu) * x[4] + T(h.c) * q;
+      b = T(h.mu) * b_in + T(h.c) * q;
       d = (f & MomentHyper::kNesterov) ? q + T(h.mu) * b : b;
     }
-    y[0] = d;
-    y[1] = m;
-    y[2] = v;
-    y[3] = b;
+    gamma = T(h.keep);
+    if (h.dd != 0) gamma = gamma - a * T(h.dd);
   }
 };
 
-// x = (grad d, grad m', grad v', grad b', g, p, m, v), the grads of absent outputs not read (zero);
-// y = (d g, d p, d m, d v, d b): reverse mode through NOTE: [moment forms], the forward recomputed.
-struct MomentsBackwardOp {
-  static constexpr int kIn = 8, kOut = 5;
-  static constexpr int kHasGd = 1 << 8, kHasGm = 1 << 9, kHasGv = 1 << 10, kHasGb = 1 << 11;
+// x = (p, g, a, m, v, b); y = (p' or d, m', v', b'); c = alpha. Absent operands are not read (their
+// slots hold 1).
+struct MomentsForwardOp {
+  static constexpr int kIn = 6, kOut = 4;
   MomentHyper h;
   template <typename X, typename T, typename Y>
-  FASTMAML_HD void operator()(const X& x, const T&, Y& y) const {
+  FASTMAML_HD void operator()(const X& x, const T& alpha, Y& y) const {
+    const MomentValues<T> s(h, x[0], x[1], x[2], x[3], x[4], x[5]);
+    y[0] = (h.flags & MomentHyper::kDirection) ? s.d : update_forward(x[0], s.d, x[2], s.gamma, alpha);
+    y[1] = s.m;
+    y[2] = s.v;
+    y[3] = s.b;
+  }
+};
+
+// x = (grad out, grad m', grad v', grad b', p, g, a, m, v, b), the grads of absent outputs not read
+// (zero); y = (d p, d g, d a, d m, d v, d b); c = alpha: reverse mode through NOTE: [moment forms],
+// the forward recomputed. d a has p's shape: the caller reduces it to a's.
+struct MomentsBackwardOp {
+  static constexpr int kIn = 10, kOut = 6;
+  static constexpr int kHasGo = 1 << 8, kHasGm = 1 << 9, kHasGv = 1 << 10, kHasGb = 1 << 11;
+  MomentHyper h;
+  template <typename X, typename T, typename Y>
+  FASTMAML_HD void operator()(const X& x, const T& alpha, Y& y) const {
     const int f = h.flags;
-    const T gd = (f & kHasGd) ? x[0] : T(0), gm_out = (f & kHasGm) ? x[1] : T(0);
+    const T go = (f & kHasGo) ? x[0] : T(0), gm_out = (f & kHasGm) ? x[1] : T(0);
     const T gv_out = (f & kHasGv) ? x[2] : T(0), gb_out = (f & kHasGb) ? x[3] : T(0);
-    // forward, as MomentsForwardOp
-    T g = x[4];
-    if (f & MomentHyper::kHasP) g = g + T(h.wd) * x[5];
-    T m = 0, v = 0;
-    if (f & MomentHyper::kHasM) m = T(h.b1) * x[6] + T(h.c1) * g;
-    if (f & MomentHyper::kHasV) v = T(h.b2) * x[7] + T(h.c2) * (g * g);
-    const T n = (f & MomentHyper::kAdam) ? T(h.s1) * m : g;
-    // backward
+    const T p = x[4], a = x[6];
+    const MomentValues<T> s(h, p, x[5], a, x[7], x[8], x[9]);
+    const bool direction = f & MomentHyper::kDirection;
+    // through p' = gamma * p - alpha * (a * d)
+    const T gd = direction ? go : update_grad_grad(go, a, -alpha);
+    T gp = direction ? T(0) : update_grad_param(go, s.gamma);
+    T ga = direction ? T(0) : update_grad_lr(go, s.d, -alpha);
+    if (!direction && h.dd != 0) ga = ga - T(h.dd) * (p * go);
+    // through b' and d
     T gq = gd, gb_in = 0;
     if (f & MomentHyper::kHasB) {
       const bool nesterov = f & MomentHyper::kNesterov;
@@ -166,27 +193,27 @@ struct MomentsBackwardOp {
       gq = (nesterov ? gd : T(0)) + T(h.c) * gb_total;
       gb_in = T(h.mu) * gb_total;
     }
+    // through q = n / (sqrt(w) + eps)
     T gn = gq, gm = gm_out, gv = gv_out;
     if (f & MomentHyper::kHasV) {
-      T w = T(h.s2) * v;
-      if (f & MomentHyper::kCentered) w = w - m * m;
-      const T r = moment_sqrt(w + T(h.eps_in));
-      const T den = r + T(h.eps);
-      gn = gq / den;
-      const T gw = r == T(0) ? T(0) : -(gq * (n / den) / den) / (T(2) * r);
+      gn = gq / s.den;
+      const T gw = s.r == T(0) ? T(0) : -(gq * (s.n / s.den) / s.den) / (T(2) * s.r);
       gv = gv + T(h.s2) * gw;
-      if (f & MomentHyper::kCentered) gm = gm - T(2) * m * gw;
+      if (f & MomentHyper::kCentered) gm = gm - T(2) * s.m * gw;
     }
+    // through m', v' and g'
     T gg = 0;
     if (f & MomentHyper::kAdam) gm = gm + T(h.s1) * gn;
     else gg = gn;
     if (f & MomentHyper::kHasM) gg = gg + T(h.c1) * gm;
-    if (f & MomentHyper::kHasV) gg = gg + T(h.c2) * (T(2) * g * gv);
-    y[0] = gg;
-    y[1] = T(h.wd) * gg;
-    y[2] = T(h.b1) * gm;
-    y[3] = T(h.b2) * gv;
-    y[4] = gb_in;
+    if (f & MomentHyper::kHasV) gg = gg + T(h.c2) * (T(2) * s.g * gv);
+    if (h.wd != 0) gp = gp + T(h.wd) * gg;
+    y[0] = gp;
+    y[1] = gg;
+    y[2] = ga;
+    y[3] = T(h.b1) * gm;
+    y[4] = T(h.b2) * gv;
+    y[5] = gb_in;
   }
 };
 

@@ -56,72 +56,74 @@ struct UpdateOps {
     Device::launch(params, in, outs, -alpha, BackwardOp{});
     return {outs[0], outs[1], outs[2], outs[3]};
   }
-  // NOTE: [moment forms] in update.h. Returns (d, m', v', b'), a list empty where its state is absent.
+  // NOTE: [moment forms] in update.h. Returns (p' or d, m', v', b'), a list empty where its state
+  // is absent.
   static std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
                     std::vector<at::Tensor>>
-  fused_moments(at::TensorList grads, List params, List m, List v, List b, at::ArrayRef<double> hyper,
-                int64_t flags) {
+  fused_moments(at::TensorList params, at::TensorList grads, List lrs, List m, List v, List b,
+                double alpha, at::ArrayRef<double> hyper, int64_t flags) {
     const char* op = "fused_moments";
-    MomentsForwardOp f{moment_hyper(op, grads, params, m, v, b, hyper, flags)};
+    MomentsForwardOp f{moment_hyper(op, params, grads, lrs, m, v, b, hyper, flags)};
     std::vector<std::vector<at::Tensor>> outs(4);
-    outs[0] = empty_like_all(grads);
+    outs[0] = empty_like_all(params);
     for (int k = 1; k < 4; ++k)
-      if (std::array<List, 3>{m, v, b}[k - 1]) outs[k] = empty_like_all(grads);
-    Device::launch(grads, prepare({grads, params, m, v, b}, grads), outs, 0.0, f);
+      if (std::array<List, 3>{m, v, b}[k - 1]) outs[k] = empty_like_all(params);
+    Device::launch(params, prepare({params, grads, lrs, m, v, b}, params), outs, alpha, f);
     return {outs[0], outs[1], outs[2], outs[3]};
   }
 
-  // The gradients (d grads, d params, d m, d v, d b) selected by output_mask, from the gradients of
-  // the four outputs (a list absent where that output was not used).
+  // The gradients (d params, d grads, d lrs, d m, d v, d b) selected by output_mask, from the
+  // gradients of the four outputs (a list absent where that output was not used). d lrs comes with
+  // params' shapes: the caller reduces it to the shapes of lrs.
   static std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
-                    std::vector<at::Tensor>, std::vector<at::Tensor>>
-  fused_moments_backward(List grad_d, List grad_m, List grad_v, List grad_b, at::TensorList grads,
-                         List params, List m, List v, List b, at::ArrayRef<double> hyper,
-                         int64_t flags, std::array<bool, 5> mask) {
+                    std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
+  fused_moments_backward(List grad_out, List grad_m, List grad_v, List grad_b, at::TensorList params,
+                         at::TensorList grads, List lrs, List m, List v, List b, double alpha,
+                         at::ArrayRef<double> hyper, int64_t flags, std::array<bool, 6> mask) {
     const char* op = "fused_moments_backward";
-    MomentsBackwardOp f{moment_hyper(op, grads, params, m, v, b, hyper, flags)};
-    const std::array<List, 4> gos = {grad_d, grad_m, grad_v, grad_b};
-    const char* names[4] = {"grad_d", "grad_m", "grad_v", "grad_b"};
-    const int has[4] = {MomentsBackwardOp::kHasGd, MomentsBackwardOp::kHasGm,
+    MomentsBackwardOp f{moment_hyper(op, params, grads, lrs, m, v, b, hyper, flags)};
+    const std::array<List, 4> gos = {grad_out, grad_m, grad_v, grad_b};
+    const char* names[4] = {"grad_out", "grad_m", "grad_v", "grad_b"};
+    const int has[4] = {MomentsBackwardOp::kHasGo, MomentsBackwardOp::kHasGm,
                         MomentsBackwardOp::kHasGv, MomentsBackwardOp::kHasGb};
     for (int k = 0; k < 4; ++k) {
       if (!gos[k]) continue;
-      check_list(op, names[k], *gos[k], grads, false);
+      check_list(op, names[k], *gos[k], params, false);
       f.h.flags |= has[k];
     }
-    const std::array<List, 5> ins = {List(grads), params, m, v, b};
-    const char* in_names[5] = {"grads", "params", "m", "v", "b"};
-    std::vector<std::vector<at::Tensor>> outs(5);
-    for (int k = 0; k < 5; ++k) {
+    const std::array<List, 6> ins = {List(params), List(grads), lrs, m, v, b};
+    const char* in_names[6] = {"params", "grads", "lrs", "m", "v", "b"};
+    std::vector<std::vector<at::Tensor>> outs(6);
+    for (int k = 0; k < 6; ++k) {
       if (!mask[k]) continue;
       TORCH_CHECK(ins[k], op, ": the gradient of ", in_names[k], " was requested but ", in_names[k],
                   " is None");
-      outs[k] = empty_like_all(grads);
+      outs[k] = empty_like_all(params);
     }
-    Device::launch(grads, prepare({grad_d, grad_m, grad_v, grad_b, grads, params, m, v}, grads), outs,
-                   0.0, f);
-    return {outs[0], outs[1], outs[2], outs[3], outs[4]};
+    Device::launch(params, prepare({grad_out, grad_m, grad_v, grad_b, params, grads, lrs, m, v, b}, params),
+                   outs, alpha, f);
+    return {outs[0], outs[1], outs[2], outs[3], outs[4], outs[5]};
   }
 
  private:
-  static MomentHyper moment_hyper(const char* op, at::TensorList grads, List params, List m, List v,
-                                  List b, at::ArrayRef<double> hyper, int64_t flags) {
-    check_params(op, grads, Device::kType);
-    const std::array<List, 4> lists = {params, m, v, b};
-    const char* names[4] = {"params", "m", "v", "b"};
-    const int has[4] = {MomentHyper::kHasP, MomentHyper::kHasM, MomentHyper::kHasV, MomentHyper::kHasB};
+  static MomentHyper moment_hyper(const char* op, at::TensorList params, at::TensorList grads, List lrs,
+                                  List m, List v, List b, at::ArrayRef<double> hyper, int64_t flags) {
+    check_update(op, Device::kType, params, grads, lrs, std::nullopt);
+    const std::array<List, 3> lists = {m, v, b};
+    const char* names[3] = {"m", "v", "b"};
+    const int has[3] = {MomentHyper::kHasM, MomentHyper::kHasV, MomentHyper::kHasB};
     TORCH_CHECK(static_cast<int>(hyper.size()) == MomentHyper::kNumHyper, op, ": hyper must have ",
                 MomentHyper::kNumHyper, " values (NOTE: [moment forms]), got ", hyper.size());
-    TORCH_CHECK(flags >= 0 && flags < 8, op, ": flags must be a combination of 1 (adam), 2 (centered) "
-                "and 4 (nesterov), got ", flags);
+    TORCH_CHECK(flags >= 0 && flags < MomentHyper::kUserFlags, op, ": flags must be a combination of 1 "
+                "(adam), 2 (centered), 4 (nesterov) and 8 (direction), got ", flags);
     MomentHyper h;
-    double* fields[MomentHyper::kNumHyper] = {&h.wd, &h.b1, &h.c1, &h.b2, &h.c2, &h.s1,
-                                              &h.s2, &h.eps_in, &h.eps, &h.mu, &h.c};
+    double* fields[MomentHyper::kNumHyper] = {&h.wd, &h.b1,     &h.c1,  &h.b2, &h.c2, &h.s1,  &h.s2,
+                                              &h.eps_in, &h.eps, &h.mu, &h.c,  &h.keep, &h.dd};
     for (int k = 0; k < MomentHyper::kNumHyper; ++k) *fields[k] = hyper[k];
     h.flags = static_cast<int>(flags);
-    for (int k = 0; k < 4; ++k) {
+    for (int k = 0; k < 3; ++k) {
       if (!lists[k]) continue;
-      check_list(op, names[k], *lists[k], grads, false);
+      check_list(op, names[k], *lists[k], params, false);
       h.flags |= has[k];
     }
     TORCH_CHECK(!(h.flags & MomentHyper::kAdam) || m, op, ": the adam form needs m");

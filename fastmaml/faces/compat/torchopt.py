@@ -16,8 +16,8 @@ on fastmaml's fused inner optimizers (fastmaml/ops/optim.py). ::
 Same arguments and arithmetic as TorchOpt 0.7.3 (momentum, dampening, Nesterov, weight decay,
 maximize, eps_root, initial_scale, centered, a schedule `lr(count)`): `step(loss)` differentiates
 `loss` with create_graph=True and writes the new, non-leaf parameter tensors into the module's own
-parameter slots, as TorchOpt does. Each step is two fused multi-tensor ops over all parameters of a
-group: the moments op (direction and new state, NOTE: [moment forms]) and the update op. The
+parameter slots, as TorchOpt does. Each step is one fused multi-tensor op over all parameters of a
+group: the moments op (new parameters and new state, NOTE: [moment forms]; plain SGD: the update op). The
 optimizer's state is a tuple of fastmaml.ops.optim.OptimState(count, m, v, b) (TorchOpt: its own
 named tuples), taken and put back by extract_state_dict / recover_state_dict all the same. Adam's
 bias corrections are TorchOpt's: computed in float32 whatever the parameters' dtype (1 - beta **
@@ -120,7 +120,7 @@ def extract_module_containers(module: nn.Module, with_buffers: bool = True) -> t
 
 class MetaOptimizer:
     """TorchOpt's MetaOptimizer: holds the parameter dicts of one module per group and steps them
-    functionally with a fastmaml inner optimizer (fastmaml/ops/optim.py: two fused multi-tensor ops
+    functionally with a fastmaml inner optimizer (fastmaml/ops/optim.py: one fused multi-tensor op
     per step, NOTE: [moment forms]).
 
     Args:

@@ -12,9 +12,9 @@ momentum, dampening, Nesterov, weight decay), Adam and RMSprop (centered, moment
 parameter groups with their own settings, `override` of any of them (the learning rate may be a
 tensor, e.g. learned rates); other optimizers raise NotImplementedError naming what is supported
 (or register your own DifferentiableOptimizer with `register_optim`). Each `diffopt.step` computes
-the gradients like higher, then moves all the parameters with fused multi-tensor ops
-(fastmaml/ops/optim.py: the moments op for the stateful forms, NOTE: [moment forms], then the
-update op), one pair per set of groups sharing their settings but the learning rate.
+the gradients like higher, then moves all the parameters with one fused multi-tensor op
+(fastmaml/ops/optim.py: the moments op for the stateful forms, NOTE: [moment forms], else the
+update op) per set of groups sharing their settings but the learning rate.
 
 As in higher:
   * copy_initial_weights=True (the default) starts the fast weights from detached copies of the

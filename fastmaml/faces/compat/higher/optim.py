@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,9 +42,9 @@ class DifferentiableOptimizer:
 
     _state_keys: tuple[str | None, str | None, str | None] = (None, None, None)  # m, v, b in torch.optim's state
 
-    def __init__(self, other: torch.optim.Optimizer, reference_params: Iterable[Tensor], fmodel=None,
+    def __init__(self, other: torch.optim.Optimizer, reference_params: Iterable[Tensor], fmodel: Any = None,
                  device: torch.device | None = None, override: dict | None = None,
-                 grad_callback: Callable | None = None, track_higher_grads: bool = True, **kwargs):
+                 grad_callback: Callable | None = None, track_higher_grads: bool = True, **kwargs: Any):
         reference_params = list(reference_params)
         index = {id(p): i for i, p in reversed(list(enumerate(reference_params)))}
         self.param_groups = [{k: v for k, v in group.items() if k != "params"} for group in other.param_groups]
@@ -64,7 +65,8 @@ class DifferentiableOptimizer:
         self._track_higher_grads = track_higher_grads
         self._lr_cache: dict = {}
 
-    def _state_from(self, other, params, device) -> OptimState | None:
+    def _state_from(self, other: torch.optim.Optimizer, params: list[Tensor],
+                    device: torch.device | None) -> OptimState | None:
         """The torch optimizer's state of a group as an OptimState, when every parameter has it."""
         states = [other.state.get(p, {}) for p in params]
         keys = [k for k in self._state_keys if k is not None]
@@ -84,8 +86,16 @@ class DifferentiableOptimizer:
                 group[k] = v[0] if len(v) == 1 else v[group_idx]
 
     def step(self, loss: Tensor, params: Iterable[Tensor] | None = None, override: dict | None = None,
-             grad_callback: Callable | None = None, **kwargs) -> list[Tensor]:
-        """One inner step on `loss`: new fast weights (also made fmodel's current ones)."""
+             grad_callback: Callable | None = None, **kwargs: Any) -> list[Tensor]:
+        """One inner step on `loss`: new fast weights (also made fmodel's current ones).
+
+        Args:
+            loss: the inner loss of the fast weights.
+            params: the fast weights (None: fmodel's).
+            override: name -> value or per-group list overriding settings from now on.
+            grad_callback: grads -> grads for this step (None: the optimizer's).
+            kwargs: ignored (higher's signature).
+        """
         if override is not None:
             self._apply_override(override)
         if self._fmodel is None or self._fmodel.fast_params is None:
@@ -114,15 +124,16 @@ class DifferentiableOptimizer:
     def _inner(self, group: dict) -> InnerOptimizer:
         raise NotImplementedError
 
-    def _update(self, params: list[Tensor], all_grads: list[Tensor | None]):
+    def _update(self, params: list[Tensor], all_grads: list[Tensor | None]) -> list[tuple[int, Tensor]]:
         """(index, new value) of every parameter stepped. Groups with the same settings but the
-        learning rate (and the same step count) step together: one pair of fused ops."""
+        learning rate (and the same step count) step together: one fused op."""
         buckets: dict = {}
         for group_idx, group in enumerate(self.param_groups):
             inner = self._inner(group)
-            if self.state[group_idx] is None:
-                self.state[group_idx] = inner.init([params[i].detach() for i in self._group_to_param_list[group_idx]])
-            key = (repr(inner), self.state[group_idx].count)
+            state = self.state[group_idx]
+            if state is None:
+                state = self.state[group_idx] = inner.init([params[i].detach() for i in self._group_to_param_list[group_idx]])
+            key = (repr(inner), state.count)
             buckets.setdefault(key, (inner, []))[1].append(group_idx)
         out = []
         for inner, groups in buckets.values():
@@ -145,7 +156,7 @@ class DifferentiableOptimizer:
             out += [(rows[j][2], p) for j, p in zip(indices, new)]
         return out
 
-    def _rates(self, ps: list[Tensor], group_of: list[int]):
+    def _rates(self, ps: list[Tensor], group_of: list[int]) -> float | list[Tensor]:
         """One Python number when every group used has the same numeric lr; else one rate tensor
         per parameter (the "scaled" form of the update: p - 1 * (lr * d), the same arithmetic)."""
         lrs = [group["lr"] for group in self.param_groups]
@@ -195,7 +206,7 @@ class DifferentiableSGD(DifferentiableOptimizer):
 
     _state_keys = (None, None, "momentum_buffer")
 
-    def _inner(self, group):
+    def _inner(self, group: dict) -> InnerOptimizer:
         s = _numbers(group, ("momentum", "dampening", "weight_decay", "nesterov"), "SGD")
         return InnerSGD(s["momentum"], s["dampening"], s["weight_decay"], bool(s["nesterov"]))
 
@@ -215,12 +226,12 @@ class DifferentiableAdam(DifferentiableOptimizer):
 
     _state_keys = ("exp_avg", "exp_avg_sq", None)
 
-    def _inner(self, group):
+    def _inner(self, group: dict) -> InnerOptimizer:
         s = _numbers(group, ("eps", "weight_decay"), "Adam")
         if group.get("amsgrad", False):
             raise NotImplementedError("fastmaml.compat.higher: Adam with amsgrad=True is not supported")
-        betas = tuple(b.item() if isinstance(b, Tensor) else b for b in group["betas"])
-        return InnerAdam(betas, s["eps"], s["weight_decay"], bias_correction="higher")
+        b1, b2 = (float(b.item()) if isinstance(b, Tensor) else b for b in group["betas"])
+        return InnerAdam((b1, b2), s["eps"], s["weight_decay"], bias_correction="higher")
 
 
 class DifferentiableRMSprop(DifferentiableOptimizer):
@@ -236,9 +247,10 @@ class DifferentiableRMSprop(DifferentiableOptimizer):
         track_higher_grads: False: first-order steps (no graph through the gradients).
     """
 
-    _state_keys = ("grad_avg", "square_avg", "momentum_buffer")
+    _state_keys: tuple[str | None, str | None, str | None] = ("grad_avg", "square_avg", "momentum_buffer")
 
-    def _state_from(self, other, params, device):
+    def _state_from(self, other: torch.optim.Optimizer, params: list[Tensor],
+                    device: torch.device | None) -> OptimState | None:
         group = next(g for g in other.param_groups if any(p is q for p in params for q in g["params"]))
         keys = self._state_keys
         self._state_keys = (keys[0] if group["centered"] else None, keys[1], keys[2] if group["momentum"] else None)
@@ -247,7 +259,7 @@ class DifferentiableRMSprop(DifferentiableOptimizer):
         finally:
             self._state_keys = keys
 
-    def _inner(self, group):
+    def _inner(self, group: dict) -> InnerOptimizer:
         s = _numbers(group, ("alpha", "eps", "weight_decay", "momentum"), "RMSprop")
         return InnerRMSprop(s["alpha"], s["eps"], s["weight_decay"], s["momentum"], bool(group["centered"]))
 
@@ -292,9 +304,9 @@ def _check_groups(opt: torch.optim.Optimizer) -> None:
             raise ValueError(f"get_diff_optim: param_groups[{i}] has lr={lr}, expected a finite number")
 
 
-def get_diff_optim(opt: torch.optim.Optimizer, reference_params: Iterable[Tensor], fmodel=None,
+def get_diff_optim(opt: torch.optim.Optimizer, reference_params: Iterable[Tensor], fmodel: Any = None,
                    device: torch.device | None = None, override: dict | None = None,
-                   track_higher_grads: bool = True, **kwargs) -> DifferentiableOptimizer:
+                   track_higher_grads: bool = True, **kwargs: Any) -> DifferentiableOptimizer:
     """The differentiable twin of `opt` (SGD, Adam, RMSprop or a registered type).
 
     Args:
@@ -311,9 +323,9 @@ def get_diff_optim(opt: torch.optim.Optimizer, reference_params: Iterable[Tensor
                 track_higher_grads=track_higher_grads, **kwargs)
 
 
-def create_diff_optim(opt_type: type, opt_kwargs: dict | None = None, params=None, fmodel=None,
-                      device: torch.device | None = None, override: dict | None = None,
-                      track_higher_grads: bool = True, **kwargs) -> DifferentiableOptimizer:
+def create_diff_optim(opt_type: type, opt_kwargs: dict | None = None, params: Iterable[Any] | None = None,
+                      fmodel: Any = None, device: torch.device | None = None, override: dict | None = None,
+                      track_higher_grads: bool = True, **kwargs: Any) -> DifferentiableOptimizer:
     """A differentiable optimizer of type `opt_type` built from `opt_kwargs`, over `params` (fast
     weights, or parameter groups: dicts with a "params" entry) or fmodel's fast weights.
 
@@ -327,6 +339,7 @@ def create_diff_optim(opt_type: type, opt_kwargs: dict | None = None, params=Non
         track_higher_grads: False: first-order steps (no graph through the gradients).
     """
     twin = _twin(opt_type)
+    dummy: list[Any]
     if params is not None:
         params = list(params)
         if params and isinstance(params[0], dict):
