@@ -48,6 +48,7 @@ class InnerReport:
     start_norm: Tensor      # ||grad L_support(theta)||, the same gradient at the start
     stationary: Tensor      # bool: residual_norm <= tol * start_norm
     tol: float
+    inner_lr: Tensor | None = None  # each task's rate at the end (halved per undone step); None: a torch optimizer
 
     @property
     def relative_residual(self) -> Tensor:
@@ -127,6 +128,7 @@ class IMAML(MetaLearner):
         self.inner_tol, self.on_inner_fail = float(inner_tol), on_inner_fail
         self.last_cg_report: CGReport | None = None
         self.last_inner_report: InnerReport | None = None
+        self._inner_rates: Tensor | None = None
 
     @staticmethod
     def defaults_for(model) -> dict:
@@ -158,17 +160,8 @@ class IMAML(MetaLearner):
             return self.support_loss({**rest, **phi_t}, x, y, loss_fn, b, step)
 
         if self.prox_optimizer is None:
-            for step in range(steps):
-                def grad_of(phi_t, x, y, b, step=step):
-                    return torch.func.grad(support)(phi_t, x, y, b, step)
-
-                with torch.enable_grad():
-                    g = mapper(grad_of, phi, sx, sy, buffers)
-                with torch.no_grad():
-                    # grad of the proximal term: lam (phi - theta)
-                    grads = [g[n].add_(phi[n] - anchor[n], alpha=self.lam) for n in names]
-                    ops.update_([phi[n] for n in names], grads, self.inner_lr, names=names)
-            return phi
+            return self._descend(mapper, support, phi, anchor, sx, sy, buffers, steps)
+        self._inner_rates = None
         leaves = {n: p.requires_grad_() for n, p in phi.items()}
         optimizer = self._make_optimizer(list(leaves.values()))
         for step in range(steps):
@@ -179,6 +172,57 @@ class IMAML(MetaLearner):
                 (losses.sum() + 0.5 * self.lam * prox).backward()
             optimizer.step()
         return {n: p.detach() for n, p in leaves.items()}
+
+    def _descend(self, mapper: TaskMap, support: Callable, phi: Params, anchor: Params, sx: Tensor, sy: Tensor,
+                 buffers: Params | None, steps: int) -> Params:
+        """Gradient descent on each task's proximal objective, safeguarded: a step after which a task's
+        objective is higher (or not finite) is undone and that task's rate halved, so no task's
+        objective ever rises. The final step is checked by one more forward pass; the per-task rates
+        at the end go to `last_inner_report.inner_lr`."""
+        names, lam, T = list(phi), self.lam, sx.shape[0]
+        rate = torch.full((T,), float(self.inner_lr), dtype=anchor[names[0]].dtype, device=anchor[names[0]].device)
+
+        def objective(loss: Tensor) -> Tensor:
+            return loss + 0.5 * lam * sum((phi[n] - anchor[n]).reshape(T, -1).pow(2).sum(1) for n in names)
+
+        def keep_better(obj: Tensor, grads: Params | None, saved: tuple[Params, Params, Tensor]) -> Tensor:
+            """Undo the last step of every task whose objective rose; halve its rate."""
+            old_phi, old_grads, old_obj = saved
+            worse = ~(obj <= old_obj)   # also catches NaN
+            if bool(worse.any()):
+                for n in names:
+                    shape = (T, *[1] * (phi[n].dim() - 1))
+                    phi[n].copy_(torch.where(worse.view(shape), old_phi[n], phi[n]))
+                    if grads is not None:
+                        grads[n].copy_(torch.where(worse.view(shape), old_grads[n], grads[n]))
+                rate.copy_(torch.where(worse, rate / 2, rate))
+            return torch.where(worse, old_obj, obj)
+
+        saved = None
+        for step in range(steps):
+            def grad_of(phi_t: Params, x: Tensor, y: Tensor, b: Params | None, step: int = step) -> tuple:
+                def loss_of(p: Params) -> tuple[Tensor, Tensor]:
+                    loss = support(p, x, y, b, step)
+                    return loss, loss.detach()
+                return torch.func.grad(loss_of, has_aux=True)(phi_t)
+
+            with torch.enable_grad():
+                g, loss = mapper(grad_of, phi, sx, sy, buffers)
+            with torch.no_grad():
+                obj = objective(loss)
+                grads = {n: g[n].add_(phi[n] - anchor[n], alpha=lam) for n in names}  # + grad of the proximal term
+                if saved is not None:
+                    obj = keep_better(obj, grads, saved)
+                saved = ({n: phi[n].clone() for n in names}, {n: grads[n].clone() for n in names}, obj)
+                rates = [rate.view(T, *[1] * (phi[n].dim() - 1)) for n in names]
+                ops.update_([phi[n] for n in names], [grads[n] for n in names], rates, names=names)
+        if saved is not None:
+            scratch = None if buffers is None else {n: b if b is None else b.clone() for n, b in buffers.items()}
+            with torch.no_grad():
+                loss = mapper(lambda p, x, y, b: support(p, x, y, b, steps), phi, sx, sy, scratch)
+                keep_better(objective(loss), None, saved)
+        self._inner_rates = rate
+        return phi
 
     def check_inner(self, mapper: TaskMap, theta: Params, phi: Params, sx, sy, loss_fn: LossFn, buffers) -> InnerReport:
         """The stationarity of each task's inner solution (`last_inner_report`), acted on per on_inner_fail."""
@@ -204,7 +248,8 @@ class IMAML(MetaLearner):
 
         residual = norm({n: g[n] + self.lam * (phi[n] - start[n]) for n in names})
         start_norm = norm(g0)
-        report = InnerReport(residual, start_norm, residual <= self.inner_tol * start_norm, self.inner_tol)
+        report = InnerReport(residual, start_norm, residual <= self.inner_tol * start_norm, self.inner_tol,
+                             self._inner_rates)
         self.last_inner_report = report
         if not bool(report.stationary.all()):
             if self.on_inner_fail == "raise":
