@@ -36,6 +36,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -106,7 +107,10 @@ class CGReport:
         return self.summary()
 
 
-def _as_list(v, what: str) -> tuple[list[str] | None, list[Tensor]]:
+Vectors = Mapping[str, Tensor] | Sequence[Tensor]   # a dict or list of [T, ...] tensors
+
+
+def _as_list(v: object, what: str) -> tuple[list[str] | None, list[Tensor]]:
     if isinstance(v, Mapping):
         return list(v), list(v.values())
     if isinstance(v, Tensor) or not isinstance(v, Sequence):
@@ -124,12 +128,12 @@ def _keep_best(best_x: list[Tensor], best_rs: Tensor, x: list[Tensor], rs: Tenso
 
 
 def batched_cg(
-    matvec: Callable,
-    b,
+    matvec: Callable[[Any], Vectors],   # takes vectors in the form of b
+    b: Vectors,
     *,
     lam: float = 1.0,
     damping: float = 0.0,
-    x0=None,
+    x0: Vectors | None = None,
     max_iter: int = 10,
     tol: float = 1e-6,
     atol: float = 0.0,
