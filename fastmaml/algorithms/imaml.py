@@ -71,19 +71,22 @@ class IMAML(MetaLearner):
     take the defaults for the model (`IMAML.defaults_for(model)`): lam 20 and no damping for a model
     without convolutions (the sine MLP); lam 5 and damping 5 for a model with one (Conv-4 on
     Omniglot), whose support Hessian at initialisation has eigenvalues near -250 that only damping
-    (or a lam that stops adaptation) keeps CG positive definite against. The inner optimizer steps the
+    (or a lam that stops adaptation) keeps CG positive definite against. The default inner loop is
+    gradient descent safeguarded per task: a step that raises the task's proximal objective is undone
+    and its rate halved (docs/imaml.md, "Training stability"). A given inner optimizer steps the
     adapted parameters of all tasks at once, stacked on a task dimension, on the sum over tasks of the
     proximal support losses, so each task's slice sees its own gradient: any elementwise optimizer (SGD,
     momentum, Adam, RMSprop, ...) keeps the tasks independent (LBFGS would not). `last_cg_report`
     holds the last solve's per-task report (`fastmaml.CGReport`), `last_inner_report` (InnerReport)
-    each task's residual ||grad L_support(phi) + lam (phi - theta)|| relative to ||grad L_support(theta)||.
+    each task's residual ||grad L_support(phi) + lam (phi - theta)|| relative to ||grad L_support(theta)||
+    and its final inner rate.
 
     Args:
         model: the network whose parameters are meta-learned.
         lam: the proximal regularisation lambda, a finite number > 0; None: the model's default.
         inner_lr: the inner learning rate.
         inner_steps: the number of inner steps per task.
-        inner_optimizer: None for gradient descent with `inner_lr` through the fused update; a
+        inner_optimizer: None for the safeguarded gradient descent from `inner_lr` through the fused update; a
             torch.optim.Optimizer class, built as `cls(params, lr=inner_lr, **inner_optimizer_kwargs)`;
             or a callable `params -> optimizer`.
         cg_steps: the CG budget for ((1 + damping) I + H / lam) x = grad L_query.
