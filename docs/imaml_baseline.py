@@ -11,6 +11,7 @@ figure of merit is iMAML's query MSE after its inner loop over the baseline's be
 
 import argparse
 import json
+import sys
 import time
 
 import torch
@@ -45,18 +46,26 @@ def proximal_mse(net, batch):
         return IMAML(net, on_cg_fail="ignore", on_inner_fail="ignore").meta_loss(*batch.tensors(), F.mse_loss).item()
 
 
-def run(seed, iters):
+def run(seed, iters, every):
     torch.manual_seed(seed)
     imaml = IMAML(sine_mlp(), on_cg_fail="ignore", on_inner_fail="ignore")
     opt = torch.optim.Adam(imaml.parameters(), lr=META_LR)
-    stream, converged, stationary, seen = SineTasks(k_shot=10, q_query=10, seed=seed), 0, 0, 0
-    for _ in range(iters):
+    stream, converged, stationary, seen, trace = SineTasks(k_shot=10, q_query=10, seed=seed), 0, 0, 0, []
+    for it in range(iters):
         opt.zero_grad()
-        imaml.meta_loss(*stream.sample(META_BATCH).tensors(), F.mse_loss).backward()
+        loss = imaml.meta_loss(*stream.sample(META_BATCH).tensors(), F.mse_loss)
+        loss.backward()
         opt.step()
-        converged += int(imaml.last_cg_report.converged.sum())
-        stationary += int(imaml.last_inner_report.stationary.sum())
+        cg, inner = imaml.last_cg_report, imaml.last_inner_report
+        converged += int(cg.converged.sum())
+        stationary += int(inner.stationary.sum())
         seen += META_BATCH
+        if it % every == 0 or it == iters - 1:
+            trace.append({"iteration": it, "meta_loss": loss.item(), "cg_converged": int(cg.converged.sum()),
+                          "cg_breakdown": int(cg.breakdown.sum()), "inner_stationary": int(inner.stationary.sum()),
+                          "inner_residual_median": inner.relative_residual.median().item(),
+                          "inner_lr_min": inner.inner_lr.min().item()})
+            print(f"seed {seed} {json.dumps(trace[-1])}", file=sys.stderr, flush=True)
     torch.manual_seed(seed)
     baseline = sine_mlp()
     opt = torch.optim.Adam(baseline.parameters(), lr=META_LR)
@@ -72,19 +81,20 @@ def run(seed, iters):
            for name, net in (("imaml", imaml.module), ("baseline", baseline))}
     best_baseline = min(v for k, v in mse["baseline"].items() if k != "sgd 0")
     return {"mse": mse, "ratio": mse["imaml"]["imaml inner loop"] / best_baseline,
-            "cg_converged_fraction": converged / seen, "inner_stationary_fraction": stationary / seen}
+            "cg_converged_fraction": converged / seen, "inner_stationary_fraction": stationary / seen, "trace": trace}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--iters", type=int, default=3000)
+    p.add_argument("--every", type=int, default=100, help="record CG and inner-loop outcomes every this many iterations")
     p.add_argument("--json", help="append one JSON line per seed to this file")
     args = p.parse_args()
     torch.set_num_threads(1)
     for seed in map(int, args.seeds.split(",")):
         start = time.perf_counter()
-        row = {"seed": seed, "iters": args.iters, **run(seed, args.iters), "seconds": time.perf_counter() - start}
+        row = {"seed": seed, "iters": args.iters, **run(seed, args.iters, args.every), "seconds": time.perf_counter() - start}
         print(json.dumps(row), flush=True)
         if args.json:
             with open(args.json, "a") as f:

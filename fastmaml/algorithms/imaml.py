@@ -16,16 +16,18 @@ d L_q / d theta_f - (1 / lam) H_{f, phi} x, with x the CG solution.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fastmaml import checks, functional as F, ops
 from fastmaml.algorithms.base import MetaLearner
 from fastmaml.execution import buffers as B
 from fastmaml.execution.hvp_mode import HandGradLosses, map_tasks
+from fastmaml.execution.inner import GradsFn
 from fastmaml.execution.taskmap import TaskMap
 from fastmaml.execution.user_compile import outside_user_graph
 from fastmaml.functional import LossFn, Params
@@ -48,12 +50,15 @@ class InnerReport:
     start_norm: Tensor      # ||grad L_support(theta)||, the same gradient at the start
     stationary: Tensor      # bool: residual_norm <= tol * start_norm
     tol: float
+    inner_lr: Tensor | None = None  # each task's rate at the end (halved per undone step); None: a torch optimizer
 
     @property
     def relative_residual(self) -> Tensor:
+        """||grad L_support(phi_t) + lam (phi_t - theta)|| / ||grad L_support(theta)|| per task."""
         return self.residual_norm / self.start_norm.clamp_min(torch.finfo(self.start_norm.dtype).tiny)
 
     def summary(self) -> str:
+        """One line for people: how many tasks are stationary, and every task's relative residual."""
         T, done = self.stationary.numel(), int(self.stationary.sum())
         rel = ", ".join(f"{v:.3g}" for v in self.relative_residual.tolist())
         return f"iMAML inner problem: {done} of {T} tasks stationary to inner_tol={self.tol:g}; relative residuals [{rel}]"
@@ -66,19 +71,22 @@ class IMAML(MetaLearner):
     take the defaults for the model (`IMAML.defaults_for(model)`): lam 20 and no damping for a model
     without convolutions (the sine MLP); lam 5 and damping 5 for a model with one (Conv-4 on
     Omniglot), whose support Hessian at initialisation has eigenvalues near -250 that only damping
-    (or a lam that stops adaptation) keeps CG positive definite against. The inner optimizer steps the
+    (or a lam that stops adaptation) keeps CG positive definite against. The default inner loop is
+    gradient descent safeguarded per task: a step that raises the task's proximal objective is undone
+    and its rate halved (docs/imaml.md, "Training stability"). A given inner optimizer steps the
     adapted parameters of all tasks at once, stacked on a task dimension, on the sum over tasks of the
     proximal support losses, so each task's slice sees its own gradient: any elementwise optimizer (SGD,
     momentum, Adam, RMSprop, ...) keeps the tasks independent (LBFGS would not). `last_cg_report`
     holds the last solve's per-task report (`fastmaml.CGReport`), `last_inner_report` (InnerReport)
-    each task's residual ||grad L_support(phi) + lam (phi - theta)|| relative to ||grad L_support(theta)||.
+    each task's residual ||grad L_support(phi) + lam (phi - theta)|| relative to ||grad L_support(theta)||
+    and its final inner rate.
 
     Args:
         model: the network whose parameters are meta-learned.
         lam: the proximal regularisation lambda, a finite number > 0; None: the model's default.
         inner_lr: the inner learning rate.
         inner_steps: the number of inner steps per task.
-        inner_optimizer: None for gradient descent with `inner_lr` through the fused update; a
+        inner_optimizer: None for the safeguarded gradient descent from `inner_lr` through the fused update; a
             torch.optim.Optimizer class, built as `cls(params, lr=inner_lr, **inner_optimizer_kwargs)`;
             or a callable `params -> optimizer`.
         cg_steps: the CG budget for ((1 + damping) I + H / lam) x = grad L_query.
@@ -96,10 +104,12 @@ class IMAML(MetaLearner):
     """
     cli_name, paper = "imaml", "Rajeswaran et al. 2019"  # fastmaml train --algo imaml
 
-    def __init__(self, model, lam: float | None = None, inner_lr: float = INNER_LR, inner_steps: int = INNER_STEPS,
-                 inner_optimizer=None, cg_steps: int = CG_STEPS, cg_tol: float = 1e-3, cg_damping: float | None = None,
-                 adapt_names=None, batching: str = "auto", hvp_method: str = "auto", on_cg_fail: str = "warn",
-                 inner_optimizer_kwargs: dict | None = None, inner_tol: float = INNER_TOL, on_inner_fail: str = "warn"):
+    def __init__(self, model: nn.Module, lam: float | None = None, inner_lr: float = INNER_LR,
+                 inner_steps: int = INNER_STEPS, inner_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+                 cg_steps: int = CG_STEPS, cg_tol: float = 1e-3, cg_damping: float | None = None,
+                 adapt_names: Iterable[str] | None = None, batching: str = "auto", hvp_method: str = "auto",
+                 on_cg_fail: str = "warn", inner_optimizer_kwargs: dict | None = None, inner_tol: float = INNER_TOL,
+                 on_inner_fail: str = "warn") -> None:
         """Build the learner (the arguments: see the class docstring)."""
         super().__init__(model, inner_lr, inner_steps, False, adapt_names, batching, hvp_method=hvp_method)
         defaults = self.defaults_for(model)
@@ -112,9 +122,9 @@ class IMAML(MetaLearner):
         for arg, value in (("cg_tol", cg_tol), ("cg_damping", cg_damping), ("inner_tol", inner_tol)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{arg} must be a number >= 0, got {value!r}")
-        for arg, value in (("on_cg_fail", on_cg_fail), ("on_inner_fail", on_inner_fail)):
-            if value not in ON_FAIL:
-                raise ValueError(f"{arg} must be one of {ON_FAIL}, got {value!r}")
+        for arg, choice in (("on_cg_fail", on_cg_fail), ("on_inner_fail", on_inner_fail)):
+            if choice not in ON_FAIL:
+                raise ValueError(f"{arg} must be one of {ON_FAIL}, got {choice!r}")
         if not (inner_optimizer is None or callable(inner_optimizer)):
             raise TypeError(f"inner_optimizer must be None, a torch.optim.Optimizer class or a callable "
                             f"params -> optimizer, got {type(inner_optimizer).__name__}")
@@ -127,26 +137,39 @@ class IMAML(MetaLearner):
         self.inner_tol, self.on_inner_fail = float(inner_tol), on_inner_fail
         self.last_cg_report: CGReport | None = None
         self.last_inner_report: InnerReport | None = None
+        self._inner_rates: Tensor | None = None
 
     @staticmethod
-    def defaults_for(model) -> dict:
+    def defaults_for(model: nn.Module) -> dict[str, float]:
         """The defaults of lam and cg_damping for `model`: DEFAULTS["conv"] if it has a convolution,
         else DEFAULTS["mlp"]."""
         conv = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
         return dict(DEFAULTS["conv" if conv else "mlp"])
 
     # ---- the proximal inner problem, all tasks at once -------------------------------------
-    def _make_optimizer(self, tensors: list[Tensor]):
-        opt = self.prox_optimizer
-        if isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer):
+    def _make_optimizer(self, tensors: list[Tensor]) -> torch.optim.Optimizer:
+        assert self.prox_optimizer is not None  # solve_inner's gradient descent needs none
+        opt: Any = self.prox_optimizer  # a torch.optim.Optimizer class or a callable params -> optimizer
+        if isinstance(self.prox_optimizer, type) and issubclass(self.prox_optimizer, torch.optim.Optimizer):
             return opt(tensors, lr=self.inner_lr, **self.inner_optimizer_kwargs)
         made = opt(tensors)
         if not isinstance(made, torch.optim.Optimizer):
             raise TypeError(f"inner_optimizer(params) must return a torch.optim.Optimizer, got {type(made).__name__}")
         return made
 
-    def solve_inner(self, mapper: TaskMap, theta: Params, sx, sy, loss_fn: LossFn, buffers, steps=None) -> Params:
-        """The adapted params of every task ([T, ...], detached, adapted names only)."""
+    def solve_inner(self, mapper: TaskMap, theta: Params, sx: Tensor, sy: Tensor, loss_fn: LossFn,
+                    buffers: Params | None, steps: int | None = None) -> Params:
+        """The adapted params of every task ([T, ...], detached, adapted names only).
+
+        Args:
+            mapper: how the per-task functions run over the task dimension (vmap or a loop).
+            theta: the meta-parameters (no task dimension).
+            sx: support inputs, [T, N, ...].
+            sy: support targets, [T, N, ...].
+            loss_fn: loss_fn(output, y) -> scalar.
+            buffers: each task's buffers ([T, ...]), or None.
+            steps: the number of inner steps (None: `inner_steps`).
+        """
         steps = self.inner_steps if steps is None else steps
         T = sx.shape[0]
         names = self.adapt_names
@@ -154,21 +177,12 @@ class IMAML(MetaLearner):
         rest = {n: p.detach() for n, p in theta.items() if n not in anchor}
         phi = {n: a.unsqueeze(0).repeat(T, *[1] * a.dim()) for n, a in anchor.items()}
 
-        def support(phi_t, x, y, b, step):
+        def support(phi_t: Params, x: Tensor, y: Tensor, b: Params | None, step: int) -> Tensor:
             return self.support_loss({**rest, **phi_t}, x, y, loss_fn, b, step)
 
         if self.prox_optimizer is None:
-            for step in range(steps):
-                def grad_of(phi_t, x, y, b, step=step):
-                    return torch.func.grad(support)(phi_t, x, y, b, step)
-
-                with torch.enable_grad():
-                    g = mapper(grad_of, phi, sx, sy, buffers)
-                with torch.no_grad():
-                    # grad of the proximal term: lam (phi - theta)
-                    grads = [g[n].add_(phi[n] - anchor[n], alpha=self.lam) for n in names]
-                    ops.update_([phi[n] for n in names], grads, self.inner_lr, names=names)
-            return phi
+            return self._descend(mapper, support, phi, anchor, sx, sy, buffers, steps)
+        self._inner_rates = None
         leaves = {n: p.requires_grad_() for n, p in phi.items()}
         optimizer = self._make_optimizer(list(leaves.values()))
         for step in range(steps):
@@ -180,15 +194,79 @@ class IMAML(MetaLearner):
             optimizer.step()
         return {n: p.detach() for n, p in leaves.items()}
 
-    def check_inner(self, mapper: TaskMap, theta: Params, phi: Params, sx, sy, loss_fn: LossFn, buffers) -> InnerReport:
-        """The stationarity of each task's inner solution (`last_inner_report`), acted on per on_inner_fail."""
+    def _descend(self, mapper: TaskMap, support: Callable, phi: Params, anchor: Params, sx: Tensor, sy: Tensor,
+                 buffers: Params | None, steps: int) -> Params:
+        """Gradient descent on each task's proximal objective, safeguarded: a step after which a task's
+        objective is higher (or not finite) is undone and that task's rate halved, so no task's
+        objective ever rises. The final step is checked by one more forward pass; the per-task rates
+        at the end go to `last_inner_report.inner_lr`."""
+        names, lam, T = list(phi), self.lam, sx.shape[0]
+        rate = torch.full((T,), float(self.inner_lr), dtype=anchor[names[0]].dtype, device=anchor[names[0]].device)
+
+        def objective(loss: Tensor) -> Tensor:
+            return loss + 0.5 * lam * sum((phi[n] - anchor[n]).reshape(T, -1).pow(2).sum(1) for n in names)
+
+        def keep_better(obj: Tensor, grads: Params | None, saved: tuple[Params, Params, Tensor]) -> Tensor:
+            """Undo the last step of every task whose objective rose; halve its rate."""
+            old_phi, old_grads, old_obj = saved
+            worse = ~(obj <= old_obj)   # also catches NaN
+            if bool(worse.any()):
+                for n in names:
+                    shape = (T, *[1] * (phi[n].dim() - 1))
+                    phi[n].copy_(torch.where(worse.view(shape), old_phi[n], phi[n]))
+                    if grads is not None:
+                        grads[n].copy_(torch.where(worse.view(shape), old_grads[n], grads[n]))
+                rate.copy_(torch.where(worse, rate / 2, rate))
+            return torch.where(worse, old_obj, obj)
+
+        saved = None
+        for step in range(steps):
+            def grad_of(phi_t: Params, x: Tensor, y: Tensor, b: Params | None,
+                        step: int = step) -> tuple[Params, Tensor]:
+                def loss_of(p: Params, b: Params | None) -> tuple[Tensor, Tensor]:
+                    loss = support(p, x, y, b, step)
+                    return loss, loss.detach()
+                # b is an input, not a capture: batch norm updates it in place
+                return torch.func.grad(loss_of, has_aux=True)(phi_t, b)
+
+            with torch.enable_grad():
+                g, loss = mapper(grad_of, phi, sx, sy, buffers)
+            with torch.no_grad():
+                obj = objective(loss)
+                grads = {n: g[n].add_(phi[n] - anchor[n], alpha=lam) for n in names}  # + grad of the proximal term
+                if saved is not None:
+                    obj = keep_better(obj, grads, saved)
+                saved = ({n: phi[n].clone() for n in names}, {n: grads[n].clone() for n in names}, obj)
+                rates = [rate.view(T, *[1] * (phi[n].dim() - 1)) for n in names]
+                ops.update_([phi[n] for n in names], [grads[n] for n in names], rates, names=names)
+        if saved is not None:
+            scratch = None if buffers is None else {n: b if b is None else b.clone() for n, b in buffers.items()}
+            with torch.no_grad():
+                loss = mapper(lambda p, x, y, b: support(p, x, y, b, steps), phi, sx, sy, scratch)
+                keep_better(objective(loss), None, saved)
+        self._inner_rates = rate
+        return phi
+
+    def check_inner(self, mapper: TaskMap, theta: Params, phi: Params, sx: Tensor, sy: Tensor, loss_fn: LossFn,
+                    buffers: Params | None) -> InnerReport:
+        """The stationarity of each task's inner solution (`last_inner_report`), acted on per on_inner_fail.
+
+        Args:
+            mapper: how the per-task functions run over the task dimension (vmap or a loop).
+            theta: the meta-parameters (no task dimension).
+            phi: each task's inner solution ([T, ...], adapted names).
+            sx: support inputs, [T, N, ...].
+            sy: support targets, [T, N, ...].
+            loss_fn: loss_fn(output, y) -> scalar.
+            buffers: each task's buffers ([T, ...]), or None (a copy is used: nothing is updated).
+        """
         names = list(phi)
         rest = {n: p.detach() for n, p in theta.items() if n not in phi}
         scratch = None if buffers is None else {n: b if b is None else b.clone() for n, b in buffers.items()}  # no second update
         T = sx.shape[0]
 
-        def grad_at(point):
-            def grad_of(p, x, y, b):
+        def grad_at(point: Params) -> Params:
+            def grad_of(p: Params, x: Tensor, y: Tensor, b: Params | None) -> Params:
                 # b is an input, not a capture: batch norm updates it in place (on the scratch copy)
                 return torch.func.grad(lambda q, b: self.support_loss({**rest, **q}, x, y, loss_fn, b,
                                                                      self.inner_steps))(p, b)
@@ -199,12 +277,13 @@ class IMAML(MetaLearner):
         start = {n: theta[n].detach().unsqueeze(0).expand(T, *theta[n].shape) for n in names}
         g0, g = grad_at(start), grad_at(phi)
 
-        def norm(d):
-            return torch.sqrt(sum(v.reshape(T, -1).pow(2).sum(1) for v in d.values()))
+        def norm(d: Params) -> Tensor:
+            return torch.stack([v.reshape(T, -1).pow(2).sum(1) for v in d.values()]).sum(0).sqrt()
 
         residual = norm({n: g[n] + self.lam * (phi[n] - start[n]) for n in names})
         start_norm = norm(g0)
-        report = InnerReport(residual, start_norm, residual <= self.inner_tol * start_norm, self.inner_tol)
+        report = InnerReport(residual, start_norm, residual <= self.inner_tol * start_norm, self.inner_tol,
+                             self._inner_rates)
         self.last_inner_report = report
         if not bool(report.stationary.all()):
             if self.on_inner_fail == "raise":
@@ -214,9 +293,9 @@ class IMAML(MetaLearner):
                               "inner_lr) or a larger lam", RuntimeWarning, stacklevel=4)
         return report
 
-    def inner_loop(self, params: Params, support_x, support_y, loss_fn: LossFn, buffers=None,
-                   steps: int | None = None, first_order: bool | None = None,
-                   grads_fn=F.autograd_grads) -> list[Params]:
+    def inner_loop(self, params: Params, support_x: Tensor, support_y: Tensor, loss_fn: LossFn,
+                   buffers: Params | None = None, steps: int | None = None, first_order: bool | None = None,
+                   grads_fn: GradsFn = F.autograd_grads) -> list[Params]:
         """One task (no task dimension): [theta, phi], phi the approximate proximal minimiser."""
         mapper = TaskMap(self.module, False)
         b = None if buffers is None else {n: t.unsqueeze(0) for n, t in buffers.items()}
@@ -239,7 +318,7 @@ class IMAML(MetaLearner):
         theta = self.params()
         outer_grad = torch.is_grad_enabled()
 
-        def run(mapper):
+        def run(mapper: TaskMap) -> Tensor:
             solver = _Implicit(self, mapper, (support_x, support_y, query_x, query_y), loss_fn, theta)
             if not outer_grad:
                 return solver.forward()
@@ -252,8 +331,11 @@ class IMAML(MetaLearner):
 class _Implicit:
     """The solver of HandGradLosses for IMAML."""
 
-    def __init__(self, learner: IMAML, mapper: TaskMap, batch, loss_fn: Callable, theta: Params):
+    def __init__(self, learner: IMAML, mapper: TaskMap, batch: tuple[Tensor, Tensor, Tensor, Tensor], loss_fn: LossFn,
+                 theta: Params) -> None:
         self.learner, self.map, self.batch, self.loss_fn, self.theta = learner, mapper, batch, loss_fn, theta
+        self.phi: Params | None = None          # set by forward, freed by backward
+        self.query_grads: Params | None = None
 
     def forward(self) -> Tensor:
         learner, loss_fn = self.learner, self.loss_fn
@@ -264,7 +346,7 @@ class _Implicit:
         learner.check_inner(self.map, self.theta, phi, sx, sy, loss_fn, buffers)
         rest = {n: p.detach().expand(T, *p.shape) for n, p in self.theta.items() if n not in phi}
 
-        def query(p, x, y, b):
+        def query(p: Params, x: Tensor, y: Tensor, b: Params | None) -> tuple[Tensor, Tensor]:
             loss = learner.query_loss(p, x, y, loss_fn, b, None)
             return loss, loss.detach()
 
@@ -280,25 +362,30 @@ class _Implicit:
         sx, sy = self.batch[:2]
         T = sx.shape[0]
         adapt = learner.adapt_names
-        fixed = [n for n in self.theta if n not in self.phi]
-        point = {**{n: self.theta[n].detach().expand(T, *self.theta[n].shape) for n in fixed}, **self.phi}
+        phi, query_grads = self.phi, self.query_grads
+        assert phi is not None and query_grads is not None, "backward runs after forward, once"
+        fixed = [n for n in self.theta if n not in phi]
+        point = {**{n: self.theta[n].detach().expand(T, *self.theta[n].shape) for n in fixed}, **phi}
         buffers = B.for_recompute(learner.module)
         state = learner.execution_state
 
-        def support(p, x, y):
+        def support(p: Params, x: Tensor, y: Tensor) -> Tensor:
             return learner.support_loss(p, x, y, loss_fn, buffers, learner.inner_steps)
 
-        def matvec(p):
+        def matvec(p: Params) -> Params:
             _, hp, state.hvp_method = hvp_and_grad(support, point, p, sx, sy,
                                                     method=state.hvp_method or learner.hvp_method,
                                                     context=self.map.context)
             return hp
 
-        w = lambda t: grad_losses.reshape(T, *[1] * (t.dim() - 1)).to(t.dtype) * t
-        b = {n: w(self.query_grads[n]) for n in adapt}
+        def w(t: Tensor) -> Tensor:
+            return grad_losses.reshape(T, *[1] * (t.dim() - 1)).to(t.dtype) * t
+
+        b = {n: w(query_grads[n]) for n in adapt}
         x, report = batched_cg(matvec, b, lam=learner.lam, damping=learner.cg_damping, max_iter=learner.cg_steps,
                                tol=learner.cg_tol, on_fail=learner.on_cg_fail)
         learner.last_cg_report = report
+        assert isinstance(x, dict)  # the form of b
         grads = {n: x[n].sum(0) for n in adapt}
         if fixed:
             # d L / d theta_f = dL_q/d theta_f - (1/lam) H_{f, phi} x   (implicit function theorem)
@@ -306,6 +393,6 @@ class _Implicit:
             _, hx, _ = hvp_and_grad(support, point, vec, sx, sy, method=state.hvp_method or learner.hvp_method,
                                     context=self.map.context)
             for n in fixed:
-                grads[n] = (w(self.query_grads[n]) - hx[n] / learner.lam).sum(0)
+                grads[n] = (w(query_grads[n]) - hx[n] / learner.lam).sum(0)
         self.phi = self.query_grads = None
         return [grads[n] for n in self.theta]

@@ -19,7 +19,14 @@ The vector algebra of an iteration is three fused ops (NOTE: [cg ops] in fastmam
 
 The report gives per task the iterations run, the final residual norm ||r_t|| (of the CG
 recurrence) and ||b_t||, whether it converged, and whether it broke down (<p, A p> <= 0: A is not
-positive definite for that task, raise lam or damping). Tasks that miss the tolerance are reported
+positive definite for that task, raise lam or damping).
+
+NOTE: [cg breakdown] A task that breaks down returns the iterate of smallest residual it visited
+(x0 included), not its last one: on an indefinite A the steps before <p, A p> <= 0 shows can
+already be huge (a direction of near-zero curvature gives a huge step size), and iMAML's sine
+training went to NaN on such iterates (relative residuals 4-6, docs/imaml.md "Training stability").
+So ||A x_t - b_t|| <= ||A x0 - b_t|| (||b_t|| from zero) for every task, and the report's residual
+is that iterate's. A task that converges or runs out of budget keeps its last iterate. Tasks that miss the tolerance are reported
 by a RuntimeWarning (on_fail="warn"), an error ("raise"), or only in the report ("ignore").
 """
 
@@ -29,6 +36,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -47,7 +55,8 @@ class CGReport:
         residual_norm: ||r_t|| at the end.
         rhs_norm: ||b_t||.
         converged: bool, ||r_t|| <= max(tol ||b_t||, atol).
-        breakdown: bool, <p, A p> <= 0 (or not finite) was met.
+        breakdown: bool, <p, A p> <= 0 (or not finite) was met; the task returned its iterate of
+            smallest residual.
         tol: the relative tolerance asked for.
         atol: the absolute tolerance asked for.
         max_iter: the iteration budget.
@@ -98,7 +107,10 @@ class CGReport:
         return self.summary()
 
 
-def _as_list(v, what: str) -> tuple[list[str] | None, list[Tensor]]:
+Vectors = Mapping[str, Tensor] | Sequence[Tensor]   # a dict or list of [T, ...] tensors
+
+
+def _as_list(v: object, what: str) -> tuple[list[str] | None, list[Tensor]]:
     if isinstance(v, Mapping):
         return list(v), list(v.values())
     if isinstance(v, Tensor) or not isinstance(v, Sequence):
@@ -106,13 +118,22 @@ def _as_list(v, what: str) -> tuple[list[str] | None, list[Tensor]]:
     return None, list(v)
 
 
+def _keep_best(best_x: list[Tensor], best_rs: Tensor, x: list[Tensor], rs: Tensor, active: Tensor) -> None:
+    """best_x[t] = x[t] where task t moved to a smaller residual (in place)."""
+    better = active & (rs < best_rs)
+    if bool(better.any()):
+        for bi, xi in zip(best_x, x):
+            bi.copy_(torch.where(better.view(-1, *[1] * (xi.dim() - 1)), xi, bi))
+        best_rs.copy_(torch.where(better, rs, best_rs))
+
+
 def batched_cg(
-    matvec: Callable,
-    b,
+    matvec: Callable[[Any], Vectors],   # takes vectors in the form of b
+    b: Vectors,
     *,
     lam: float = 1.0,
     damping: float = 0.0,
-    x0=None,
+    x0: Vectors | None = None,
     max_iter: int = 10,
     tol: float = 1e-6,
     atol: float = 0.0,
@@ -181,6 +202,8 @@ def batched_cg(
         active = rs > threshold
         iterations = torch.zeros(T, dtype=torch.int64, device=rs.device)
         breakdown = torch.zeros(T, dtype=torch.bool, device=rs.device)
+        # The iterate of smallest residual so far, what a task that breaks down returns (NOTE: [cg breakdown])
+        best_x, best_rs = [t.clone() for t in x], rs.clone()
         for _ in range(max_iter):
             if not bool(active.any()):
                 break
@@ -194,8 +217,13 @@ def batched_cg(
             iterations += active.to(iterations.dtype)
             beta = torch.where(active, rs_new / torch.where(active, rs, torch.ones_like(rs)), torch.zeros_like(rs))
             rs = torch.where(active, rs_new, rs)
+            _keep_best(best_x, best_rs, x, rs, active)
             cg_ops.direction_(p, r, beta)
             active &= rs > threshold
+        if bool(breakdown.any()):
+            for xi, bi in zip(x, best_x):
+                xi.copy_(torch.where(breakdown.view(T, *[1] * (xi.dim() - 1)), bi, xi))
+            rs = torch.where(breakdown, best_rs, rs)
     report = CGReport(iterations, rs.sqrt(), b_norm, rs <= threshold, breakdown, float(tol), float(atol), max_iter)
     if not report.all_converged:
         if on_fail == "raise":

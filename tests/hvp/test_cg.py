@@ -129,6 +129,55 @@ def test_breakdown_on_indefinite_operator():
     assert report.breakdown.all() and not report.converged.any()
 
 
+def _hand_cg(A, b, iters, tol=0.0):
+    """Plain CG on one dense system in float64: the iterates x_0 = 0, x_1, ... and whether
+    <p, A p> <= 0 stopped it."""
+    x, r = torch.zeros_like(b), b.clone()
+    p, rs, xs = r.clone(), r @ r, [torch.zeros_like(b)]
+    for _ in range(iters):
+        if rs.sqrt() <= tol * b.norm():
+            break
+        Ap = A @ p
+        if not (p @ Ap) > 0:
+            return xs, True
+        alpha = rs / (p @ Ap)
+        x, r = x + alpha * p, r - alpha * Ap
+        xs.append(x)
+        rs, p = r @ r, r + (r @ r) / rs * p
+    return xs, False
+
+
+def test_breakdown_returns_the_smallest_residual_iterate():
+    """NOTE: [cg breakdown]: tasks 0 and 1 (indefinite A, one eigenvalue -0.5) break down after 4 and 3
+    steps whose last iterate has a residual 3x and 6x ||b||; each returns its iterate of smallest
+    true residual (a middle one), by a hand-written float64 CG. Task 2 (SPD) is solved as before."""
+    n, As, bs = 6, [], []
+    for seed, eig in ((1, [3.0, 2.0, 1.5, 1.0, 0.3, -0.5]), (10, [3.0, 2.0, 1.5, 1.0, 0.3, -0.5]),
+                      (2, [3.0, 2.0, 1.5, 1.0, 0.3, 0.5])):
+        g = torch.Generator().manual_seed(seed)
+        Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+        As.append((Q * torch.tensor(eig, dtype=torch.float64)) @ Q.T)
+        bs.append(torch.randn(n, generator=g, dtype=torch.float64))
+    A, b = torch.stack(As), torch.stack(bs)
+    H = A - torch.eye(n, dtype=torch.float64)  # the operator is I + H / lam with lam = 1
+
+    def matvec(p):
+        return [torch.einsum("tij,tj->ti", H, p[0])]
+
+    with pytest.warns(RuntimeWarning, match="breakdown"):
+        (x,), report = batched_cg(matvec, [b], lam=1.0, max_iter=10, tol=1e-10)
+    assert report.breakdown.tolist() == [True, True, False] and report.converged.tolist() == [False, False, True]
+    for t in range(2):
+        xs, broke = _hand_cg(A[t], b[t], 10)
+        res = torch.stack([(A[t] @ xi - b[t]).norm() for xi in xs])
+        best = int(res.argmin())
+        assert broke and 0 < best < len(xs) - 1 and res[-1] > 2 * b[t].norm()   # the case this pins
+        torch.testing.assert_close(x[t], xs[best], atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(report.residual_norm[t], res[best], atol=1e-12, rtol=1e-8)
+        assert (A[t] @ x[t] - b[t]).norm() < b[t].norm()
+    torch.testing.assert_close(x[2], torch.linalg.solve(A[2], b[2]), atol=1e-9, rtol=1e-9)
+
+
 def test_dict_vectors_and_initial_guess():
     _, b, split, matvec = _spd_problem(T=2)
     names = ["w", "b"]

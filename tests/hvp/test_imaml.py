@@ -91,12 +91,11 @@ def test_cg_budget_shortfall_is_reported():
 
 
 def test_learns_on_sine():
-    """A short meta-training run: post-adaptation MSE at most half the pre-adaptation MSE."""
+    """A short meta-training run at the defaults: post-adaptation MSE at most half the pre-adaptation MSE."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(1, 40), torch.nn.ReLU(), torch.nn.Linear(40, 40), torch.nn.ReLU(),
                                 torch.nn.Linear(40, 1))
-    im = IMAML(model, lam=0.5, inner_lr=0.01, inner_steps=10, cg_steps=5, cg_tol=1e-3, on_cg_fail="ignore",
-               batching="vmap")
+    im = IMAML(model, on_cg_fail="ignore", on_inner_fail="ignore", batching="vmap")
     opt = torch.optim.Adam(im.parameters(), lr=3e-3)
     tasks = SineTasks(k_shot=10, q_query=10, seed=0)
     for _ in range(200):
@@ -188,3 +187,97 @@ def test_defaults_are_per_kind_of_model():
         assert (im.lam, im.cg_damping) == (DEFAULTS[kind]["lam"], DEFAULTS[kind]["cg_damping"]), kind
     im = IMAML(conv4(5, hidden=4), lam=3.0, cg_damping=0.0)
     assert (im.lam, im.cg_damping) == (3.0, 0.0)
+
+
+def _prox_objective(model, theta, flat_phi, x, y, lam, unflat):
+    return F.mse_loss(functional_call(model, unflat(flat_phi), (x,)), y) + 0.5 * lam * (flat_phi - theta).pow(2).sum()
+
+
+def _flat_helpers(model):
+    theta = dict(model.named_parameters())
+    names, shapes = list(theta), [p.shape for p in theta.values()]
+
+    def unflat(f):
+        return {n: v.view(s) for n, v, s in zip(names, torch.split(f, [s.numel() for s in shapes]), shapes)}
+
+    return torch.cat([p.detach().flatten() for p in theta.values()]), unflat
+
+
+def test_inner_descent_undoes_steps_that_raise_the_objective():
+    """At inner_lr 1 plain gradient descent on the proximal objective diverges (the sine NaNs of
+    docs/imaml.md, "Training stability"); the safeguarded descent undoes a task's step that raised its
+    objective and halves its rate. Against a hand-written float64 loop, task by task; then the
+    meta-gradient at that inner solution against the dense solve."""
+    lam, lr, steps = 2.0, 1.0, 8
+    im = IMAML(tiny_mlp(), lam=lam, inner_lr=lr, inner_steps=steps, cg_steps=60, cg_tol=1e-12, batching="vmap",
+               on_inner_fail="ignore")
+    batch = regression_tasks(tasks=4)
+    sx, sy = batch[:2]
+    theta, unflat = _flat_helpers(im.module)
+    im.zero_grad()
+    im.meta_loss(*batch, F.mse_loss).backward()
+    rates = im.last_inner_report.inner_lr
+    phi = im.solve_inner(TaskMap(im.module, True), dict(im.module.named_parameters()), sx, sy, F.mse_loss, {})
+    for t in range(sx.shape[0]):
+        def obj_grad(f, t=t):
+            f = f.detach().requires_grad_()
+            o = _prox_objective(im.module, theta, f, sx[t], sy[t], lam, unflat)
+            return o.detach(), torch.autograd.grad(o, f)[0]
+
+        point, rate, saved, plain = theta.clone(), lr, None, theta.clone()
+        for _ in range(steps):
+            o, g = obj_grad(point)
+            if saved is not None and not o <= saved[2]:
+                point, g, o, rate = saved[0], saved[1], saved[2], rate / 2
+            saved = (point, g, o)
+            point = point - rate * g
+            plain = plain - lr * obj_grad(plain)[1]
+        if not obj_grad(point)[0] <= saved[2]:
+            point, rate = saved[0], rate / 2
+        assert obj_grad(plain)[0] > obj_grad(theta)[0]          # unguarded, the objective rises
+        assert obj_grad(point)[0] < obj_grad(theta)[0] and rate < lr
+        got = torch.cat([phi[n][t].flatten() for n in phi])
+        torch.testing.assert_close(got, point, atol=1e-12, rtol=1e-10)
+        assert rates[t].item() == rate
+    assert im.last_cg_report.all_converged
+    expected = _dense_meta_grad(im, batch, lam)
+    for n, p in im.module.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], atol=1e-10, rtol=1e-8, msg=lambda m, n=n: f"{n}: {m}")
+
+
+def test_cg_breakdown_gives_a_finite_meta_gradient():
+    """lam 0.3: I + H/lam is indefinite and CG breaks down on every task; each task contributes the CG
+    iterate of smallest residual (NOTE: [cg breakdown]), checked against a hand-written float64 CG
+    on the dense system; a meta-step later the loss is finite."""
+    lam, cg_steps = 0.3, 20
+    im = IMAML(tiny_mlp(), lam=lam, inner_lr=0.05, inner_steps=5, cg_steps=cg_steps, cg_tol=1e-12, batching="vmap",
+               on_inner_fail="ignore", on_cg_fail="ignore")
+    batch = regression_tasks(tasks=4)
+    sx, sy, qx, qy = batch
+    _, unflat = _flat_helpers(im.module)
+    im.zero_grad()
+    im.meta_loss(*batch, F.mse_loss).backward()
+    assert im.last_cg_report.breakdown.all()
+    phi = im.solve_inner(TaskMap(im.module, True), dict(im.module.named_parameters()), sx, sy, F.mse_loss, {})
+    T, expected = sx.shape[0], 0
+    for t in range(T):
+        flat = torch.cat([phi[n][t].flatten() for n in phi])
+        H = torch.autograd.functional.hessian(lambda f, t=t: F.mse_loss(functional_call(im.module, unflat(f), (sx[t],)), sy[t]), flat)
+        gq = torch.autograd.functional.jacobian(lambda f, t=t: F.mse_loss(functional_call(im.module, unflat(f), (qx[t],)), qy[t]), flat)
+        A = torch.eye(flat.numel(), dtype=flat.dtype) + H / lam
+        x, r, p = torch.zeros_like(gq), gq.clone(), gq.clone()
+        best, best_res = x, gq.norm()
+        for _ in range(cg_steps):
+            if not p @ A @ p > 0:
+                break
+            alpha = (r @ r) / (p @ A @ p)
+            x, r_new = x + alpha * p, r - alpha * (A @ p)
+            p, r = r_new + (r_new @ r_new) / (r @ r) * p, r_new
+            if (A @ x - gq).norm() < best_res:
+                best, best_res = x, (A @ x - gq).norm()
+        expected = expected + best / T
+    got = torch.cat([p.grad.flatten() for p in im.module.parameters()])
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-8)
+    torch.optim.SGD(im.parameters(), lr=0.1).step()
+    assert torch.isfinite(im.meta_loss(*batch, F.mse_loss))
