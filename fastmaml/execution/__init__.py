@@ -21,12 +21,12 @@ from fastmaml.execution import auto, compiled, hooks, mapped
 from fastmaml.execution.auto import MODES
 from fastmaml.execution.batched import run as batched
 from fastmaml.execution.hvp_mode import SECOND_ORDER, check_second_order, hvp_meta_losses
-from fastmaml.execution.state import ExecutionState
+from fastmaml.execution.state import CompileChoice, ExecutionState, Learner
 from fastmaml.execution.taskmap import TaskMap
 from fastmaml.functional import LossFn, Params
 
 
-def meta_losses(learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+def meta_losses(learner: Learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
                 loss_fn: LossFn) -> Tensor:
     """The [T] query losses after adaptation, differentiable w.r.t. the learner's parameters (under
     no_grad: the inner loop still takes gradients, the result is detached).
@@ -41,23 +41,28 @@ def meta_losses(learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, 
     """
     if learner.second_order == "hvp" and torch.is_grad_enabled():
         return hvp_meta_losses(learner, support_x, support_y, query_x, query_y, loss_fn)
-    mode = auto.choose(learner, support_x, support_y, query_x, query_y, loss_fn)
+    mode = auto.choose(learner, support_x, support_y, query_x, query_y, loss_fn, run=_losses_in)
     learner.execution_state.used = mode
     outer_grad = torch.is_grad_enabled()
     first_order = None if outer_grad else True  # evaluation: no graph through the inner gradients
     with torch.enable_grad():
-        if mode == "batched":
-            losses = batched.task_losses(learner, support_x, support_y, query_x, query_y, loss_fn, first_order)
-        elif mode == "compiled":
-            losses = compiled.compiled_task_losses(learner, support_x, support_y, query_x, query_y, loss_fn,
-                                                   first_order, learner.execution_state.compile_backend)
-        else:
-            mapper = TaskMap(learner.module, mode == "vmap")
-            losses = mapped.task_losses(learner, mapper, support_x, support_y, query_x, query_y, loss_fn, first_order)
+        losses = _losses_in(mode, learner, support_x, support_y, query_x, query_y, loss_fn, first_order)
     return losses if outer_grad else losses.detach()
 
 
-def adapted(learner, support_x: Tensor, support_y: Tensor, loss_fn: LossFn) -> tuple[Params, Tensor]:
+def _losses_in(mode: str, learner: Learner, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+               query_y: Tensor, loss_fn: LossFn, first_order: bool | None) -> Tensor:
+    """The [T] query losses by `mode` (one of MODES but "auto"; auto times the modes through it)."""
+    if mode == "batched":
+        return batched.task_losses(learner, support_x, support_y, query_x, query_y, loss_fn, first_order)
+    if mode == "compiled":
+        return compiled.compiled_task_losses(learner, support_x, support_y, query_x, query_y, loss_fn,
+                                             first_order, learner.execution_state.compile_backend)
+    mapper = TaskMap(learner.module, mode == "vmap")
+    return mapped.task_losses(learner, mapper, support_x, support_y, query_x, query_y, loss_fn, first_order)
+
+
+def adapted(learner: Learner, support_x: Tensor, support_y: Tensor, loss_fn: LossFn) -> tuple[Params, Tensor]:
     """Every task's adapted parameters ([T, ...] per adapted name, no graph) and post-adaptation
     support losses ([T]), first order ("loop" or "vmap"; Reptile's meta-step).
 
@@ -75,14 +80,22 @@ def adapted(learner, support_x: Tensor, support_y: Tensor, loss_fn: LossFn) -> t
         return mapped.adapted(learner, TaskMap(learner.module, mode == "vmap"), support_x, support_y, loss_fn)
 
 
-def explain(learner) -> dict[str, str | None]:
-    """Each mode with the reason the learner cannot take it (None: it can).
+def explain(learner: Learner) -> dict[str, str | None]:
+    """Each mode with the reason the learner cannot take it (None: it can), and under "auto" why
+    auto did or would not choose "compiled" (NOTE: [auto compiled] in execution/auto.py).
 
     Args:
         learner: a MetaLearner.
     """
+    state = learner.execution_state
+    if state.last_compile_choice is not None:
+        why_auto = state.last_compile_choice.reason
+    elif state.compile_horizon is None:
+        why_auto = "never 'compiled': no horizon (fastmaml.compile(learner, expected_steps=N) gives one)"
+    else:
+        why_auto = f"weighs 'compiled' against {state.compile_horizon} meta-steps per batch signature at its first meta-step"
     return {"loop": None, "vmap": None, "batched": batched.why_not_learner(learner),
-            "compiled": compiled.supported(learner), "hvp": hooks.why_not(learner, "hvp")}
+            "compiled": compiled.supported(learner), "hvp": hooks.why_not(learner, "hvp"), "auto": why_auto}
 
 
-__all__ = ["MODES", "SECOND_ORDER", "ExecutionState", "adapted", "check_second_order", "explain", "meta_losses"]
+__all__ = ["MODES", "SECOND_ORDER", "CompileChoice", "ExecutionState", "adapted", "check_second_order", "explain", "meta_losses"]
