@@ -18,7 +18,8 @@ per batch signature. Per signature, on the first such meta-step:
      a little above the largest saving the compiled step showed over the eager one
      (bench/results/peers_compiled.json: 17%, Conv-4);
   3. if compiled, its step is timed (`compiled_s`) and "compiled" is kept when it is the faster: the
-     compilation is spent by then, and the record says after how many steps it pays back.
+     compilation is spent by then, and the record says after how many steps it pays back. A model
+     that does not compile (a graph break) keeps the eager mode, with the error as the reason.
 
 The decision and its reasons are recorded per signature in `learner.execution_state.compile_choice`
 (`fastmaml.execution.explain(learner)["auto"]` says the last). Meta-steps without gradient
@@ -179,7 +180,12 @@ def weigh_compiled(learner: Learner, batch: Batch, loss_fn: LossFn, eager: str, 
             return CompileChoice(eager, eager, horizon, eager_s, reason=(
                 f"{eager!r}: not compiled, {horizon} meta-steps of {1e3 * eager_s:.3g} ms could save at most "
                 f"{horizon * eager_s * MAX_GAIN:.3g} s ({MAX_GAIN:.0%}), less than a compilation's {estimate:.3g} s"))
-        first = None if ready else _timed_step(learner, "compiled", batch, loss_fn, run)  # compiles
+        try:
+            first = None if ready else _timed_step(learner, "compiled", batch, loss_fn, run)  # compiles
+        except Exception as error:  # noqa: BLE001 - e.g. the model does not trace as one graph (a graph break)
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            return CompileChoice(eager, eager, horizon, eager_s, reason=(
+                f"{eager!r}: compiling the meta-step failed ({type(error).__name__}: {first_line[:200]})"))
         compiled_s = step_seconds(learner, "compiled", batch, loss_fn, run)
     compile_s = 0.0 if first is None else max(first - compiled_s, 0.0)
     if first is not None:

@@ -121,6 +121,30 @@ def test_a_step_compiled_for_the_shape_is_reused_whatever_the_horizon(step_ms):
     assert learner.batching_used == "compiled" and choice.compile_s == 0 and "already compiled" in choice.reason
 
 
+class Branching(torch.nn.Module):
+    """A model whose forward branches on a value: no single graph (fullgraph=True fails)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = sine_mlp(hidden=8)
+
+    def forward(self, x):
+        y = self.net(x)
+        return y if float(y.detach().sum()) < 1e9 else -y
+
+
+def test_a_model_that_does_not_compile_keeps_the_eager_mode(step_ms):
+    model = Branching().double()
+    loop = fastmaml.MAML(copy.deepcopy(model), inner_lr=0.1, inner_steps=1, batching="loop")
+    learner = fastmaml.compile(fastmaml.MAML(model, inner_lr=0.1, inner_steps=1), backend="aot_eager",
+                               expected_steps=10**6)
+    batch = sine_batch()
+    assert rel_diff(meta_grads(learner, batch), meta_grads(loop, batch)) <= TOL
+    choice = learner.execution_state.last_compile_choice
+    assert learner.batching_used == choice.mode != "compiled"
+    assert "compiling the meta-step failed" in choice.reason
+
+
 def test_evaluation_never_compiles_under_auto(step_ms, no_compiling):
     loop, learner = pair(expected_steps=10**6)
     batch = sine_batch()
