@@ -223,16 +223,19 @@ def compiled_task_losses(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor, q
     named = dict(learner.named_parameters())
     outer = torch.is_grad_enabled() and any(p.requires_grad for p in named.values())
     run = _compiled(learner, loss_fn, first_order, outer, backend)
-    run.signatures.add(_signature(learner, batch))
+    signature = _signature(learner, batch)
     if not outer:
         with torch.enable_grad():  # the inner steps need gradients, the result does not
             losses = run({n: p.detach() for n, p in named.items()}, buffers, None, *batch)
         B.merge(learner.module, buffers)
-        return losses.detach()
-    # Parameters that do not require grad are left to functional_call, which reads the module's own.
-    meta = {n: p for n, p in named.items() if p.requires_grad}
-    solver = _Solver(run, {n: p.detach() for n, p in meta.items()}, buffers, batch, learner.module)
-    return HandGradLosses.apply(solver, *meta.values())
+        losses = losses.detach()
+    else:
+        # Parameters that do not require grad are left to functional_call, which reads the module's own.
+        meta = {n: p for n, p in named.items() if p.requires_grad}
+        solver = _Solver(run, {n: p.detach() for n, p in meta.items()}, buffers, batch, learner.module)
+        losses = HandGradLosses.apply(solver, *meta.values())
+    run.signatures.add(signature)  # once its graph ran (compiling may fail)
+    return losses
 
 
 def compile(learner: Learner, backend: str | Callable = "inductor", *, expected_steps: int | None = None) -> Learner:

@@ -143,6 +143,7 @@ def test_a_model_that_does_not_compile_keeps_the_eager_mode(step_ms):
     choice = learner.execution_state.last_compile_choice
     assert learner.batching_used == choice.mode != "compiled"
     assert "compiling the meta-step failed" in choice.reason
+    assert not compiled.is_compiled(learner, batch, F.mse_loss)
 
 
 def test_evaluation_never_compiles_under_auto(step_ms, no_compiling):
