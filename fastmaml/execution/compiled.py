@@ -10,9 +10,11 @@ fastmaml.ops, and `meta` are all the learner's parameters (the model's and the a
 Meta-SGD's rates, ALFA's generators), substituted by torch.func.functional_call. The inner
 gradients and the outer one are traced, so second order needs no double backward through
 aot_autograd at run time. The losses leave through HandGradLosses (NOTE: [hand meta-gradient],
-fastmaml/execution/hvp_mode.py): `loss.backward()` puts the precomputed gradient, scaled by
-the incoming gradient, on the parameters. The trace uses w = 1 (mean and sum scale it); any other
-incoming gradient runs the same compiled graph again with w = that gradient.
+fastmaml/execution/hvp_mode.py): `loss.backward()` puts the precomputed gradient on the
+parameters. The step runs with w = 1/T, what `meta_loss`'s mean passes back, so that gradient is
+handed over as it is (no multiply, no copy: bench/README.md measured the hand-over); another
+uniform incoming gradient (a sum) scales it, and a non-uniform one runs the same compiled graph
+again with w = that gradient.
 
 The inner updates inside the graph are the update family's reference form (plain PyTorch, p - a * g
 and its forget form), which Inductor fuses with the gradient computation around it, whatever backend
