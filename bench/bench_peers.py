@@ -288,6 +288,7 @@ def run(configs, names, rounds, min_rounds, budget_s, threads, memory=True) -> d
         cache = tempfile.mkdtemp(prefix="bench-peers-inductor-")
         res = _worker(["--worker", name, "--peers", ",".join(ok), "--rounds", str(rounds),
                        "--min-rounds", str(min_rounds), "--budget", str(budget_s)], threads, 3600, cache=cache)
+        res["peers_missing"] = missing
         if memory:
             for peer in ok:
                 try:
@@ -470,6 +471,11 @@ def main(argv=None) -> int:
         fresh = {c["config"]: c for c in data["configs"]}
         kept = {c["config"]: c for c in old.get("configs", []) if c["config"] not in fresh}
         data["configs"] = [({**kept, **fresh})[c] for c in CONFIGS if c in kept or c in fresh]
+        # the kept configs' peers keep their versions; a peer is missing only where no config has it
+        # (each fresh config records the peers it lacked)
+        data["versions"] = {**old.get("versions", {}), **data["versions"]}
+        data["peers_missing"] = {k: v for k, v in data["peers_missing"].items()
+                                 if not any(k in c["results"] for c in data["configs"])}
         configs = [c["config"] for c in data["configs"]]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=1) + "\n")

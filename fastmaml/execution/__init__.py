@@ -22,7 +22,7 @@ from fastmaml.execution.auto import MODES
 from fastmaml.execution.batched import run as batched
 from fastmaml.execution.hvp_mode import SECOND_ORDER, check_second_order, hvp_meta_losses
 from fastmaml.execution.learner import Learner
-from fastmaml.execution.state import ExecutionState
+from fastmaml.execution.state import CompileChoice, ExecutionState
 from fastmaml.execution.taskmap import TaskMap
 from fastmaml.functional import LossFn, Params
 
@@ -42,20 +42,25 @@ def meta_losses(learner: Learner, support_x: Tensor, support_y: Tensor, query_x:
     """
     if learner.second_order == "hvp" and torch.is_grad_enabled():
         return hvp_meta_losses(learner, support_x, support_y, query_x, query_y, loss_fn)
-    mode = auto.choose(learner, support_x, support_y, query_x, query_y, loss_fn)
+    mode = auto.choose(learner, support_x, support_y, query_x, query_y, loss_fn, run=_losses_in)
     learner.execution_state.used = mode
     outer_grad = torch.is_grad_enabled()
     first_order = None if outer_grad else True  # evaluation: no graph through the inner gradients
     with torch.enable_grad():
-        if mode == "batched":
-            losses = batched.task_losses(learner, support_x, support_y, query_x, query_y, loss_fn, first_order)
-        elif mode == "compiled":
-            losses = compiled.compiled_task_losses(learner, support_x, support_y, query_x, query_y, loss_fn,
-                                                   first_order, learner.execution_state.compile_backend)
-        else:
-            mapper = TaskMap(learner.module, mode == "vmap")
-            losses = mapped.task_losses(learner, mapper, support_x, support_y, query_x, query_y, loss_fn, first_order)
+        losses = _losses_in(mode, learner, support_x, support_y, query_x, query_y, loss_fn, first_order)
     return losses if outer_grad else losses.detach()
+
+
+def _losses_in(mode: str, learner: Learner, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+               query_y: Tensor, loss_fn: LossFn, first_order: bool | None) -> Tensor:
+    """The [T] query losses by `mode` (one of MODES but "auto"; auto times the modes through it)."""
+    if mode == "batched":
+        return batched.task_losses(learner, support_x, support_y, query_x, query_y, loss_fn, first_order)
+    if mode == "compiled":
+        return compiled.compiled_task_losses(learner, support_x, support_y, query_x, query_y, loss_fn,
+                                             first_order, learner.execution_state.compile_backend)
+    mapper = TaskMap(learner.module, mode == "vmap")
+    return mapped.task_losses(learner, mapper, support_x, support_y, query_x, query_y, loss_fn, first_order)
 
 
 def adapted(learner: Learner, support_x: Tensor, support_y: Tensor, loss_fn: LossFn) -> tuple[Params, Tensor]:
@@ -77,13 +82,21 @@ def adapted(learner: Learner, support_x: Tensor, support_y: Tensor, loss_fn: Los
 
 
 def explain(learner: Learner) -> dict[str, str | None]:
-    """Each mode with the reason the learner cannot take it (None: it can).
+    """Each mode with the reason the learner cannot take it (None: it can), and under "auto" why
+    auto did or would not choose "compiled" (NOTE: [auto compiled] in execution/auto.py).
 
     Args:
         learner: a MetaLearner.
     """
+    state = learner.execution_state
+    if state.last_compile_choice is not None:
+        why_auto = state.last_compile_choice.reason
+    elif state.compile_horizon is None:
+        why_auto = "never 'compiled': no horizon (fastmaml.compile(learner, expected_steps=N) gives one)"
+    else:
+        why_auto = f"weighs 'compiled' against {state.compile_horizon} meta-steps per batch signature at its first meta-step"
     return {"loop": None, "vmap": None, "batched": batched.why_not_learner(learner),
-            "compiled": compiled.supported(learner), "hvp": hooks.why_not(learner, "hvp")}
+            "compiled": compiled.supported(learner), "hvp": hooks.why_not(learner, "hvp"), "auto": why_auto}
 
 
-__all__ = ["MODES", "SECOND_ORDER", "ExecutionState", "adapted", "check_second_order", "explain", "meta_losses"]
+__all__ = ["MODES", "SECOND_ORDER", "CompileChoice", "ExecutionState", "adapted", "check_second_order", "explain", "meta_losses"]

@@ -10,9 +10,11 @@ fastmaml.ops, and `meta` are all the learner's parameters (the model's and the a
 Meta-SGD's rates, ALFA's generators), substituted by torch.func.functional_call. The inner
 gradients and the outer one are traced, so second order needs no double backward through
 aot_autograd at run time. The losses leave through HandGradLosses (NOTE: [hand meta-gradient],
-fastmaml/execution/hvp_mode.py): `loss.backward()` puts the precomputed gradient, scaled by
-the incoming gradient, on the parameters. The trace uses w = 1 (mean and sum scale it); any other
-incoming gradient runs the same compiled graph again with w = that gradient.
+fastmaml/execution/hvp_mode.py): `loss.backward()` puts the precomputed gradient on the
+parameters. The step runs with w = 1/T, what `meta_loss`'s mean passes back, so that gradient is
+handed over as it is (no multiply, no copy: bench/README.md measured the hand-over); another
+uniform incoming gradient (a sum) scales it, and a non-uniform one runs the same compiled graph
+again with w = that gradient.
 
 The inner updates inside the graph are the update family's reference form (plain PyTorch, p - a * g
 and its forget form), which Inductor fuses with the gradient computation around it, whatever backend
@@ -23,7 +25,9 @@ traced, so the reference module is loaded first and chosen while the graph runs.
 One compiled function per (learner, loss_fn, inner order, outer gradient or not); torch.compile
 guards and recompiles it per shape, dtype, device and hook state (dynamic=False: one graph per
 shape). Inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR, default under /tmp) lets a second
-process skip most of the compilation (bench/bench_compile_cache.py measures it).
+process skip most of the compilation (bench/bench_compile_cache.py measures it). `batching="auto"`
+weighs this path only for a learner given a horizon (NOTE: [auto compiled] in execution/auto.py),
+which asks `is_compiled` whether a shape has its graph already.
 
     losses = compiled_task_losses(learner, sx, sy, qx, qy, loss_fn)   # [T], differentiable
 """
@@ -32,6 +36,8 @@ from __future__ import annotations
 
 import itertools
 import types
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,12 +46,20 @@ from fastmaml import functional as F, ops
 from fastmaml.execution import buffers as B, hooks
 from fastmaml.execution.batchnorm import DecomposedBatchNorm, has_batch_norm
 from fastmaml.execution.hvp_mode import HandGradLosses
+from fastmaml.execution.learner import Learner
+from fastmaml.functional import LossFn, Params
+
+Batch = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
-def supported(learner) -> str | None:
+def supported(learner: Learner) -> str | None:
     """None when `learner` can take the compiled path, else why not (a sentence). The path runs the
     learner's own hooks under vmap, so every hook is covered; a learner with its own meta_loss
-    (iMAML) never reaches the execution layer's modes."""
+    (iMAML) never reaches the execution layer's modes.
+
+    Args:
+        learner: a MetaLearner.
+    """
     why = hooks.why_not(learner, "compiled")
     if why is not None:
         return why
@@ -58,15 +72,15 @@ class _TaskLosses(nn.Module):
     """forward(buffers, sx, sy, qx, qy) -> [T] query losses; run under functional_call so that
     the learner's parameters are the traced inputs."""
 
-    def __init__(self, learner, loss_fn, first_order: bool | None):
+    def __init__(self, learner: Learner, loss_fn: LossFn, first_order: bool | None) -> None:
         super().__init__()
         self.learner, self.loss_fn, self.first_order = learner, loss_fn, first_order
 
-    def forward(self, buffers, sx, sy, qx, qy):
+    def forward(self, buffers: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
         learner, loss_fn = self.learner, self.loss_fn
         params = learner.params()
 
-        def one_task(sx, sy, qx, qy, buffers):
+        def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, buffers: Params) -> Tensor:
             trajectory = learner.inner_loop(params, sx, sy, loss_fn, buffers, first_order=self.first_order,
                                             grads_fn=F.func_grads)
             return learner.task_loss(trajectory, qx, qy, loss_fn, buffers)
@@ -74,26 +88,28 @@ class _TaskLosses(nn.Module):
         return torch.func.vmap(one_task, randomness="different")(sx, sy, qx, qy, buffers)
 
 
-def _build(learner, loss_fn, first_order: bool | None, outer: bool, backend: str):
+def _build(learner: Learner, loss_fn: LossFn, first_order: bool | None, outer: bool,
+           backend: str | Callable) -> Callable:
     runner = _TaskLosses(learner, loss_fn, first_order)
     bn = DecomposedBatchNorm if has_batch_norm(learner.module) else None
 
-    def losses_of(meta, buffers, batch):
+    def losses_of(meta: Params, buffers: Params, batch: tuple[Tensor, ...]) -> Tensor:
         tensors = {f"learner.{n}": t for n, t in meta.items()}
         if bn is None:
             return torch.func.functional_call(runner, tensors, (buffers, *batch))
         with bn():  # NOTE: [vmap batch norm] in fastmaml/execution/batchnorm.py
             return torch.func.functional_call(runner, tensors, (buffers, *batch))
 
+    step: Callable
     if not outer:
-        def step(meta, buffers, weights, *batch):
+        def step(meta: Params, buffers: Params, weights: Tensor | None, *batch: Tensor) -> Tensor:
             return losses_of(meta, buffers, batch)
     else:
-        def weighted(meta, buffers, weights, batch):
+        def weighted(meta: Params, buffers: Params, weights: Tensor, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
             losses = losses_of(meta, buffers, batch)
             return (losses * weights).sum(), losses.detach()
 
-        def step(meta, buffers, weights, *batch):
+        def step(meta: Params, buffers: Params, weights: Tensor, *batch: Tensor) -> tuple[Params, Tensor]:
             return torch.func.grad(weighted, has_aux=True)(meta, buffers, weights, batch)
 
     return torch.compile(_own_code(step), fullgraph=True, dynamic=False, backend=backend)
@@ -102,7 +118,7 @@ def _build(learner, loss_fn, first_order: bool | None, outer: bool, backend: str
 _ids = itertools.count()
 
 
-def _own_code(fn):
+def _own_code(fn: Callable) -> Callable:
     """`fn` with a code object of its own. Dynamo caches compiled graphs per code object, at most
     8 of them (recompile_limit), and checks their guards one after another on every call: every
     learner, loss and order gets its own step, so each must get its own cache."""
@@ -110,60 +126,97 @@ def _own_code(fn):
     return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
-def _compiled(learner, loss_fn, first_order, outer, backend):
+class _Step:
+    """One compiled function and the batch signatures it ran (compiled) for. Calls run it with the
+    inner updates in their reference form (see the module docstring)."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self.signatures: set[tuple] = set()
+        ops.UPDATE.load("reference")  # imported before the trace, which only reads the loaded module
+
+    def __call__(self, *args: Any) -> Any:
+        with ops.use_backend("reference"):
+            return self.fn(*args)
+
+
+def _signature(learner: Learner, batch: Batch) -> tuple:
+    return tuple((t.shape, t.dtype, t.device) for t in batch) + (learner.training,)
+
+
+def _compiled(learner: Learner, loss_fn: LossFn, first_order: bool | None, outer: bool,
+              backend: str | Callable) -> _Step:
     cache = learner.execution_state.compiled
     key = (loss_fn, first_order, outer, backend)
     if key not in cache:
-        cache[key] = _build(learner, loss_fn, first_order, outer, backend)
+        cache[key] = _Step(_build(learner, loss_fn, first_order, outer, backend))
     return cache[key]
 
 
-def _decomposed(run):
-    """`run` with the inner updates in their reference form (see the module docstring)."""
-    ops.UPDATE.load("reference")  # imported before the trace, which only reads the loaded module
+def is_compiled(learner: Learner, batch: Batch, loss_fn: LossFn) -> bool:
+    """Whether `learner` ran its compiled meta-step (with gradient, its own inner order) on a batch
+    of this signature, so that running it again does not compile.
 
-    def decomposed(*args):
-        with ops.use_backend("reference"):
-            return run(*args)
-
-    return decomposed
+    Args:
+        learner: a MetaLearner.
+        batch: (sx, sy, qx, qy).
+        loss_fn: loss_fn(output, y) -> scalar.
+    """
+    step = learner.execution_state.compiled.get((loss_fn, None, True, learner.execution_state.compile_backend))
+    return step is not None and _signature(learner, batch) in step.signatures
 
 
 class _Solver:
     """HandGradLosses' solver: the compiled step gives the losses and the meta-gradient of their
-    sum at once; backward scales it (or reruns the step with the incoming gradient as weights)."""
+    mean at once (weights 1/T, what `meta_loss`'s default reduction passes back); backward hands
+    it over as it is for that incoming gradient, scales it for another uniform one, and reruns the
+    step with the incoming gradient as weights otherwise."""
 
-    def __init__(self, run, meta: dict[str, Tensor], buffers, batch, module):
+    def __init__(self, run: _Step, meta: dict[str, Tensor], buffers: Params, batch: Batch,
+                 module: nn.Module) -> None:
         self.run, self.meta, self.buffers, self.batch, self.module = run, meta, buffers, batch, module
+        self.grads: Params | None = None
 
     def forward(self) -> Tensor:
         p = next(iter(self.meta.values()))  # the losses' dtype and device are the parameters'
-        ones = torch.ones(self.batch[0].shape[0], dtype=p.dtype, device=p.device)
-        self.grads, losses = self.run(self.meta, self.buffers, ones, *self.batch)
+        tasks = self.batch[0].shape[0]
+        self.weights = torch.full((tasks,), 1 / tasks, dtype=p.dtype, device=p.device)
+        self.grads, losses = self.run(self.meta, self.buffers, self.weights, *self.batch)
         B.merge(self.module, self.buffers)
         return losses
 
     def backward(self, grad_losses: Tensor) -> list[Tensor]:
-        grads = self.grads
+        grads, self.grads = self.grads, None  # handed over, not copied (AccumulateGrad takes them)
+        assert grads is not None
+        if torch.equal(grad_losses, self.weights):
+            return [grads.pop(n) for n in self.meta]
         first = grad_losses.reshape(-1)[:1]
-        if bool((grad_losses == first).all()):
-            c = first.reshape(())
-            out = [grads[n] * c for n in self.meta]
-        else:  # non-uniform weights over tasks: the same graph with w = grad_losses
-            buffers = {n: b.clone() for n, b in self.buffers.items()}  # statistics already stored
-            grads, _ = self.run(self.meta, buffers, grad_losses.detach(), *self.batch)
-            out = [grads[n] for n in self.meta]
-        self.grads = None
-        return out
+        if torch.equal(grad_losses, first.expand_as(grad_losses)):
+            c = first.reshape(()) * grad_losses.shape[0]  # the traced weights are 1/T
+            return [grads.pop(n) * c for n in self.meta]
+        # non-uniform weights over tasks: the same graph with w = grad_losses
+        buffers = {n: b.clone() for n, b in self.buffers.items()}  # statistics already stored
+        grads, _ = self.run(self.meta, buffers, grad_losses.detach(), *self.batch)
+        return [grads[n] for n in self.meta]
 
 
-def compiled_task_losses(learner, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, loss_fn,
-                         first_order: bool | None = None, backend: str = "inductor") -> Tensor:
+def compiled_task_losses(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, loss_fn: LossFn,
+                         first_order: bool | None = None, backend: str | Callable = "inductor") -> Tensor:
     """The [T] query losses after adaptation by the compiled meta-step, differentiable w.r.t. the
-    learner's parameters (their gradient is computed in the same compiled graph). `first_order`
-    overrides the learner's inner order (True: evaluation). Under torch.no_grad only the losses
-    are computed (its own compiled graph). `backend`: torch.compile's ("aot_eager" traces the
-    same graph without Inductor's code generation: the tests use it to check the maths quickly)."""
+    learner's parameters (their gradient is computed in the same compiled graph). Under
+    torch.no_grad only the losses are computed (its own compiled graph).
+
+    Args:
+        learner: a MetaLearner the compiled meta-step covers (else a ValueError says why).
+        sx: [T, N, ...] support inputs.
+        sy: [T, N, ...] support targets.
+        qx: [T, M, ...] query inputs.
+        qy: [T, M, ...] query targets.
+        loss_fn: loss_fn(output, y) -> scalar.
+        first_order: overrides the learner's inner order (True: evaluation).
+        backend: torch.compile's ("aot_eager" traces the same graph without Inductor's code
+            generation: the tests use it to check the maths quickly).
+    """
     why = supported(learner)
     if why is not None:
         raise ValueError(f"the compiled meta-step does not cover this learner: {why}")
@@ -171,30 +224,42 @@ def compiled_task_losses(learner, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor
     batch = (sx, sy, qx, qy)
     named = dict(learner.named_parameters())
     outer = torch.is_grad_enabled() and any(p.requires_grad for p in named.values())
-    run = _decomposed(_compiled(learner, loss_fn, first_order, outer, backend))
+    run = _compiled(learner, loss_fn, first_order, outer, backend)
+    signature = _signature(learner, batch)
     if not outer:
         with torch.enable_grad():  # the inner steps need gradients, the result does not
             losses = run({n: p.detach() for n, p in named.items()}, buffers, None, *batch)
         B.merge(learner.module, buffers)
-        return losses.detach()
-    # Parameters that do not require grad are left to functional_call, which reads the module's own.
-    meta = {n: p for n, p in named.items() if p.requires_grad}
-    solver = _Solver(run, {n: p.detach() for n, p in meta.items()}, buffers, batch, learner.module)
-    return HandGradLosses.apply(solver, *meta.values())
+        losses = losses.detach()
+    else:
+        # Parameters that do not require grad are left to functional_call, which reads the module's own.
+        meta = {n: p for n, p in named.items() if p.requires_grad}
+        solver = _Solver(run, {n: p.detach() for n, p in meta.items()}, buffers, batch, learner.module)
+        losses = HandGradLosses.apply(solver, *meta.values())
+    run.signatures.add(signature)  # once its graph ran (compiling may fail)
+    return losses
 
 
-def compile(learner, backend: str = "inductor"):
-    """`learner` with batching="compiled": its meta_loss runs the compiled meta-step (a ValueError
-    says why a learner cannot); returns the learner. The first call per shape compiles (tens of
-    seconds, see docs/compile.md). `backend`: torch.compile's.
+def compile(learner: Learner, backend: str | Callable = "inductor", *, expected_steps: int | None = None) -> Learner:
+    """`learner` with its meta-step compiled: batching="compiled", or with `expected_steps`,
+    batching="auto" choosing "compiled" per batch signature where it pays back its compilation
+    over that many meta-steps (docs/compile.md). A ValueError says why a learner cannot take the
+    compiled step. The first compiled call per shape compiles (tens of seconds). Returns the learner.
 
     Args:
         learner: a MetaLearner the compiled meta-step covers.
         backend: torch.compile's backend.
+        expected_steps: the meta-steps (with gradient) expected per batch signature: "auto" weighs
+            the compilation against them (NOTE: [auto compiled] in fastmaml/execution/auto.py).
+            None: always "compiled".
     """
     why = supported(learner)
     if why is not None:
         raise ValueError(f"fastmaml.compile: {why}")
-    learner.batching = "compiled"
+    if expected_steps is not None and (isinstance(expected_steps, bool) or not isinstance(expected_steps, int)
+                                       or expected_steps < 1):
+        raise ValueError(f"fastmaml.compile: expected_steps must be an int >= 1 or None, got {expected_steps!r}")
+    learner.batching = "compiled" if expected_steps is None else "auto"
     learner.execution_state.compile_backend = backend
+    learner.execution_state.compile_horizon = expected_steps
     return learner
