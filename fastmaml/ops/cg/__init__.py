@@ -20,6 +20,7 @@ FASTMAML_BACKEND); "auto" takes native where its CG ops run, then triton on CUDA
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -30,7 +31,8 @@ CG = Family.of_package("batched CG", __name__, BACKENDS,
                        auto={"cpu": ("native", "foreach"), "cuda": ("native", "triton", "foreach")})
 
 
-def backend_module(name: str):
+def backend_module(name: str) -> ModuleType:
+    """The module of CG backend `name`."""
     return CG.load(name)
 
 
@@ -40,10 +42,12 @@ def is_available(name: str, device: torch.device | str = "cpu") -> bool:
 
 
 def resolve_backend(device: torch.device) -> str:
+    """The backend that runs the CG ops on `device` under the current choice."""
     return CG.resolve(device)
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The type of the per-task reductions and coefficients for vectors of `dtype`."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -87,7 +91,7 @@ def check_vectors(fn: str, lists: dict[str, Sequence[Tensor]], coefs: dict[str, 
     return T
 
 
-def _backend(t: Tensor):
+def _backend(t: Tensor) -> ModuleType:
     return CG.backend(t.device)
 
 

@@ -5,19 +5,20 @@ torch.library.opcheck and tracing); the ops have no autograd (NOTE: [cg ops]).""
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from fastmaml.ops import native as _update_native
 
 _C = _update_native._C
 import_error = _update_native.import_error
-_libraries: list = []
+_libraries: list[torch.library.Library] = []
 
 
-def _opmath(t):
+def _opmath(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _fake_reduction(first):
+def _fake_reduction(first: list[Tensor]) -> Tensor:
     return first[0].new_empty((first[0].shape[0],), dtype=_opmath(first[0]))
 
 
@@ -49,17 +50,17 @@ def is_available(device: torch.device) -> bool:
         return False
 
 
-def dot(a, b):
+def dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
     return torch.ops.fastmaml.cg_dot(a, b)
 
 
-def matvec_dot_(hp, p, c0, c1):
+def matvec_dot_(hp: list[Tensor], p: list[Tensor], c0: float, c1: float) -> Tensor:
     return torch.ops.fastmaml.cg_matvec_dot_(hp, p, c0, c1)
 
 
-def step_(x, r, p, q, alpha):
+def step_(x: list[Tensor], r: list[Tensor], p: list[Tensor], q: list[Tensor], alpha: Tensor) -> Tensor:
     return torch.ops.fastmaml.cg_step_(x, r, p, q, alpha)
 
 
-def direction_(p, r, beta):
+def direction_(p: list[Tensor], r: list[Tensor], beta: Tensor) -> None:
     torch.ops.fastmaml.cg_direction_(p, r, beta)

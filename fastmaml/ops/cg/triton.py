@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch import Tensor
 
 try:
     import triton
@@ -59,11 +60,11 @@ if triton is not None:
         tl.store(partial_ptr + t * partial_stride + col0 + b, tl.sum(term, axis=0))
 
 
-def _opmath(dtype):
+def _opmath(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _launch(op: int, lists, written: int, coef, c1: float):
+def _launch(op: int, lists: list[list[Tensor]], written: int, coef: Tensor, c1: float) -> Tensor:
     """Runs `op` over the lists; the first `written` lists are updated in place. Returns [T] sums."""
     first = lists[0]
     T = first[0].shape[0]
@@ -103,19 +104,19 @@ def is_available(device: torch.device) -> bool:
         return False
 
 
-def dot(a, b):
+def dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
     ones = torch.ones(a[0].shape[0], dtype=_opmath(a[0].dtype), device=a[0].device)
     return _launch(_DOT, [a, b], 0, ones, 0.0)
 
 
-def matvec_dot_(hp, p, c0, c1):
+def matvec_dot_(hp: list[Tensor], p: list[Tensor], c0: float, c1: float) -> Tensor:
     c0_t = torch.full((hp[0].shape[0],), c0, dtype=_opmath(hp[0].dtype), device=hp[0].device)
     return _launch(_MATVEC_DOT, [hp, p], 1, c0_t, c1)
 
 
-def step_(x, r, p, q, alpha):
+def step_(x: list[Tensor], r: list[Tensor], p: list[Tensor], q: list[Tensor], alpha: Tensor) -> Tensor:
     return _launch(_STEP, [x, r, p, q], 2, alpha.contiguous(), 0.0)
 
 
-def direction_(p, r, beta):
+def direction_(p: list[Tensor], r: list[Tensor], beta: Tensor) -> None:
     _launch(_DIRECTION, [p, r], 1, beta.contiguous(), 0.0)
