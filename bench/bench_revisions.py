@@ -13,7 +13,8 @@ asked in alternation, ABAB..., for a sample of meta-steps each; a sample is the 
 `reps` consecutive steps on one torch thread (the CPU-time clock leaves out the time other processes
 take on a shared machine). The rounds are spread over several pairs of fresh processes (`--pairs`,
 alternating which starts first), because one pair alone can be a few per cent off either way for
-reasons that are not the code. The result per config is the median of the per-round ratios
+reasons that are not the code: the second interval, of the median of the pairs' medians, is the
+one to read. The result per config is the median of the per-round ratios
 candidate/base (< 1: the candidate is faster) with a 95% interval of that median, and first the float64
 meta-gradients of both trees on the same batch must agree. JSON to bench/results/revisions.json.
 """
@@ -120,14 +121,17 @@ def run_config(name: str, trees: dict[str, Path], rounds: int, sample_s: float, 
                     for run in runs]
     ratios = sorted(c / b for c, b in zip(samples["candidate"], samples["base"]))
     q = statistics.quantiles(ratios, n=4)
-    # a distribution-free 95% interval of the median: order statistics n/2 -+ 1.96 sqrt(n)/2
-    half = 0.98 * math.sqrt(len(ratios))
-    ci = ratios[max(0, math.floor(len(ratios) / 2 - half))], ratios[min(len(ratios) - 1, math.ceil(len(ratios) / 2 + half))]
     return {"config": name, "rounds": len(ratios), "pairs": pairs, "steps_per_sample": runs[0]["reps"],
             "grad_rel_diff_f64": max(run["agree"] for run in runs), "modes": runs[0]["modes"],
             "median_ms": {k: 1e3 * statistics.median(v) for k, v in samples.items()},
-            "ratio_median": statistics.median(ratios), "ratio_ci95": ci, "ratio_p25": q[0], "ratio_p75": q[2],
-            "pair_medians": pair_medians}
+            "ratio_median": statistics.median(ratios), "ratio_ci95": median_ci(ratios), "ratio_p25": q[0],
+            "ratio_p75": q[2], "pair_medians": pair_medians, "pair_ci95": median_ci(pair_medians)}
+
+
+def median_ci(values: list[float]) -> tuple[float, float]:
+    """A distribution-free 95% interval of the median: the order statistics n/2 -+ 1.96 sqrt(n)/2."""
+    v, half = sorted(values), 0.98 * math.sqrt(len(values))
+    return v[max(0, math.floor(len(v) / 2 - half))], v[min(len(v) - 1, math.ceil(len(v) / 2 + half))]
 
 
 def render_markdown(path: Path = DEFAULT_OUT) -> str:
@@ -136,13 +140,13 @@ def render_markdown(path: Path = DEFAULT_OUT) -> str:
     revs = data["revisions"]
     rows = [f"base {revs['base']} -> candidate {revs['candidate']}, {data['date']}; CPU ms per meta-step, one thread, "
             "medians of alternating samples", "",
-            "| config | mode | base ms | candidate ms | candidate / base (95% CI) | per process pair | rounds |",
-            "|---|---|---|---|---|---|---|"]
+            "| config | mode | base ms | candidate ms | candidate / base (95% CI of rounds) | 95% CI of pairs | pairs | rounds |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in data["results"]:
         lo, hi = r["ratio_ci95"]
         rows.append(f"| {r['config']} | {r['modes']['candidate']} | {r['median_ms']['base']:.3f} | "
                     f"{r['median_ms']['candidate']:.3f} | {r['ratio_median']:.3f} ({lo:.3f}-{hi:.3f}) | "
-                    f"{', '.join(f'{m:.3f}' for m in r.get('pair_medians', []))} | {r['rounds']} |")
+                    f"{r['pair_ci95'][0]:.3f}-{r['pair_ci95'][1]:.3f} | {r['pairs']} | {r['rounds']} |")
     return "\n".join(rows)
 
 
@@ -172,8 +176,8 @@ def main(argv=None):
         results.append(res)
         print(f"{name:16s} base {res['median_ms']['base']:8.3f} ms  candidate {res['median_ms']['candidate']:8.3f} ms  "
               f"candidate/base {res['ratio_median']:.3f} (95% CI {res['ratio_ci95'][0]:.3f}-{res['ratio_ci95'][1]:.3f})  "
-              f"({res['modes']['candidate']}, {res['rounds']} rounds x {res['steps_per_sample']}; per process pair "
-              + ", ".join(f"{m:.3f}" for m in res["pair_medians"]) + ")", flush=True)
+              f"({res['modes']['candidate']}, {res['rounds']} rounds x {res['steps_per_sample']}; pairs' medians 95% CI "
+              f"{res['pair_ci95'][0]:.3f}-{res['pair_ci95'][1]:.3f})", flush=True)
     revs = {k: subprocess.run(["git", "-C", str(t), "describe", "--always", "--dirty"], capture_output=True,
                               text=True).stdout.strip() for k, t in trees.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,5 +17,6 @@ def test_revisions_of_a_tree_against_itself(tmp_path):
     assert res["grad_rel_diff_f64"] == 0.0  # the same tree: bit-identical meta-gradients
     lo, hi = res["ratio_ci95"]
     assert 0 < lo <= res["ratio_median"] <= hi
+    assert min(res["pair_medians"]) == res["pair_ci95"][0] and max(res["pair_medians"]) == res["pair_ci95"][1]
     table = bench_revisions.render_markdown(out)
     assert "| sine-1-fo |" in table and table.count("\n") == 4
