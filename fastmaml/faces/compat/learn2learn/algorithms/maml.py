@@ -31,6 +31,7 @@ from fastmaml import ops
 from fastmaml.faces.compat._module import FastSlots, lr_list
 from fastmaml.faces.compat.learn2learn.algorithms.base_learner import BaseLearner
 from fastmaml.faces.compat.learn2learn.utils import clone_module, gradients, update_module
+from fastmaml.ops.optim import InnerOptimizer, OptimState, resolve
 
 __all__ = ["MAML", "maml_update"]
 
@@ -46,12 +47,17 @@ class MAML(BaseLearner):
         first_order: no graph through the inner gradients.
         allow_unused: parameters without a gradient are allowed (None: as allow_nograd).
         allow_nograd: parameters with requires_grad=False are skipped.
+        inner_optimizer: fastmaml's extension, not learn2learn's: a stateful differentiable inner
+            optimizer (docs/inner_optimizers.md), a name ("sgd", "momentum", "adam", "adamw",
+            "rmsprop") or an InnerOptimizer. Each `clone()` starts its state afresh (a task's own
+            moments); `adapt` steps it through one fused op. Default "sgd": learn2learn's update.
     """
 
     module: nn.Module
 
     def __init__(self, model: nn.Module, lr: float | Tensor, first_order: bool = False,
-                 allow_unused: bool | None = None, allow_nograd: bool = False) -> None:
+                 allow_unused: bool | None = None, allow_nograd: bool = False,
+                 inner_optimizer: str | InnerOptimizer = "sgd") -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"MAML: model must be an nn.Module, got {type(model).__name__}")
@@ -62,6 +68,8 @@ class MAML(BaseLearner):
         self.first_order = first_order
         self.allow_nograd = allow_nograd
         self.allow_unused = allow_nograd if allow_unused is None else allow_unused
+        self.inner_optimizer = resolve(inner_optimizer)
+        self.inner_state: OptimState | None = None
 
     def adapt(self, loss: Tensor, first_order: bool | None = None, allow_unused: bool | None = None,
               allow_nograd: bool | None = None) -> None:
@@ -73,7 +81,14 @@ class MAML(BaseLearner):
         slots = FastSlots.of(self.module)
         params = slots.current()
         grads = gradients(loss, params, not first_order, not first_order, allow_unused, allow_nograd)
-        _apply(slots, params, grads, self.lr)
+        if self.inner_optimizer is None:
+            _apply(slots, params, grads, self.lr)
+            return
+        if self.inner_state is None:
+            self.inner_state = self.inner_optimizer.init(params)
+        idx, new, self.inner_state = self.inner_optimizer.step_some(params, grads, self.inner_state,
+                                                                    lr_list(self.lr, params))
+        slots.assign(new, idx)
 
     def clone(self, first_order: bool | None = None, allow_unused: bool | None = None,
               allow_nograd: bool | None = None) -> MAML:
@@ -87,7 +102,8 @@ class MAML(BaseLearner):
         d["_modules"]["module"] = clone_module(self.module)
         d.update(first_order=self.first_order if first_order is None else first_order,
                  allow_unused=self.allow_unused if allow_unused is None else allow_unused,
-                 allow_nograd=self.allow_nograd if allow_nograd is None else allow_nograd)
+                 allow_nograd=self.allow_nograd if allow_nograd is None else allow_nograd,
+                 inner_state=None)
         object.__setattr__(new, "__dict__", d)
         return new
 
