@@ -29,7 +29,6 @@ import argparse
 import datetime
 import json
 import math
-import os
 import platform
 import statistics
 import sys
@@ -43,8 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import CLOCKS, OpCounter, cpu_name, interleaved
+from bench._common import CLOCKS, OpCounter, interleaved
 from bench.bench_inner_update import _git_commit, conv4
+from bench.bench_peers import machine
 from fastmaml.ops.optim import InnerAdam, InnerSGD, OptimState
 
 RESULTS = ROOT / "bench" / "results" / "inner_optimizer.json"
@@ -227,8 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "benchmark": "inner_optimizer",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "device": "cpu"},
+        "machine": machine(torch.get_num_threads()),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "fastmaml_commit": _git_commit()},
         "config": {"dtype": "float32", "lr": LR, "betas": list(BETAS), "eps": EPS, "momentum": MOMENTUM, "step": STEP,
                    "clock": args.clock, "quick": args.quick, "budget_s": args.budget_s,

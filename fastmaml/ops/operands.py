@@ -79,7 +79,6 @@ UPDATE = Layout(("params", "grads", "lrs", "gammas"), frozenset({"lrs", "gammas"
 MOMENTS = Layout(("params", "grads", "lrs", "m", "v", "b"), frozenset({"lrs", "m", "v", "b"}), frozenset({"lrs"}))
 
 LISTS = UPDATE.lists
-OPTIONAL = UPDATE.optional
 BROADCAST = UPDATE.broadcast  # the others must have params' shapes
 
 
