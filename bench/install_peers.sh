@@ -44,10 +44,10 @@ if [ "$TORCH_BEFORE" != "$TORCH_AFTER" ]; then
     exit 1
 fi
 # learn2learn's full import wants gym, torchvision, ...: check its meta-learning core, as the
-# tests and the benchmark load it (fastmaml/compat/_peers.py).
+# tests and the benchmark load it (bench/peers/real.py).
 $PY - <<'PY'
 import torch
-from fastmaml.compat import _peers
+from bench.peers import real as _peers
 found = _peers.versions()
 print("peers:", ", ".join(f"{k} {v}" for k, v in found.items()), "| torch", torch.__version__)
 missing = [k for k, v in found.items() if v is None]

@@ -107,27 +107,36 @@ def check_names(model: nn.Module, tensors: Mapping[str, Tensor], arg: str = "par
                          f"the {type(model).__name__}; its parameters are {names}" + (f" ({hint})" if hint else ""))
 
 
+_BATCH_ARGS = ("support_x", "support_y", "query_x", "query_y")
+
+
 def check_batch(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
                 learner: _Learner | None = None) -> None:
-    args = {"support_x": support_x, "support_y": support_y, "query_x": query_x, "query_y": query_y}
-    for name, t in args.items():
+    """A batch of tasks [T, N, ...]: four tensors with one task count and matching example counts,
+    the examples of the rank, dtype and device the learner's model takes (NOTE: [example rank]).
+    Runs on every meta-step, so each shape is read once (bench/README.md measured its cost)."""
+    tensors = (support_x, support_y, query_x, query_y)
+    for name, t in zip(_BATCH_ARGS, tensors):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
         if t.dim() < 2:
             raise ValueError(f"{name} must have a leading task dimension and an example dimension, got shape {list(t.shape)}")
     if learner is not None:  # first: one task's [N, ...] would otherwise read as a task-count mismatch
-        check_example_rank(learner, support_x, 2, "meta_loss")
-        check_example_rank(learner, query_x, 2, "meta_loss", "query_x")
-    tasks = {name: t.shape[0] for name, t in args.items()}
-    if len(set(tasks.values())) != 1:
+        first = _first_layer(learner)
+        _check_example_rank(learner, first, support_x, 2, "meta_loss", "support_x")
+        if query_x is not support_x:  # Reptile passes its support set as both
+            _check_example_rank(learner, first, query_x, 2, "meta_loss", "query_x")
+    shapes = [t.shape for t in tensors]
+    if not shapes[0][0] == shapes[1][0] == shapes[2][0] == shapes[3][0]:
+        tasks = {name: shape[0] for name, shape in zip(_BATCH_ARGS, shapes)}
         raise ValueError(f"support and query must have the same number of tasks (leading dimension), got {tasks}")
-    if tasks["support_x"] == 0:
+    if shapes[0][0] == 0:
         raise ValueError("the batch of tasks is empty")
-    for what, x, y in (("support", support_x, support_y), ("query", query_x, query_y)):
-        if x.shape[1] != y.shape[1]:
-            raise ValueError(f"{what}_x has {x.shape[1]} examples per task but {what}_y has {y.shape[1]}")
-    if support_x.shape[1] == 0:
-        raise ValueError(f"the support set is empty (support_x has shape {list(support_x.shape)})")
+    for what, x, y in (("support", shapes[0], shapes[1]), ("query", shapes[2], shapes[3])):
+        if x[1] != y[1]:
+            raise ValueError(f"{what}_x has {x[1]} examples per task but {what}_y has {y[1]}")
+    if shapes[0][1] == 0:
+        raise ValueError(f"the support set is empty (support_x has shape {list(shapes[0])})")
 
 
 # NOTE: [example rank] A batch of tasks [T, N, ...] and one task [N, ...] differ only in rank, and most
@@ -166,7 +175,11 @@ def check_example_rank(learner: _Learner, x: Tensor, task_dims: int, where: str,
     """NOTE: [example rank]; `task_dims`: 2 for a batch [T, N, ...], 1 for one task [N, ...]. Also
     checks what the first layer can tell without running it: x's floating dtype and device are the
     parameters', and its features (Linear) or channels (ConvNd) are the layer's."""
-    first = _first_layer(learner)
+    _check_example_rank(learner, _first_layer(learner), x, task_dims, where, arg)
+
+
+def _check_example_rank(learner: _Learner, first: nn.Module | None, x: Tensor, task_dims: int, where: str,
+                        arg: str) -> None:
     weight = getattr(first, "weight", None)
     if isinstance(weight, Tensor):
         if x.is_floating_point() and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
