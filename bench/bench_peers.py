@@ -238,6 +238,7 @@ def _worker(args: list[str], threads: int, timeout: float, memory: bool = False,
     # pays the whole compilation (python -m bench.bench_compile_cache measures what a warm on-disk
     # cache saves); its memory workers then reuse it instead of compiling again.
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", cache or tempfile.mkdtemp(prefix="bench-peers-inductor-"))
+    env.setdefault("FASTMAML_AOTI_CACHE", os.path.join(env["TORCHINDUCTOR_CACHE_DIR"], "fastmaml-aoti"))  # the same for backend="aoti"
     if memory:
         # Large blocks straight from and back to the OS, so the resident set follows the live
         # tensors (only for the memory workers: it slows every allocation of 64 KiB and more).
@@ -268,7 +269,7 @@ def versions(names) -> dict:
            "fastmaml_backend": ops.resolve_backend(torch.device("cpu"))}
     for name in names:
         mod = P.load(name)
-        if mod.available() is None and name not in ("fastmaml", "fastmaml_compiled", "torchfunc_loop", "torchfunc_vmap", "torch_compile"):
+        if mod.available() is None and name not in ("fastmaml", "fastmaml_compiled", "fastmaml_aoti", "torchfunc_loop", "torchfunc_vmap", "torch_compile"):
             out[name] = mod.version()
     return out
 

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from fastmaml import functional as F, ops
 from fastmaml.execution import buffers as B, hooks
+from fastmaml.execution.aoti import AotiStep
 from fastmaml.execution.batchnorm import DecomposedBatchNorm, has_batch_norm
 from fastmaml.execution.hvp_mode import HandGradLosses
 from fastmaml.execution.learner import Learner
@@ -112,6 +113,8 @@ def _build(learner: Learner, loss_fn: LossFn, first_order: bool | None, outer: b
         def step(meta: Params, buffers: Params, weights: Tensor, *batch: Tensor) -> tuple[Params, Tensor]:
             return torch.func.grad(weighted, has_aux=True)(meta, buffers, weights, batch)
 
+    if backend == "aoti":  # ahead of time, keyed by fastmaml itself (NOTE: [aoti keys] in execution/aoti.py)
+        return AotiStep(step, learner)
     return torch.compile(_own_code(step), fullgraph=True, dynamic=False, backend=backend)
 
 
@@ -215,7 +218,8 @@ def compiled_task_losses(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor, q
         loss_fn: loss_fn(output, y) -> scalar.
         first_order: overrides the learner's inner order (True: evaluation).
         backend: torch.compile's ("aot_eager" traces the same graph without Inductor's code
-            generation: the tests use it to check the maths quickly).
+            generation: the tests use it to check the maths quickly), or "aoti": the same graph
+            compiled ahead of time by AOTInductor (fastmaml/execution/aoti.py).
     """
     why = supported(learner)
     if why is not None:
@@ -248,7 +252,9 @@ def compile(learner: Learner, backend: str | Callable = "inductor", *, expected_
 
     Args:
         learner: a MetaLearner the compiled meta-step covers.
-        backend: torch.compile's backend.
+        backend: torch.compile's backend ("inductor", ...), or "aoti": the step compiled ahead of
+            time by AOTInductor, called without Dynamo, its packages kept on disk for the next
+            process (NOTE: [aoti keys] in fastmaml/execution/aoti.py says what it is keyed by).
         expected_steps: the meta-steps (with gradient) expected per batch signature: "auto" weighs
             the compilation against them (NOTE: [auto compiled] in fastmaml/execution/auto.py).
             None: always "compiled".
@@ -259,6 +265,9 @@ def compile(learner: Learner, backend: str | Callable = "inductor", *, expected_
     if expected_steps is not None and (isinstance(expected_steps, bool) or not isinstance(expected_steps, int)
                                        or expected_steps < 1):
         raise ValueError(f"fastmaml.compile: expected_steps must be an int >= 1 or None, got {expected_steps!r}")
+    if backend == "aoti" and not hasattr(torch._inductor, "aoti_compile_and_package"):
+        raise ValueError(f"fastmaml.compile: backend='aoti' needs torch's AOTInductor packaging (torch >= 2.6), "
+                         f"not in torch {torch.__version__}")
     learner.batching = "compiled" if expected_steps is None else "auto"
     learner.execution_state.compile_backend = backend
     learner.execution_state.compile_horizon = expected_steps

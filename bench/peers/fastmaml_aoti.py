@@ -1,0 +1,24 @@
+"""fastmaml's compiled meta-step compiled ahead of time: fastmaml.compile(MAML(model), backend="aoti")
+(fastmaml/execution/aoti.py), then meta_loss(...).backward() as usual. Its first call per shape pays
+the compilation (AOTInductor's C++ build), unless the package is on disk already."""
+
+from __future__ import annotations
+
+import fastmaml as fm
+from bench.peers import fastmaml as eager, zero_grads
+
+NAME = "fastmaml compiled (AOTI)"
+available, version = eager.available, eager.version
+
+
+def make(model, cfg):
+    learner = fm.compile(fm.MAML(model, inner_lr=cfg.inner_lr, inner_steps=cfg.steps, first_order=cfg.first_order),
+                         backend="aoti")
+    loss_fn = cfg.loss_fn
+
+    def step(batch):
+        zero_grads(model)
+        learner.meta_loss(*batch, loss_fn).backward()
+
+    step.learner = learner
+    return step
