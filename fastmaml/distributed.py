@@ -4,8 +4,7 @@
     for it in range(iterations):
         shard = ctx.shard(tasks.sample(meta_batch))     # every rank draws the full batch, keeps its slice
         optimizer.zero_grad(set_to_none=True)
-        loss = learner.meta_loss(*shard.tensors(), loss_fn)
-        loss.backward()                                 # or learner.meta_grad(...) (Reptile)
+        loss = learner.meta_backward(*shard.tensors(), loss_fn)   # or learner.meta_grad(...) (Reptile)
         loss = ctx.all_reduce_grads(learner.parameters(), shard.weight, loss=float(loss),
                                     buffers=learner.buffers())
         optimizer.step()
@@ -255,7 +254,7 @@ class DistContext:
 
     def meta_step(self, learner: MetaLearner, shard: Shard, loss_fn: LossFn) -> float:
         """Fill `.grad` of the learner's parameters with the global meta-gradient of `shard`'s batch
-        (meta_loss().backward(), or meta_grad() for learners with their own outer update such as
+        (meta_backward(), i.e. meta_loss().backward(), or meta_grad() for learners with their own outer update such as
         Reptile) and return the global mean loss. Gradients already in `.grad` are overwritten."""
         for p in learner.parameters():
             p.grad = None
@@ -265,8 +264,7 @@ class DistContext:
         if callable(meta_grad):
             loss = meta_grad(sx, sy, loss_fn)
         else:
-            loss = learner.meta_loss(sx, sy, qx, qy, loss_fn)
-            loss.backward()
+            loss = learner.meta_backward(sx, sy, qx, qy, loss_fn)
         self._sum_counts(counts)
         return self.all_reduce_grads(learner.parameters(), shard.weight, loss=float(loss.detach()),
                                      buffers=learner.buffers())

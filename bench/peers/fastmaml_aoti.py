@@ -1,5 +1,6 @@
 """fastmaml's compiled meta-step compiled ahead of time: fastmaml.compile(MAML(model), backend="aoti")
-(fastmaml/execution/aoti.py), then meta_loss(...).backward() as usual. Its first call per shape pays
+(fastmaml/execution/aoti.py), then meta_backward(...) (meta_loss(...).backward() in one call,
+the compiled meta-gradient written into .grad without an autograd graph). Its first call per shape pays
 the compilation (AOTInductor's C++ build), unless the package is on disk already."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ def make(model, cfg):
 
     def step(batch):
         zero_grads(model)
-        learner.meta_loss(*batch, loss_fn).backward()
+        learner.meta_backward(*batch, loss_fn)
 
     step.learner = learner
     return step

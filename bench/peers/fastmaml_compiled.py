@@ -1,5 +1,6 @@
 """fastmaml's compiled meta-step (fastmaml/execution/compiled.py): fastmaml.compile(MAML(model)),
-then meta_loss(...).backward() as usual. Its first call per shape pays the compilation."""
+then meta_backward(...) (meta_loss(...).backward() in one call, the compiled meta-gradient written
+into .grad without an autograd graph). Its first call per shape pays the compilation."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def make(model, cfg):
 
     def step(batch):
         zero_grads(model)
-        learner.meta_loss(*batch, loss_fn).backward()
+        learner.meta_backward(*batch, loss_fn)
 
     step.learner = learner
     return step

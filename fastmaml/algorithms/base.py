@@ -296,3 +296,39 @@ class MetaLearner(nn.Module):
         checks.check_batch(support_x, support_y, query_x, query_y, self)
         losses = execution.meta_losses(self, support_x, support_y, query_x, query_y, loss_fn)
         return losses.mean() if reduction == "mean" else losses.sum()
+
+    @outside_user_graph
+    def meta_backward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+                      loss_fn: LossFn, reduction: str = "mean") -> Tensor:
+        """`meta_loss(...).backward()` in one call: the meta-gradient is added to each parameter's
+        `.grad` (accumulating, as backward does) and the meta-loss is returned detached. The same
+        gradients as `meta_loss(...).backward()` in every mode; the compiled mode writes its
+        precomputed meta-gradient into `.grad` directly, without an autograd graph around the
+        compiled step (NOTE: [direct meta-gradient] in fastmaml/execution/compiled.py).
+
+        Args:
+            support_x: support inputs, [T, N, ...] (a leading task dimension on all four).
+            support_y: support targets, [T, N, ...].
+            query_x: query inputs, [T, M, ...].
+            query_y: query targets, [T, M, ...].
+            loss_fn: loss_fn(output, y) -> scalar.
+            reduction: "mean" or "sum" over tasks.
+
+        Returns:
+            The meta-loss, a detached scalar.
+
+        Raises:
+            RuntimeError: under `torch.no_grad()` (there is no meta-gradient to take).
+            ValueError: as `meta_loss`.
+        """
+        if not torch.is_grad_enabled():
+            raise RuntimeError("meta_backward takes the meta-gradient: it cannot run under torch.no_grad() "
+                               "(use meta_loss for an evaluation loss)")
+        if type(self).meta_loss is not MetaLearner.meta_loss:  # an algorithm with its own outer loss (iMAML, ...)
+            loss = self.meta_loss(support_x, support_y, query_x, query_y, loss_fn, reduction)
+            loss.backward()
+            return loss.detach()
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        checks.check_batch(support_x, support_y, query_x, query_y, self)
+        return execution.meta_backward(self, support_x, support_y, query_x, query_y, loss_fn, reduction)

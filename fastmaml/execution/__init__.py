@@ -42,8 +42,49 @@ def meta_losses(learner: Learner, support_x: Tensor, support_y: Tensor, query_x:
     """
     if learner.second_order == "hvp" and torch.is_grad_enabled():
         return hvp_meta_losses(learner, support_x, support_y, query_x, query_y, loss_fn)
+    mode = _chosen(learner, support_x, support_y, query_x, query_y, loss_fn)
+    return _losses(mode, learner, support_x, support_y, query_x, query_y, loss_fn)
+
+
+def meta_backward(learner: Learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+                  loss_fn: LossFn, reduction: str) -> Tensor:
+    """The reduced query loss (detached) after its meta-gradient is added to the parameters' `.grad`:
+    `meta_losses(...).mean().backward()` (or .sum()), except that the compiled mode writes its
+    meta-gradient directly (NOTE: [direct meta-gradient] in execution/compiled.py).
+
+    Args:
+        learner: a MetaLearner (its settings and hooks).
+        support_x: [T, N, ...] support inputs.
+        support_y: [T, N, ...] support targets.
+        query_x: [T, M, ...] query inputs.
+        query_y: [T, M, ...] query targets.
+        loss_fn: loss_fn(output, y) -> scalar.
+        reduction: "mean" or "sum" over tasks.
+    """
+    if learner.second_order == "hvp":
+        losses = hvp_meta_losses(learner, support_x, support_y, query_x, query_y, loss_fn)
+    else:
+        mode = _chosen(learner, support_x, support_y, query_x, query_y, loss_fn)
+        if mode == "compiled":
+            return compiled.compiled_meta_backward(learner, support_x, support_y, query_x, query_y, loss_fn,
+                                                   reduction, learner.execution_state.compile_backend)
+        losses = _losses(mode, learner, support_x, support_y, query_x, query_y, loss_fn)
+    loss = losses.mean() if reduction == "mean" else losses.sum()
+    loss.backward()
+    return loss.detach()
+
+
+def _chosen(learner: Learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+            loss_fn: LossFn) -> str:
+    """The mode for this batch (auto's choice, recorded in `execution_state.used`)."""
     mode = auto.choose(learner, support_x, support_y, query_x, query_y, loss_fn, run=_losses_in)
     learner.execution_state.used = mode
+    return mode
+
+
+def _losses(mode: str, learner: Learner, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+            loss_fn: LossFn) -> Tensor:
+    """The [T] query losses by `mode`, differentiable when gradients are enabled, else detached."""
     outer_grad = torch.is_grad_enabled()
     first_order = None if outer_grad else True  # evaluation: no graph through the inner gradients
     with torch.enable_grad():
@@ -99,4 +140,4 @@ def explain(learner: Learner) -> dict[str, str | None]:
             "compiled": compiled.supported(learner), "hvp": hooks.why_not(learner, "hvp"), "auto": why_auto}
 
 
-__all__ = ["MODES", "SECOND_ORDER", "CompileChoice", "ExecutionState", "adapted", "check_second_order", "explain", "meta_losses"]
+__all__ = ["MODES", "SECOND_ORDER", "CompileChoice", "ExecutionState", "adapted", "check_second_order", "explain", "meta_backward", "meta_losses"]

@@ -11,9 +11,10 @@ NOTE: [aoti keys] A package has no guards, so this module keys them itself.
 - In this process, by the inputs' names, shapes, dtypes and devices and by the learner's settings
   as the trace read them: each submodule's type, `training` flag and plain attributes (numbers,
   strings, dtypes, devices, and tuples, lists and dicts of them; other objects by identity, with
-  their own plain attributes), and the identity and version counter of each parameter that is
-  not an input (a frozen one, which the trace bakes in as a constant: an in-place change bumps its
-  version). A change of any of these traces and compiles (or loads) again. Not seen: a change
+  their own plain attributes), and the identity and version counter of each parameter that does
+  not require grad (a frozen one, which the meta-gradient's trace bakes in as a constant: an
+  in-place change bumps its version; the no-grad step, which takes every parameter as an input,
+  is re-keyed by such a change without needing it). A change of any of these traces and compiles (or loads) again. Not seen: a change
   inside an object two levels down, or a global the hooks read; use the default backend
   ("inductor", guarded by Dynamo) for learners that read such state.
 - On disk, by what the trace produced: the graph's code (sizes and Python numbers are literals in
@@ -35,10 +36,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fastmaml import ops
 from fastmaml.execution.learner import Learner
 from fastmaml.functional import Params
 
 _PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device)
+_PLAIN_TYPES = frozenset(_PLAIN)
+# nn.Module's own attributes (hooks, parameter and buffer tables: not settings; `training` is one)
+# and the learner's execution state (caches, not settings)
+_MODULE_BOOKKEEPING = frozenset(vars(nn.Module())) - {"training"} | {"execution_state"}
 _PACKAGE_FORMAT = 1  # part of every disk key: bump when what a package computes changes
 
 
@@ -68,17 +74,21 @@ def _plain(value: object, depth: int) -> object:
     return (type(value), id(value))
 
 
-def settings(learner: Learner, inputs: frozenset[str]) -> tuple:
-    """NOTE: [aoti keys]: the learner's settings as a hashable key; `inputs`: the parameter names
-    the step takes as inputs (the others are constants of the trace)."""
+def settings(learner: Learner) -> tuple:
+    """NOTE: [aoti keys]: the learner's settings as a hashable key. Runs on every call (~13 us for
+    the sine MLP): each module's attributes past nn.Module's own bookkeeping (a set difference,
+    not a walk over every attribute), plain values as they are, the rest through _plain."""
     key: list[object] = []
     for module in learner.modules():
         own = vars(module)
-        key.append((type(module), module.training,
-                    tuple((k, _plain(v, 1)) for k, v in own.items() if not k.startswith("_") and k != "execution_state")))
-    for name, p in learner.named_parameters():
-        if name not in inputs:
-            key.append((name, id(p), p._version))
+        key.append(type(module))
+        for k in sorted(own.keys() - _MODULE_BOOKKEEPING):
+            if k[0] != "_":
+                v = own[k]
+                key.append((k, v if type(v) in _PLAIN_TYPES else _plain(v, 1)))
+        for p in module._parameters.values():
+            if p is not None and not p.requires_grad:  # a constant of the trace
+                key.append((id(p), p._version))
     return tuple(key)
 
 
@@ -106,7 +116,7 @@ class AotiStep:
         names, buffer_names = list(meta), list(buffers)
         inputs = [t.contiguous() for t in meta.values()] + list(buffers.values()) + \
             ([] if weights is None else [weights]) + [t.contiguous() for t in batch]
-        key = (tuple(names), tuple(buffer_names), _layout(inputs), settings(self.learner, frozenset(names)))
+        key = (tuple(names), tuple(buffer_names), _layout(inputs), settings(self.learner))
         runner = self.runners.get(key)
         if runner is None:
             runner = self.runners[key] = self._runner(names, buffer_names, weights is not None, inputs)
@@ -133,7 +143,8 @@ class AotiStep:
 
         # traced and exported on copies: tracing with real tensors runs the step (and its in-place
         # buffer updates) once
-        graph = make_fx(flat)(*[t.clone() for t in inputs])
+        with ops.use_backend("reference"):  # the update's form Inductor fuses (execution/compiled.py)
+            graph = make_fx(flat)(*[t.clone() for t in inputs])
         path = self.cache_dir / f"{_content_key(graph, inputs)}.pt2"
         if path.exists():
             self.last_source = "disk"
@@ -149,7 +160,20 @@ class AotiStep:
                 if os.path.exists(tmp):
                     os.remove(tmp)
             self.last_source = "compiled"
-        return torch._inductor.aoti_load_package(str(path))
+        return _flat_call(torch._inductor.aoti_load_package(str(path)), len(inputs))
+
+
+def _flat_call(package: Any, inputs: int) -> Callable[..., Any]:
+    """The package's run on a flat list of tensors. Its __call__ parses the package's input and
+    output tree specs (JSON) and flattens and unflattens them with pytree on every call, ~40 us of
+    a 0.4 ms sine step; the traced function's inputs and outputs are flat tuples of tensors
+    already, so the loader's boxed run is called directly where the spec says so."""
+    from torch.utils import _pytree as pytree
+
+    loader = getattr(package, "loader", None)
+    if loader is None or pytree.treespec_loads(loader.get_call_spec()[0]).num_leaves != inputs:
+        return package
+    return lambda *args: loader.boxed_run(list(args))
 
 
 def _content_key(graph: torch.fx.GraphModule, inputs: list[Tensor]) -> str:

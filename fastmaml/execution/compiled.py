@@ -139,7 +139,9 @@ class _Step:
         ops.UPDATE.load("reference")  # imported before the trace, which only reads the loaded module
 
     def __call__(self, *args: Any) -> Any:
-        with ops.use_backend("reference"):
+        if isinstance(self.fn, AotiStep):  # traces only when it compiles, under the reference backend itself
+            return self.fn(*args)
+        with ops.use_backend("reference"):  # Dynamo may trace at any call (a recompilation)
             return self.fn(*args)
 
 
@@ -181,11 +183,7 @@ class _Solver:
         self.grads: Params | None = None
 
     def forward(self) -> Tensor:
-        p = next(iter(self.meta.values()))  # the losses' dtype and device are the parameters'
-        tasks = self.batch[0].shape[0]
-        self.weights = torch.full((tasks,), 1 / tasks, dtype=p.dtype, device=p.device)
-        self.grads, losses = self.run(self.meta, self.buffers, self.weights, *self.batch)
-        B.merge(self.module, self.buffers)
+        self.weights, self.grads, losses = _weighted(self.run, self.meta, self.buffers, self.batch, self.module, "mean")
         return losses
 
     def backward(self, grad_losses: Tensor) -> list[Tensor]:
@@ -201,6 +199,75 @@ class _Solver:
         buffers = {n: b.clone() for n, b in self.buffers.items()}  # statistics already stored
         grads, _ = self.run(self.meta, buffers, grad_losses.detach(), *self.batch)
         return [grads[n] for n in self.meta]
+
+
+def _weighted(run: _Step, meta: dict[str, Tensor], buffers: Params, batch: Batch, module: nn.Module,
+              reduction: str) -> tuple[Tensor, Params, Tensor]:
+    """(weights, meta-gradient of the weighted sum of the losses, losses) by the compiled step with
+    weights 1/T ("mean") or 1 ("sum"); the per-task buffers merged back into `module`."""
+    p = next(iter(meta.values()))  # the losses' dtype and device are the parameters'
+    tasks = batch[0].shape[0]
+    weights = torch.full((tasks,), 1 / tasks if reduction == "mean" else 1.0, dtype=p.dtype, device=p.device)
+    grads, losses = run(meta, buffers, weights, *batch)
+    B.merge(module, buffers)
+    return weights, grads, losses
+
+
+def _direct(params: list[Tensor]) -> bool:
+    """NOTE: [direct meta-gradient] `meta_backward` in the compiled mode runs the step with the
+    reduction's weights and adds its meta-gradient to `.grad` itself, as AccumulateGrad would at
+    the end of `meta_loss(...).backward()` (a None `.grad` takes the tensor, another is added to in
+    place), without the autograd engine's run over the reduction, the HandGradLosses node and one
+    AccumulateGrad per parameter (~0.12 ms of a 0.66 ms sine step, bench/README.md). Hooks on a
+    parameter are autograd's to run: a learner with any (or with no parameter requiring grad, which
+    backward refuses) takes the autograd hand-over instead."""
+    trainable = False
+    for p in params:
+        if p._backward_hooks or p._post_accumulate_grad_hooks:
+            return False
+        trainable = trainable or p.requires_grad
+    return trainable
+
+
+def compiled_meta_backward(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, loss_fn: LossFn,
+                           reduction: str, backend: str | Callable = "inductor") -> Tensor:
+    """The meta-loss (detached) after the compiled step's meta-gradient is added to the parameters'
+    `.grad`: directly (NOTE: [direct meta-gradient]), or by `compiled_task_losses(...).mean()` (or
+    .sum()) `.backward()` where a parameter hook needs autograd. The same gradient either way.
+
+    Args:
+        learner: a MetaLearner the compiled meta-step covers.
+        sx: [T, N, ...] support inputs.
+        sy: [T, N, ...] support targets.
+        qx: [T, M, ...] query inputs.
+        qy: [T, M, ...] query targets.
+        loss_fn: loss_fn(output, y) -> scalar.
+        reduction: "mean" or "sum" over tasks.
+        backend: as `compiled_task_losses`.
+    """
+    named = dict(learner.named_parameters())
+    if not _direct(list(named.values())):
+        losses = compiled_task_losses(learner, sx, sy, qx, qy, loss_fn, backend=backend)
+        loss = losses.mean() if reduction == "mean" else losses.sum()
+        loss.backward()
+        return loss.detach()
+    why = supported(learner)
+    if why is not None:
+        raise ValueError(f"the compiled meta-step does not cover this learner: {why}")
+    batch = (sx, sy, qx, qy)
+    meta = {n: p.detach() for n, p in named.items() if p.requires_grad}
+    run = _compiled(learner, loss_fn, None, True, backend)
+    _, grads, losses = _weighted(run, meta, B.task_copies(learner.module, sx.shape[0]), batch, learner.module,
+                                 reduction)
+    with torch.no_grad():
+        for n, g in grads.items():
+            p = named[n]
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad.add_(g)
+    run.signatures.add(_signature(learner, batch))  # once its graph ran (compiling may fail)
+    return losses.mean() if reduction == "mean" else losses.sum()
 
 
 def compiled_task_losses(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, loss_fn: LossFn,

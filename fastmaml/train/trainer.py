@@ -7,7 +7,7 @@
 One iteration draws `meta_batch` tasks from `train_tasks` (anything with `.sample(n)` returning an
 object with `.tensors()` -> support_x, support_y, query_x, query_y, e.g. SineTasks or
 FewShotSampler), computes the meta-gradient and steps the meta-optimizer. The meta-gradient is
-`learner.meta_loss(...).backward()`, or, for algorithms with their own outer update (Reptile),
+`learner.meta_backward(...)` (`meta_loss(...).backward()` in one call), or, for algorithms with their own outer update (Reptile),
 `learner.meta_grad(support_x, support_y, loss_fn)`, which fills `.grad` itself. A learner with a
 training schedule gets `learner.set_iteration(iteration // epoch_length)` before each step (MAML++).
 
@@ -261,11 +261,10 @@ class MetaTrainer:
             loss = meta_grad(sx, sy, self.loss_fn)
             value = float(loss.detach())
             self._check_finite(value, "meta-loss")
-        else:
-            loss = self.learner.meta_loss(sx, sy, qx, qy, self.loss_fn)
-            value = float(loss.detach())
+        else:  # meta_loss(...).backward(), the compiled mode's gradient handed over directly
+            loss = self.learner.meta_backward(sx, sy, qx, qy, self.loss_fn)
+            value = float(loss)
             self._check_finite(value, "meta-loss")
-            loss.backward()
         value = self.dist.all_reduce_grads(self.learner.parameters(), batch.weight, loss=value,
                                            buffers=self.learner.buffers())
         grads = [p.grad for p in self.learner.parameters() if p.grad is not None]

@@ -86,18 +86,17 @@ def test_settings_key_sees_what_the_trace_reads():
     and an in-place change of a frozen parameter (a constant of the trace), and with nothing else."""
     learner = fastmaml.MAML(sine_mlp(hidden=8), inner_lr=0.1, inner_steps=2)
     learner.module[0].bias.requires_grad_(False)
-    inputs = frozenset(n for n, p in learner.named_parameters() if p.requires_grad)
-    key = aoti.settings(learner, inputs)
-    assert aoti.settings(learner, inputs) == key
+    key = aoti.settings(learner)
+    assert aoti.settings(learner) == key
     learner.module[2].weight.data.add_(1.0)  # an input: the package reads it at each call
-    assert aoti.settings(learner, inputs) == key
+    assert aoti.settings(learner) == key
     learner.inner_steps = 3
-    assert aoti.settings(learner, inputs) != key
+    assert aoti.settings(learner) != key
     learner.inner_steps = 2
     learner.eval()
-    assert aoti.settings(learner, inputs) != key
+    assert aoti.settings(learner) != key
     learner.train()
-    assert aoti.settings(learner, inputs) == key
+    assert aoti.settings(learner) == key
     with torch.no_grad():
         learner.module[0].bias.add_(1.0)
-    assert aoti.settings(learner, inputs) != key
+    assert aoti.settings(learner) != key
