@@ -260,6 +260,11 @@ def machine(threads: int) -> dict:
             "device": "cpu", "load_avg_1min_at_start": load}
 
 
+# peers that are fastmaml or torch itself, whose versions are the header's already
+TORCH_PEERS = ("fastmaml", "fastmaml_compiled", "fastmaml_aoti", "torchfunc_loop", "torchfunc_vmap", "torch_compile",
+               "torch_compile_autotune")
+
+
 def versions(names) -> dict:
     import fastmaml
     from fastmaml import ops
@@ -269,7 +274,7 @@ def versions(names) -> dict:
            "fastmaml_backend": ops.resolve_backend(torch.device("cpu"))}
     for name in names:
         mod = P.load(name)
-        if mod.available() is None and name not in ("fastmaml", "fastmaml_compiled", "fastmaml_aoti", "torchfunc_loop", "torchfunc_vmap", "torch_compile"):
+        if mod.available() is None and name not in TORCH_PEERS:
             out[name] = mod.version()
     return out
 

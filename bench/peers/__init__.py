@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 # fastmaml first: the others' ratios are taken to it.
-ORDER = ("fastmaml", "fastmaml_compiled", "fastmaml_aoti", "torchfunc_loop", "torchfunc_vmap", "torch_compile", "jax", "higher", "learn2learn", "torchopt")
+ORDER = ("fastmaml", "fastmaml_compiled", "fastmaml_aoti", "torchfunc_loop", "torchfunc_vmap", "torch_compile", "torch_compile_autotune", "jax", "higher", "learn2learn", "torchopt")
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,11 @@ def version():
     return torch.__version__
 
 
-def make(model, cfg):
+def make(model, cfg, mode=None):
+    """The step; `mode`: torch.compile's (None: the default, what the peer measures)."""
     batched = torchfunc_vmap.meta_loss_fn(model, cfg)
     meta_grad = torch.compile(grad(lambda params, *batch: batched(params, *batch).mean()),
-                              fullgraph=True, dynamic=False)
+                              fullgraph=True, dynamic=False, mode=mode)
     named = list(model.named_parameters())
 
     def step(batch):

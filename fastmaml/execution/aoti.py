@@ -18,8 +18,9 @@ NOTE: [aoti keys] A package has no guards, so this module keys them itself.
   inside an object two levels down, or a global the hooks read; use the default backend
   ("inductor", guarded by Dynamo) for learners that read such state.
 - On disk, by what the trace produced: the graph's code (sizes and Python numbers are literals in
-  it), the bytes of its constants, the inputs' layout and torch's version. A second process, or a
-  second learner of the same shapes and settings, loads the package instead of compiling it.
+  it), the bytes of its constants, the inputs' layout, torch's version and Inductor's settings.
+  A second process, or a second learner of the same shapes and settings, loads the package
+  instead of compiling it.
   A package is compiled under a temporary name and renamed into place (atomic).
 The folder is $FASTMAML_AOTI_CACHE, else $FASTMAML_CACHE/aoti, else ~/.cache/fastmaml/aoti.
 """
@@ -45,7 +46,12 @@ _PLAIN_TYPES = frozenset(_PLAIN)
 # nn.Module's own attributes (hooks, parameter and buffer tables: not settings; `training` is one)
 # and the learner's execution state (caches, not settings)
 _MODULE_BOOKKEEPING = frozenset(vars(nn.Module())) - {"training"} | {"execution_state"}
-_PACKAGE_FORMAT = 1  # part of every disk key: bump when what a package computes changes
+_PACKAGE_FORMAT = 2  # part of every disk key: bump when what a package computes changes
+# Inductor's settings for the compiled step (a package here, torch.compile's graph in compiled.py).
+# max_autotune times Inductor's own C++ GEMM templates against
+# the library's (bmm) per matrix product and keeps the faster: the sine step's graph ran 1.19-1.25x
+# faster for 1-5 s more compilation (bench/README.md, "Compiled meta-steps").
+INDUCTOR_CONFIGS = {"max_autotune": True}
 
 
 def default_cache_dir() -> Path:
@@ -154,7 +160,8 @@ class AotiStep:
             fd, tmp = tempfile.mkstemp(suffix=".pt2", dir=self.cache_dir)
             os.close(fd)
             try:
-                torch._inductor.aoti_compile_and_package(program, package_path=tmp)
+                configs = dict(INDUCTOR_CONFIGS)  # a copy: torch adds its own entries to it
+                torch._inductor.aoti_compile_and_package(program, package_path=tmp, inductor_configs=configs)
                 os.replace(tmp, path)
             finally:
                 if os.path.exists(tmp):
@@ -178,7 +185,8 @@ def _flat_call(package: Any, inputs: int) -> Callable[..., Any]:
 
 def _content_key(graph: torch.fx.GraphModule, inputs: list[Tensor]) -> str:
     """NOTE: [aoti keys]: the disk key of a traced graph."""
-    h = hashlib.sha256(f"{_PACKAGE_FORMAT} {torch.__version__} {_layout(inputs)}\n{graph.code}".encode())
+    h = hashlib.sha256(f"{_PACKAGE_FORMAT} {torch.__version__} {sorted(INDUCTOR_CONFIGS.items())} {_layout(inputs)}\n"
+                       f"{graph.code}".encode())
     constants = {**dict(graph.named_buffers()), **{k: v for k, v in vars(graph).items() if isinstance(v, Tensor)}}
     for name in sorted(constants):
         t = constants[name].detach().cpu().contiguous()

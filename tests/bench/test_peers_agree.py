@@ -42,7 +42,8 @@ def rel_diff(a, b) -> float:
 
 # Peers compiled by Inductor take a minute per graph on a 2-core machine: one case each
 # (AOTInductor's on a model with batch norm and convolutions).
-INDUCTOR = {"torch_compile": "sine-2-so", "fastmaml_compiled": "sine-2-so", "fastmaml_aoti": "conv-1-so"}
+INDUCTOR = {"torch_compile": "sine-2-so", "torch_compile_autotune": "sine-1-so", "fastmaml_compiled": "sine-2-so",
+            "fastmaml_aoti": "conv-1-so"}
 
 
 @pytest.mark.parametrize("peer", [p for p in P.ORDER if p != "fastmaml"])

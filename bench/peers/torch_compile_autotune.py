@@ -1,0 +1,14 @@
+"""The torch.compile peer (bench/peers/torch_compile.py) compiled with mode="max-autotune-no-cudagraphs":
+Inductor times its own GEMM templates against the library's, as fastmaml.compile does
+(fastmaml/execution/aoti.py, INDUCTOR_CONFIGS). What a user gets by adding that one argument."""
+
+from __future__ import annotations
+
+from bench.peers import torch_compile
+
+NAME = "torch.compile(torch.func), max-autotune"
+available, version = torch_compile.available, torch_compile.version
+
+
+def make(model, cfg):
+    return torch_compile.make(model, cfg, mode="max-autotune-no-cudagraphs")
