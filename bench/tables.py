@@ -119,6 +119,11 @@ def revisions_table(path: Path = RESULTS / "revisions.json") -> str:
     return render_markdown(path)
 
 
+def revisions_aa_table(path: Path = RESULTS / "revisions_aa.json") -> str:
+    """The A/A control of bench_revisions: one commit in two trees built apart."""
+    return revisions_table(path)
+
+
 def _gpu(name):
     """bench/gpu/report.py's tables of bench/results/gpu.json (a note until a device run exists)."""
     def render(data=RESULTS / "gpu.json"):
@@ -132,6 +137,7 @@ def _gpu(name):
 TABLES = {"inner_update": inner_update_table, "inner_update_fwd_bwd": inner_update_fwd_bwd_table, "peers": peers_table,
           "peers_compiled": peers_compiled_table, "inner_optimizer": inner_optimizer_table, "memory": memory_table,
           "compat": compat_table, "distributed": distributed_table, "revisions": revisions_table,
+          "revisions_aa": revisions_aa_table,
           **{f"gpu_{name}": _gpu(name) for name in ("run", "goals", "update", "metastep")}}
 
 

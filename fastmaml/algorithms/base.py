@@ -50,7 +50,9 @@ class MetaLearner(nn.Module):
         adapt_names: the names (or fnmatch patterns) of the parameters adapted in the inner loop;
             None adapts all. The others are shared across tasks and meta-learned only.
         batching: how tasks run: "auto" (chooses, see `fastmaml.execution.explain`), "batched"
-            (task-batched layers), "vmap", "loop", "compiled" (one torch.compile graph).
+            (task-batched layers), "vmap", "loop", "compiled" (one torch.compile graph;
+            `fastmaml.compile(learner, backend=..., expected_steps=...)` sets it, or lets "auto"
+            weigh it, and can compile ahead of time with AOTInductor: docs/compile.md).
         second_order: "autograd" (differentiate through the inner steps) or "hvp" (the same
             meta-gradient by a reverse recursion of batched Hessian-vector products, `O(K |theta|)`
             memory; docs/imaml.md).

@@ -51,7 +51,7 @@ _PACKAGE_FORMAT = 2  # part of every disk key: bump when what a package computes
 # max_autotune times Inductor's own C++ GEMM templates against
 # the library's (bmm) per matrix product and keeps the faster: the sine step's graph ran 1.19-1.25x
 # faster for 1-5 s more compilation (bench/README.md, "Compiled meta-steps").
-INDUCTOR_CONFIGS = {"max_autotune": True}
+INDUCTOR_CONFIGS: dict[str, Any] = {"max_autotune": True}
 
 
 def default_cache_dir() -> Path:

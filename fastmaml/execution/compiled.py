@@ -115,7 +115,7 @@ def _build(learner: Learner, loss_fn: LossFn, first_order: bool | None, outer: b
 
     if backend == "aoti":  # ahead of time, keyed by fastmaml itself (NOTE: [aoti keys] in execution/aoti.py)
         return AotiStep(step, learner)
-    options = dict(INDUCTOR_CONFIGS) if backend == "inductor" else None
+    options: dict[str, Any] | None = dict(INDUCTOR_CONFIGS) if backend == "inductor" else None
     return torch.compile(_own_code(step), fullgraph=True, dynamic=False, backend=backend, options=options)
 
 
