@@ -54,3 +54,12 @@ def test_compiled_training_step_keeps_second_order(problem, batching):
 
     step(*batch)
     assert_same(net, want)
+
+
+def test_import_leaves_dynamo_unloaded():
+    # user_compile's module docstring: importing torch._dynamo costs every `import fastmaml` ~1 s
+    import subprocess
+    import sys
+    code = "import sys, fastmaml; print(sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"import fastmaml loaded {out.strip()}"
