@@ -30,6 +30,24 @@ def test_x_y_length_mismatch(maml):
         maml.adapt(sx[0], sy[0, :4], F.mse_loss)
 
 
+
+def test_checks_after_an_accepted_batch(maml):
+    # check_batch remembers the last batch it accepted; whatever changed since must be checked again
+    sx, sy, qx, qy = regression_tasks()
+    maml.meta_loss(sx, sy, qx, qy, F.mse_loss)
+    assert maml.execution_state.batch_accepted is not None  # else this test checks nothing new
+    with pytest.raises(ValueError, match="query_x has 6 examples per task but query_y has 2"):
+        maml.meta_loss(sx, sy, qx, qy[:, :2], F.mse_loss)
+    maml.meta_loss(sx, sy, qx, qy, F.mse_loss)
+    maml.example_rank = 2
+    with pytest.raises(ValueError, match="from learner.example_rank"):
+        maml.meta_loss(sx, sy, qx, qy, F.mse_loss)
+    maml.example_rank = None
+    maml.meta_loss(sx, sy, qx, qy, F.mse_loss)
+    maml.module.float()
+    with pytest.raises(ValueError, match="support_x has dtype torch.float64 but the model.s parameters are torch.float32"):
+        maml.meta_loss(sx, sy, qx, qy, F.mse_loss)
+
 def test_empty_support(maml):
     sx, sy, qx, qy = regression_tasks()
     with pytest.raises(ValueError, match="support set is empty"):

@@ -49,6 +49,7 @@ class ExecutionState:
         last_compile_choice: the `CompileChoice` of the last meta-step "auto" weighed.
         compile_seconds: the seconds each compilation "auto" paid took.
         example_rank_seen: NOTE: [example rank] (fastmaml/checks.py), when the model cannot tell.
+        batch_accepted: the signature of the last batch `check_batch` accepted (fastmaml/checks.py).
     """
     used: str | None = None
     auto_choice: dict = field(default_factory=dict)
@@ -61,3 +62,4 @@ class ExecutionState:
     last_compile_choice: CompileChoice | None = None
     compile_seconds: list[float] = field(default_factory=list)
     example_rank_seen: int | None = None
+    batch_accepted: tuple | None = None
