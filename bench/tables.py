@@ -124,6 +124,11 @@ def revisions_aa_table(path: Path = RESULTS / "revisions_aa.json") -> str:
     return revisions_table(path)
 
 
+def revisions_conv4_table(names=("revisions_conv4_ab", "revisions_conv4_aa", "revisions_conv4_dynamo")) -> str:
+    """Issue 18's Conv-4 reading: base -> candidate, the candidate A/A, base -> base importing torch._dynamo."""
+    return "\n\n".join(revisions_table(RESULTS / f"{name}.json") for name in names)
+
+
 def _gpu(name):
     """bench/gpu/report.py's tables of bench/results/gpu.json (a note until a device run exists)."""
     def render(data=RESULTS / "gpu.json"):
@@ -137,7 +142,7 @@ def _gpu(name):
 TABLES = {"inner_update": inner_update_table, "inner_update_fwd_bwd": inner_update_fwd_bwd_table, "peers": peers_table,
           "peers_compiled": peers_compiled_table, "inner_optimizer": inner_optimizer_table, "memory": memory_table,
           "compat": compat_table, "distributed": distributed_table, "revisions": revisions_table,
-          "revisions_aa": revisions_aa_table,
+          "revisions_aa": revisions_aa_table, "revisions_conv4": revisions_conv4_table,
           **{f"gpu_{name}": _gpu(name) for name in ("run", "goals", "update", "metastep")}}
 
 
