@@ -116,7 +116,7 @@ def check_batch(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: 
     """A batch of tasks [T, N, ...]: four tensors with one task count and matching example counts,
     the examples of the rank, dtype and device the learner's model takes (NOTE: [example rank]).
     Runs on every meta-step: a learner remembers the last batch it accepted (shapes, dtypes, devices
-    and its model's), so that the same kind of batch again costs ~2 us instead of ~7 (bench/README.md)."""
+    and its model's), so that the same kind of batch again costs ~4 us instead of ~7 (bench/README.md)."""
     tensors = (support_x, support_y, query_x, query_y)
     for name, t in zip(_BATCH_ARGS, tensors):
         if not isinstance(t, Tensor):

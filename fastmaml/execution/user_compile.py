@@ -43,6 +43,7 @@ def outside_user_graph(fn: F) -> F:
     run._torchdynamo_disable = True  # type: ignore[attr-defined]  # Dynamo does not inline `run` (a graph break)
     return run  # type: ignore[return-value]
 
+
 _warned = False
 
 
