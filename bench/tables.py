@@ -124,8 +124,10 @@ def revisions_aa_table(path: Path = RESULTS / "revisions_aa.json") -> str:
     return revisions_table(path)
 
 
-def revisions_conv4_table(names=("revisions_conv4_ab", "revisions_conv4_aa", "revisions_conv4_dynamo")) -> str:
-    """Issue 18's Conv-4 reading: base -> candidate, the candidate A/A, base -> base importing torch._dynamo."""
+def revisions_conv4_table(names=("revisions_conv4_ab", "revisions_conv4_aa", "revisions_conv4_dynamo",
+                                 "revisions_conv4_aa_quiet")) -> str:
+    """Issue 18's Conv-4 reading: base -> candidate, the candidate A/A, base -> base importing torch._dynamo,
+    and an A/A at f5884e0 on a quiet machine."""
     return "\n\n".join(revisions_table(RESULTS / f"{name}.json") for name in names)
 
 
