@@ -47,11 +47,19 @@ _PLAIN_TYPES = frozenset(_PLAIN)
 # and the learner's execution state (caches, not settings)
 _MODULE_BOOKKEEPING = frozenset(vars(nn.Module())) - {"training"} | {"execution_state"}
 _PACKAGE_FORMAT = 2  # part of every disk key: bump when what a package computes changes
-# Inductor's settings for the compiled step (a package here, torch.compile's graph in compiled.py).
-# max_autotune times Inductor's own C++ GEMM templates against
-# the library's (bmm) per matrix product and keeps the faster: the sine step's graph ran 1.19-1.25x
-# faster for 1-5 s more compilation (bench/README.md, "Compiled meta-steps").
-INDUCTOR_CONFIGS: dict[str, Any] = {"max_autotune": True}
+
+
+def inductor_configs() -> dict[str, Any]:
+    """Inductor's settings for the compiled step (a package here, torch.compile's graph in
+    compiled.py), a fresh dict (torch adds its own entries to it). max_autotune times Inductor's
+    own C++ GEMM templates against the library's (bmm) per matrix product and keeps the faster:
+    the sine step's graph ran 1.19-1.25x faster for 1-5 s more compilation; the post-grad pass
+    has Inductor's kernels read task-batched matrices in their own memory order
+    (execution/graph_passes.py). bench/README.md, "Compiled meta-steps", measures both."""
+    # imported here: it imports Inductor, which only compiling needs
+    from fastmaml.execution.graph_passes import LayoutPass
+
+    return {"max_autotune": True, "post_grad_custom_post_pass": LayoutPass()}
 
 
 def default_cache_dir() -> Path:
@@ -160,8 +168,7 @@ class AotiStep:
             fd, tmp = tempfile.mkstemp(suffix=".pt2", dir=self.cache_dir)
             os.close(fd)
             try:
-                configs = dict(INDUCTOR_CONFIGS)  # a copy: torch adds its own entries to it
-                torch._inductor.aoti_compile_and_package(program, package_path=tmp, inductor_configs=configs)
+                torch._inductor.aoti_compile_and_package(program, package_path=tmp, inductor_configs=inductor_configs())
                 os.replace(tmp, path)
             finally:
                 if os.path.exists(tmp):
@@ -185,7 +192,7 @@ def _flat_call(package: Any, inputs: int) -> Callable[..., Any]:
 
 def _content_key(graph: torch.fx.GraphModule, inputs: list[Tensor]) -> str:
     """NOTE: [aoti keys]: the disk key of a traced graph."""
-    h = hashlib.sha256(f"{_PACKAGE_FORMAT} {torch.__version__} {sorted(INDUCTOR_CONFIGS.items())} {_layout(inputs)}\n"
+    h = hashlib.sha256(f"{_PACKAGE_FORMAT} {torch.__version__} {sorted(inductor_configs().items())} {_layout(inputs)}\n"
                        f"{graph.code}".encode())
     constants = {**dict(graph.named_buffers()), **{k: v for k, v in vars(graph).items() if isinstance(v, Tensor)}}
     for name in sorted(constants):

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from fastmaml import functional as F, ops
 from fastmaml.execution import buffers as B, hooks
-from fastmaml.execution.aoti import INDUCTOR_CONFIGS, AotiStep
+from fastmaml.execution.aoti import AotiStep, inductor_configs
 from fastmaml.execution.batchnorm import DecomposedBatchNorm, has_batch_norm
 from fastmaml.execution.hvp_mode import HandGradLosses
 from fastmaml.execution.learner import Learner
@@ -115,7 +115,7 @@ def _build(learner: Learner, loss_fn: LossFn, first_order: bool | None, outer: b
 
     if backend == "aoti":  # ahead of time, keyed by fastmaml itself (NOTE: [aoti keys] in execution/aoti.py)
         return AotiStep(step, learner)
-    options: dict[str, Any] | None = dict(INDUCTOR_CONFIGS) if backend == "inductor" else None
+    options: dict[str, Any] | None = inductor_configs() if backend == "inductor" else None
     return torch.compile(_own_code(step), fullgraph=True, dynamic=False, backend=backend, options=options)
 
 
