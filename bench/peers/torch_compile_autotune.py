@@ -1,6 +1,7 @@
 """The torch.compile peer (bench/peers/torch_compile.py) compiled with mode="max-autotune-no-cudagraphs":
-Inductor times its own GEMM templates against the library's, as fastmaml.compile does
-(fastmaml/execution/aoti.py, inductor_configs). What a user gets by adding that one argument."""
+Inductor times its own GEMM templates against the library's per product (fastmaml.compile did until
+its graph pass made that moot: fastmaml/execution/aoti.py, inductor_configs). What a user gets by adding
+that one argument."""
 
 from __future__ import annotations
 

@@ -51,15 +51,16 @@ _PACKAGE_FORMAT = 2  # part of every disk key: bump when what a package computes
 
 def inductor_configs() -> dict[str, Any]:
     """Inductor's settings for the compiled step (a package here, torch.compile's graph in
-    compiled.py), a fresh dict (torch adds its own entries to it). max_autotune times Inductor's
-    own C++ GEMM templates against the library's (bmm) per matrix product and keeps the faster:
-    the sine step's graph ran 1.19-1.25x faster for 1-5 s more compilation; the post-grad pass
-    has Inductor's kernels read task-batched matrices in their own memory order
-    (execution/graph_passes.py). bench/README.md, "Compiled meta-steps", measures both."""
+    compiled.py), a fresh dict (torch adds its own entries to it): the post-grad pass that has
+    Inductor's kernels read task-batched matrices in their own memory order
+    (execution/graph_passes.py; the sine graph 1.15-1.4x faster). Not max_autotune: with the pass it
+    no longer speeds the sine graph up (0.99-1.01x), and its timing of GEMM templates against bmm
+    at compile time picked 1.2-1.45x slower graphs in some compilations (bench/README.md,
+    "Compiled meta-steps")."""
     # imported here: it imports Inductor, which only compiling needs
     from fastmaml.execution.graph_passes import LayoutPass
 
-    return {"max_autotune": True, "post_grad_custom_post_pass": LayoutPass()}
+    return {"post_grad_custom_post_pass": LayoutPass()}
 
 
 def default_cache_dir() -> Path:
