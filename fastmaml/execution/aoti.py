@@ -51,16 +51,21 @@ _PACKAGE_FORMAT = 2  # part of every disk key: bump when what a package computes
 
 def inductor_configs() -> dict[str, Any]:
     """Inductor's settings for the compiled step (a package here, torch.compile's graph in
-    compiled.py), a fresh dict (torch adds its own entries to it): the post-grad pass that has
-    Inductor's kernels read task-batched matrices in their own memory order
-    (execution/graph_passes.py; the sine graph 1.15-1.4x faster). Not max_autotune: with the pass it
-    no longer speeds the sine graph up (0.99-1.01x), and its timing of GEMM templates against bmm
-    at compile time picked 1.2-1.45x slower graphs in some compilations (bench/README.md,
-    "Compiled meta-steps")."""
+    compiled.py), a fresh dict (torch adds its own entries to it), each measured in
+    bench/README.md ("Compiled meta-steps"):
+    - the post-grad pass that has Inductor's kernels read task-batched matrices in their own memory
+      order (execution/graph_passes.py; the sine graph 1.15-1.4x faster);
+    - no layout optimisation: Inductor would run the convolutions channels-last, while the
+      elementwise kernels around them (batch norm, ReLU, max-pool and their derivatives, written
+      per task by vmap) keep their task-major order, so each of them converts between the two
+      (the Conv-4 step 1.22x faster without: 173 against 212 ms at 8 tasks);
+    - not max_autotune: with the pass it no longer speeds the sine graph up (0.99-1.01x), and its
+      timing of GEMM templates against bmm at compile time picked 1.2-1.45x slower graphs in some
+      compilations."""
     # imported here: it imports Inductor, which only compiling needs
     from fastmaml.execution.graph_passes import LayoutPass
 
-    return {"post_grad_custom_post_pass": LayoutPass()}
+    return {"post_grad_custom_post_pass": LayoutPass(), "layout_optimization": False}
 
 
 def default_cache_dir() -> Path:
