@@ -52,6 +52,12 @@ def _transposed(node: fx.Node) -> bool:
     return perm in ([1, 0], [0, 2, 1])
 
 
+def _has_value(node: object) -> bool:
+    """Whether `node` is a graph node with a (fake) value to derive the new nodes' values from; a
+    node without one is left as it is rather than guessed at."""
+    return isinstance(node, fx.Node) and "val" in node.meta
+
+
 def _meta(node: fx.Node) -> None:
     """node.meta["val"]: its op run on its inputs' fake values (what Inductor's lowering reads)."""
     args = [a.meta["val"] if isinstance(a, fx.Node) else a for a in node.args]
@@ -72,6 +78,8 @@ def transpose_into_products(graph: fx.Graph) -> None:
         if len(transposing) <= len(plain):
             continue
         a, b = cast(fx.Node, node.args[0]), cast(fx.Node, node.args[1])
+        if not (_has_value(a) and _has_value(b)):
+            continue
         swap = [1, 0] if node.target is aten.mm.default else [0, 2, 1]
         with graph.inserting_before(node):
             bt = graph.call_function(aten.permute.default, (b, swap))
@@ -98,6 +106,8 @@ def reduce_before_permute(graph: fx.Graph) -> None:
         if not (isinstance(src, fx.Node) and src.op == "call_function" and src.target is aten.permute.default):
             continue
         x, perm = cast(fx.Node, src.args[0]), cast(list[int], src.args[1])
+        if not _has_value(x):
+            continue
         dims = sorted({d % len(perm) for d in cast(list[int], node.args[1]) or []})
         if not dims:  # an empty list sums everything: no order to fix
             continue

@@ -130,6 +130,19 @@ def test_the_whole_pass_on_a_sum_of_transposed_products():
         assert torch.equal(got, want)
 
 
+def test_nodes_without_values_are_left_alone():
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    fn = lambda t: (torch.bmm(t, t.permute(0, 2, 1)).permute(0, 2, 1) * 2, t.permute(0, 2, 1).sum(0))  # noqa: E731
+    gm = make_fx(fn, tracing_mode="fake")(x)
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            del node.meta["val"]
+    code = gm.code
+    LayoutPass()(gm.graph)
+    gm.recompile()
+    assert gm.code == code
+
+
 def test_keyed_stably():
     a, b = LayoutPass(), LayoutPass()
     assert a.uuid() == b.uuid() and repr(a) == repr(b) and "0x" not in repr(a)
