@@ -65,16 +65,14 @@ def _meta(node: fx.Node) -> None:
 
 
 def transpose_into_products(graph: fx.Graph) -> None:
-    """NOTE: [transposed products] (mm or bmm)(a, b)^T = (mm or bmm)(b^T, a^T). Where more of a product's
-    readers transpose it than read it as it is, the product is written transposed (the library's GEMM takes
-    transposed operands at no cost) and the others read a transposed view of it: fewer elementwise
-    kernels read it across its rows. Another product reading it does not count (it takes either order)."""
+    """NOTE: [transposed products]: each (b)mm that more elementwise readers transpose than not is
+    written transposed, those readers take it as it is and the others a transposed view."""
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in (aten.mm.default, aten.bmm.default):
             continue
         readers = list(node.users)
         transposing = [r for r in readers if _transposed(r)]
-        plain = [r for r in readers if not _transposed(r) and r.target not in (aten.mm.default, aten.bmm.default)]
+        plain = [r for r in readers if r not in transposing and r.target not in (aten.mm.default, aten.bmm.default)]
         if len(transposing) <= len(plain):
             continue
         a, b = cast(fx.Node, node.args[0]), cast(fx.Node, node.args[1])
