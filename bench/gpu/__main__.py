@@ -21,9 +21,11 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -43,6 +45,8 @@ DRY_BUDGETS = {"build": 0, "tests": 120, "update": 240, "metastep": 240}  # ~1 m
 GRACE_S = 20  # a timing section stops starting work this long before its budget, when it is killed
 TESTS = ["tests/ops", "tests/hvp", "-k", "cuda or vectorizes"]
 BUILD_ENV = {"TORCH_CUDA_ARCH_LIST": "9.0", "MAX_JOBS": "16", "FASTMAML_REQUIRE_CUDA": "1"}
+SETUPTOOLS_MIN = (77,)  # pyproject.toml's [build-system] requires
+WHEELS = ROOT / ".gpu" / "wheels"  # bench/gpu/prepare.sh
 
 
 def log(msg: str) -> None:
@@ -53,7 +57,7 @@ def _run(cmd, timeout, env=None, log_path=None) -> dict:
     """Run `cmd` from the repository root, its output streamed to our log (and `log_path`); past
     `timeout` seconds its whole process group is killed (a hung kernel or compiler included)."""
     t0 = time.perf_counter()
-    full_env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **(env or {}))
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
     log("$ " + " ".join(f"{k}={v}" for k, v in (env or {}).items()) + (" " if env else "") + " ".join(cmd))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -81,13 +85,47 @@ def _run(cmd, timeout, env=None, log_path=None) -> dict:
             "output_tail": "".join(tail)[-3000:]}
 
 
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", version)[:3])
+
+
+def build_setuptools() -> dict:
+    """How the build gets a setuptools that reads pyproject.toml (>= 77: its SPDX `license`): the
+    machine's own, else the wheels bench/gpu/prepare.sh put in .gpu/wheels, installed into a
+    folder put first on the build's path. Returns {"setuptools": the machine's version, "use": what
+    the build uses, "env": the build's extra variables} or, where neither will do, {"error": why}."""
+    try:
+        have = importlib.metadata.version("setuptools")
+    except importlib.metadata.PackageNotFoundError:
+        have = None
+    out = {"setuptools": have}
+    if have is not None and _release(have) >= SETUPTOOLS_MIN:
+        return {**out, "use": f"the machine's setuptools {have}", "env": {}}
+    wheels = sorted(WHEELS.glob("*.whl"))
+    if not wheels:
+        return {**out, "error": f"setuptools {have} here is older than {'.'.join(map(str, SETUPTOOLS_MIN))} and "
+                                f"{WHEELS.relative_to(ROOT)} holds no wheels: run bench/gpu/prepare.sh before the call"}
+    site = tempfile.mkdtemp(prefix="fastmaml-build-site-")
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+           "--disable-pip-version-check", "--target", site, *map(str, wheels)]
+    done = subprocess.run(pip, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        return {**out, "error": f"installing {[w.name for w in wheels]} failed: {done.stderr[-1000:]}"}
+    return {**out, "use": f"carried {[w.name for w in wheels]}", "env": {"PYTHONPATH": os.pathsep.join([site, str(ROOT)])}}
+
+
 def build(out_dir: Path, budget: float, dry_run: bool) -> dict:
     cmd = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
     if dry_run:
         return {"status": "skipped", "why": "dry run: the extension is built by make", "command": " ".join(cmd),
                 "env": BUILD_ENV}
-    res = _run(cmd, budget, BUILD_ENV, out_dir / "build.log")
-    res["env"] = BUILD_ENV
+    tools = build_setuptools()
+    if "error" in tools:
+        log(f"build: {tools['error']}")
+        return {"status": "failed (setuptools)", "seconds": 0.0, "command": " ".join(cmd), **tools}
+    log(f"build: {tools['use']}")
+    res = _run(cmd, budget, {**BUILD_ENV, **tools.pop("env")}, out_dir / "build.log")
+    res.update(env=BUILD_ENV, **tools)
     if res["status"] == "ok":
         check = _run([sys.executable, "-c", "from fastmaml.ops import native; import sys; "
                       "sys.exit(0 if native.cuda_kernels_built() else 1)"], 60)

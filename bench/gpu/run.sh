@@ -11,6 +11,6 @@ PY=${PYTHON:-python3}
 {
     echo "bench/gpu/run.sh on $(hostname) at $(date -u +%FT%TZ)"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || true
-    "$PY" -m pip list 2>/dev/null | grep -iE '^(torch|triton|jax|jaxlib|numpy|pytest|hypothesis|ninja) ' || true
+    "$PY" -m pip list 2>/dev/null | grep -iE '^(torch|triton|jax|jaxlib|numpy|pytest|hypothesis|ninja|setuptools|packaging) ' || true
     "$PY" -m bench.gpu --out "$OUT" "$@"
 } 2>&1 | tee "$OUT/gpu.log"
