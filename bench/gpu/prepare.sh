@@ -3,9 +3,10 @@
 # carries, with what the device copy needs and cannot get there (it has no .git and no network):
 #   .gpu/commit   the commit measured;
 #   .gpu/wheels/  the build's own requirements as wheels, for a machine whose setuptools is older
-#                 than 77 (those refuse pyproject.toml's SPDX `license`): setuptools 81.0.0, the one
-#                 `make test-torch-low` builds against torch 2.11 with here, and packaging >= 24.2,
-#                 which it needs for that field. The build section installs them only there.
+#                 than 77 (those refuse pyproject.toml's SPDX `license`): setuptools 81.0.0, with
+#                 which the build was rehearsed here against torch 2.11 (bench/gpu/README.md), and
+#                 packaging >= 24.2, which it needs for that field. The build section installs them
+#                 only there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
