@@ -1,6 +1,7 @@
 """The task-batched layers: T tasks in one forward, parameters of shape [T, *p.shape].
 
-A Linear over T tasks is one `baddbmm`, a Conv2d over T tasks one grouped convolution (groups=T), a
+A Linear over T tasks is one `baddbmm`, a Conv2d over T tasks one grouped convolution (groups=T, its
+second derivative without a loop over the groups: batched/conv.py), a
 BatchNorm over T tasks one batch norm over T*C channels, a pooling one pooling over merged dims.
 
 NOTE: [batched layouts] Activations travel in one of two layouts: "tn" [T, N, ...], what bmm wants,
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor, nn
 
+from fastmaml.execution.batched.conv import conv2d
 from fastmaml.execution.batched.plan import ACTIVATION_MODULES, Plan, plan_of
 from fastmaml.functional import Params
 
@@ -67,8 +69,8 @@ def _conv2d(mod: nn.Conv2d, m: str, p: Params, x: Tensor, layout: str, T: int) -
     x = _to(x, layout, NT)
     n = x.shape[0]
     x = x.reshape(n, -1, *x.shape[3:])  # [N, T*C, H, W]: a view when x was nt-contiguous
-    y = TF.conv2d(x, w.flatten(0, 1), None if b is None else b.flatten(), mod.stride, mod.padding, mod.dilation,
-                  mod.groups * T)
+    y = conv2d(x, w.flatten(0, 1), None if b is None else b.flatten(), mod.stride, mod.padding, mod.dilation,
+               mod.groups * T)
     return y.view(n, T, -1, *y.shape[2:]), NT
 
 
