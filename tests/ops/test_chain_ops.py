@@ -1,5 +1,6 @@
 """The chain op family (fastmaml.ops.chain): the native C++ ops against their plain-autograd
-reference twin, values and first and second derivatives in float64, and the ops' input checks."""
+reference twin, values and first and second derivatives in float64 (on the CPU, and on a GPU: the
+`cuda` test, run by the device run of bench/gpu), and the ops' input checks."""
 
 import pytest
 import torch
@@ -8,14 +9,15 @@ import fastmaml
 from fastmaml.ops import chain as chain_ops, native
 
 pytestmark = pytest.mark.skipif(native.import_error is not None, reason=f"fastmaml._C not built: {native.import_error}")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 # per layer (out_features, flags): flags = 1 if it has a bias, + 2 if a ReLU follows
 CHAINS = {"relu-bias": [(5, 3), (4, 3), (2, 1)], "no-bias": [(3, 2), (2, 0)], "one-layer": [(2, 1)]}
 
 
-def chain_inputs(layers, T=3, N=4, features=3, seed=0):
+def chain_inputs(layers, T=3, N=4, features=3, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device)
     x = r(T, N, features)
     weights, biases, flags, inp = [], [], [], features
     for out, f in layers:
@@ -32,13 +34,23 @@ def params_of(weights, biases):
 
 def run(backend, fn, *args):
     with fastmaml.use_backend(backend):
-        assert chain_ops.resolve_backend(torch.device("cpu")) == backend
+        assert chain_ops.resolve_backend(args[0].device) == backend
         return fn(*args)
 
 
 @pytest.mark.parametrize("name", CHAINS)
 def test_native_matches_reference_with_two_derivatives(name):
-    x, y, weights, biases, flags = chain_inputs(CHAINS[name])
+    check_native_matches_reference(name, "cpu")
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", CHAINS)
+def test_native_matches_reference_with_two_derivatives_cuda(name):
+    check_native_matches_reference(name, "cuda")
+
+
+def check_native_matches_reference(name, device):
+    x, y, weights, biases, flags = chain_inputs(CHAINS[name], device=device)
     params = params_of(weights, biases)
     g = torch.Generator().manual_seed(1)
     results = {}
@@ -46,8 +58,8 @@ def test_native_matches_reference_with_two_derivatives(name):
         losses, grads = run(backend, chain_ops.loss_and_grad, x, y, weights, biases, flags)
         query = run(backend, chain_ops.loss, x, y, weights, biases, flags)
         # a random cotangent on (losses, grads): its VJP is the Hessian-vector product + v g
-        v = torch.randn(losses.shape, generator=g, dtype=torch.float64)
-        us = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in grads]
+        v = torch.randn(losses.shape, generator=g, dtype=torch.float64).to(device)
+        us = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(device) for t in grads]
         g.manual_seed(1)
         scalar = (losses * v).sum() + sum((a * u).sum() for a, u in zip(grads, us)) + query.sum()
         second = torch.autograd.grad(scalar, params)
