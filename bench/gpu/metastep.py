@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -29,20 +30,34 @@ from bench.gpu._common import Section, device_of, sync, time_steps
 CHECK_TOL = 1e-8
 CHECK_TASKS = 4
 PEERS = ("fastmaml", "torchfunc_vmap", "jax")
-# name -> (model, tasks, inner steps, extra peers); the goals' configs first, in case the budget runs out
+
+
+class Config(NamedTuple):
+    model: str
+    tasks: int
+    steps: int
+    extra: tuple[str, ...] = ()  # peers run besides `peers`
+    peers: tuple[str, ...] = PEERS
+
+
+# The goals' configs first, in case the budget runs out; fastmaml's compiled step last (each of its
+# configs pays two compilations, float64 and float32).
 CONFIGS = {
-    "sine-T1000-1": ("sine", 1000, 1, ()),
-    "sine-T1000-5": ("sine", 1000, 5, ()),
-    "conv4-T32-1": ("conv4", 32, 1, ("torchfunc_loop", "fastmaml_torch_conv")),
-    "sine-T10000-1": ("sine", 10000, 1, ()),
-    "sine-T10000-5": ("sine", 10000, 5, ()),
-    "sine-T25-1": ("sine", 25, 1, ()),
-    "sine-T25-5": ("sine", 25, 5, ()),
-    "conv4-T256-1": ("conv4", 256, 1, ("fastmaml_torch_conv",)),
+    "sine-T1000-1": Config("sine", 1000, 1),
+    "sine-T1000-5": Config("sine", 1000, 5),
+    "conv4-T32-1": Config("conv4", 32, 1, ("torchfunc_loop", "fastmaml_torch_conv")),
+    "sine-T10000-1": Config("sine", 10000, 1),
+    "sine-T10000-5": Config("sine", 10000, 5),
+    "sine-T25-1": Config("sine", 25, 1),
+    "sine-T25-5": Config("sine", 25, 5),
+    "conv4-T256-1": Config("conv4", 256, 1, ("fastmaml_torch_conv",)),
+    "sine-T1000-1-compiled": Config("sine", 1000, 1, peers=("fastmaml", "fastmaml_compiled", "jax")),
+    "sine-T10000-5-compiled": Config("sine", 10000, 5, peers=("fastmaml", "fastmaml_compiled", "jax")),
 }
 DRY_CONFIGS = {
-    "sine-T6-2": ("sine", 6, 2, ()),
-    "conv4-T3-1": ("conv4", 3, 1, ("torchfunc_loop", "fastmaml_torch_conv")),
+    "sine-T6-2": Config("sine", 6, 2),
+    "conv4-T3-1": Config("conv4", 3, 1, ("torchfunc_loop", "fastmaml_torch_conv")),
+    "sine-T6-1-compiled": Config("sine", 6, 1, peers=("fastmaml", "fastmaml_compiled")),
 }
 
 
@@ -107,54 +122,78 @@ def peak_memory_mib(step, batch, device) -> dict:
             "memory_source": "torch.cuda.max_memory_allocated"}
 
 
-def run_config(sec: Section, name: str, spec, device, dry_run: bool, peers) -> dict:
-    model_name, tasks, steps, extra = spec
-    names = list(peers) + [p for p in extra if P.load(p).available() is None]
+def _error(error: Exception) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+
+
+def run_config(sec: Section, name: str, config: Config, device, dry_run: bool, usable) -> dict:
+    """One config: each peer's meta-gradient checked, then timed, then its memory. A peer that fails
+    is recorded with its error and the others go on."""
+    model_name, tasks, steps = config.model, config.tasks, config.steps
+    names = [p for p in config.peers if p in usable] + [p for p in config.extra if P.load(p).available() is None]
     out = {"config": name, "model": model_name, "tasks": tasks, "steps": steps, "second_order": True, "results": {}}
-    # 1. agreement, float64 on the first tasks
+    # 1. agreement, float64 on the first tasks, against the first peer (fastmaml)
     model64, cfg, batches64 = problem(model_name, tasks, steps, device, torch.float64, dry_run)
     small = tuple(t[:CHECK_TASKS] for t in batches64[0])
     ref = None
     for peer in names:
-        m = copy.deepcopy(model64)
-        P.load(peer).make(m, cfg)(small)
+        res = out["results"][peer] = {"name": P.load(peer).NAME}
+        try:
+            m = copy.deepcopy(model64)
+            P.load(peer).make(m, cfg)(small)
+        except Exception as error:  # noqa: BLE001 - recorded; the other peers go on
+            res["error"] = _error(error)
+            print(f"  {name:14s} {res['name']:18s} FAILED (float64 check): {res['error']}", flush=True)
+            continue
         g = grads_of(m)
         ref = g if ref is None else ref
-        out["results"][peer] = {"name": P.load(peer).NAME, "grad_rel_diff_f64": rel_diff(g, ref)}
+        res["grad_rel_diff_f64"] = rel_diff(g, ref)
+        res["agrees"] = res["grad_rel_diff_f64"] <= CHECK_TOL
     del model64, batches64
     # 2. float32: the warm-up step's meta-gradient, then timing, then memory
     model, cfg, batches = problem(model_name, tasks, steps, device, torch.float32, dry_run)
     ref = None
     for peer in names:
         res = out["results"][peer]
-        res["agrees"] = res["grad_rel_diff_f64"] <= CHECK_TOL
-        m = copy.deepcopy(model)
-        step = P.load(peer).make(m, cfg)
-        finish = finisher(step, device)
-        step(batches[0])
-        finish()
-        g = grads_of(m)
-        ref = g if ref is None else ref
-        res["grad_rel_diff_f32"] = rel_diff(g, ref)
-        if peer == "fastmaml":
-            out["fastmaml_batching"] = step.learner.batching_used
-        if sec.left() < 0:
-            sec.skip(f"{name} {peer} timing", "section budget spent")
+        if "error" in res:
             continue
-        step(batches[1])  # warm
-        finish()
-        per_sample = 1 if dry_run else 5
-        res.update(time_steps(step, batches[1], finish, samples=3 if dry_run else 10, per_sample=per_sample,
-                              budget_s=min(5.0, max(sec.left(), 1.0))))
-        res.update(peak_memory_mib(step, batches[0], device))
-        print(f"  {name:14s} {res['name']:18s} {res['median_ms']:8.2f} ms  f64 diff {res['grad_rel_diff_f64']:.1e}"
-              f"{'' if res['agrees'] else ' [DISAGREES]'}  peak {res['peak_mib']} MiB", flush=True)
-        del step, m
+        try:
+            grads = timed_peer(sec, name, peer, res, model, cfg, batches, device, dry_run)
+        except Exception as error:  # noqa: BLE001 - recorded (out of memory too); the other peers go on
+            res["error"] = _error(error)
+            print(f"  {name:14s} {res['name']:18s} FAILED: {res['error']}", flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        ref = grads if ref is None else ref
+        res["grad_rel_diff_f32"] = rel_diff(grads, ref)
     base = out["results"].get("fastmaml", {}).get("median_ms")
     for res in out["results"].values():
         if base and "median_ms" in res:
             res["ratio_to_fastmaml"] = res["median_ms"] / base
     return out
+
+
+def timed_peer(sec: Section, name: str, peer: str, res: dict, model, cfg, batches, device, dry_run: bool) -> list:
+    """The peer's float32 meta-gradient; res gets its mode (fastmaml's), timing and memory."""
+    m = copy.deepcopy(model)
+    step = P.load(peer).make(m, cfg)
+    finish = finisher(step, device)
+    step(batches[0])
+    finish()
+    grads = grads_of(m)
+    res["batching"] = getattr(getattr(step, "learner", None), "batching_used", None)
+    if sec.left() < 0:
+        sec.skip(f"{name} {peer} timing", "section budget spent")
+        return grads
+    step(batches[1])  # warm
+    finish()
+    res.update(time_steps(step, batches[1], finish, samples=3 if dry_run else 10, per_sample=1 if dry_run else 5,
+                          budget_s=min(5.0, max(sec.left(), 1.0))))
+    res.update(peak_memory_mib(step, batches[0], device))
+    print(f"  {name:14s} {res['name']:18s} {res['median_ms']:8.2f} ms  f64 diff {res['grad_rel_diff_f64']:.1e}"
+          f"{'' if res['agrees'] else ' [DISAGREES]'}  peak {res['peak_mib']} MiB", flush=True)
+    return grads
 
 
 def run(out: Path, budget: float, dry_run: bool) -> None:
@@ -163,7 +202,7 @@ def run(out: Path, budget: float, dry_run: bool) -> None:
     torch.backends.cudnn.allow_tf32 = False
     sec = Section(out, "metastep", budget)
     peers, missing = [], {}
-    for peer in PEERS:
+    for peer in dict.fromkeys(p for c in (DRY_CONFIGS if dry_run else CONFIGS).values() for p in c.peers):
         why = P.load(peer).available()
         if why is None:
             peers.append(peer)
@@ -177,13 +216,13 @@ def run(out: Path, budget: float, dry_run: bool) -> None:
         sec.data["jax_devices"] = [str(d) for d in jax.devices()]
     sec.data.update(dtype="float32", tf32=False, check_tolerance_f64=CHECK_TOL, check_tasks=CHECK_TASKS,
                     peers_missing=missing, configs=[])
-    for name, spec in (DRY_CONFIGS if dry_run else CONFIGS).items():
+    for name, config in (DRY_CONFIGS if dry_run else CONFIGS).items():
         if sec.left() < 0:
             sec.skip(name, "section budget spent")
             continue
         try:
-            sec.data["configs"].append(run_config(sec, name, spec, device, dry_run, peers))
-        except torch.OutOfMemoryError as error:
+            sec.data["configs"].append(run_config(sec, name, config, device, dry_run, peers))
+        except torch.OutOfMemoryError as error:  # the problem itself did not fit
             sec.skip(name, f"out of memory: {str(error)[:200]}")
             torch.cuda.empty_cache()
         sec.save()

@@ -93,9 +93,13 @@ def metastep_table(data=RESULTS) -> str:
              "|---|---|---|---|---|---|"]
     for c in sec["configs"]:
         label = f"{c['model']} T={c['tasks']}, {c['steps']} step{'s' if c['steps'] > 1 else ''}"
-        for peer, r in c["results"].items():
+        for r in c["results"].values():
+            name = r["name"] + (f" ({r['batching']})" if r.get("batching") else "")
+            if "error" in r:
+                lines.append(f"| {label} | {name} | **failed**: {r['error'][:150].replace('|', '/')} | - | - | - |")
+                label = ""
+                continue
             timed = "median_ms" in r
-            name = r["name"] + (f" ({c['fastmaml_batching']})" if peer == "fastmaml" and c.get("fastmaml_batching") else "")
             check = ("ok" if r["agrees"] else "**differs**") + f" ({r['grad_rel_diff_f64']:.0e}; {r['grad_rel_diff_f32']:.0e})"
             peak = "-" if r.get("peak_mib") is None else f"{r['peak_mib']:.0f}"
             lines.append(f"| {label} | {name} | "
@@ -137,9 +141,15 @@ def goals_table(data=RESULTS) -> str:
             rows.append((f"{c['config']}: ≥ {least}× torch.func vmap", f"{vmap['ratio_to_fastmaml']:.2f}×{note}",
                          vmap["ratio_to_fastmaml"] >= least))
         jax = c["results"].get("jax", {})
+        if "agrees" in jax:
+            rows.append((f"{c['config']}: meta-gradient agrees with JAX's (float64)", f"{jax['grad_rel_diff_f64']:.0e}",
+                         jax["agrees"]))
         if "ratio_to_fastmaml" in jax:
             rows.append((f"{c['config']}: JAX / fastmaml (aim ≥ 1×)", f"{jax['ratio_to_fastmaml']:.2f}×",
                          jax["ratio_to_fastmaml"] >= 1.0))
+        for r in c["results"].values():
+            if "error" in r:
+                rows.append((f"{c['config']}: {r['name']} runs", r["error"][:150].replace("|", "/"), False))
     tests = data["sections"].get("tests", {})
     if "passed" in tests and not data["dry_run"]:
         rows.append(("CUDA tests and GPU gradcheck green", f"{tests['passed']} passed, {tests.get('failed', 0)} failed, "

@@ -52,7 +52,8 @@ def test_update_section_covers_every_case(dry_run):
 
 def test_metastep_gradients_agree(dry_run):
     sec = dry_run["sections"]["metastep"]
-    assert [c["config"] for c in sec["configs"]] == ["sine-T6-2", "conv4-T3-1"]
+    assert [c["config"] for c in sec["configs"]] == ["sine-T6-2", "conv4-T3-1", "sine-T6-1-compiled"]
+    assert sec["configs"][-1]["results"]["fastmaml_compiled"]["batching"] == "compiled"
     for c in sec["configs"]:
         for peer, r in c["results"].items():
             assert "median_ms" in r, f"{c['config']} {peer} was not timed"
