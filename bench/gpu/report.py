@@ -67,6 +67,11 @@ def update_table(data=RESULTS) -> str:
     last = None
     for r in sec["results"]:
         head = (r["case"], r["form"])
+        if "error" in r:
+            lines.append(f"| {r['case']} | {FORM_LABELS.get(r['form'], r['form'])} | {r['backend']} | "
+                         f"**failed**: {r['error'][:150].replace('|', '/')} | | | |")
+            last = None
+            continue
         label = [f"{r['case']} ({r['tensors']} tensor{'s' if r['tensors'] > 1 else ''})", FORM_LABELS.get(r["form"], r["form"])]
         launches = r.get("kernels") if r.get("kernels") is not None else f"{r.get('cpu_ops')} ops (CPU)"
         lines.append(f"| {' | '.join(label if head != last else ['', ''])} | {r['backend']} | "
@@ -122,7 +127,11 @@ def goals_table(data=RESULTS) -> str:
     if data is None:
         return ""
     rows = []
-    upd = data["sections"].get("update", {}).get("results", [])
+    results = data["sections"].get("update", {}).get("results", [])
+    upd = [r for r in results if "error" not in r]
+    for r in results:
+        if "error" in r:
+            rows.append((f"{r['backend']} update runs ({r['case']} {r['form']})", r["error"][:150].replace("|", "/"), False))
     for backend in ("native", "triton"):
         big = [r for r in upd if r["backend"] == backend and r["case"] in ("10M", "100M")]
         if big:

@@ -2,7 +2,7 @@
 Meta-SGD scaled, forget) with each backend (reference, foreach, native, triton), out of place, at
 1M, 10M and 100M float32 elements and on Conv-4 x 32 tasks' parameter list (576 tensors), against
 a device-to-device copy of the same bytes in the same run; kernel launches per update counted with
-torch.profiler.
+torch.profiler. A backend that fails is recorded with its error and the run goes on.
 
     python -m bench.gpu.update --out PART.json --budget SECONDS [--cpu-dry-run]
 """
@@ -108,9 +108,16 @@ def run(out: Path, budget: float, dry_run: bool) -> None:
                     continue  # the Triton interpreter takes seconds per call on the larger cases
                 backend = backend_module(name)
                 call = lambda: backend.update(params, grads, lrs, gammas, 0.1)
-                with torch.no_grad():
-                    t = time_kernel(call, device, reps, warmup, flush)
-                    t.update(count_launches(call, device))
+                try:
+                    with torch.no_grad():
+                        t = time_kernel(call, device, reps, warmup, flush)
+                        t.update(count_launches(call, device))
+                except Exception as error:  # noqa: BLE001 - recorded; the other backends and cases go on
+                    why = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+                    sec.data["results"].append({"case": case, "form": form, "backend": name, "error": why})
+                    print(f"  update {case:8s} {form:6s} {name:9s} FAILED: {why}", flush=True)
+                    sec.save()
+                    continue
                 gb_s = moved / t["median_ms"] / 1e6
                 sec.data["results"].append({"case": case, "form": form, "backend": name, "tensors": len(shapes),
                                             "elements": elements, "bytes": moved, **t, "gb_s": gb_s,
