@@ -43,7 +43,8 @@ FLOORS = {"build": 60, "tests": 60, "update": 40, "metastep": 80}
 TOTAL_S = 465
 DRY_BUDGETS = {"build": 0, "tests": 120, "update": 240, "metastep": 240}  # ~1 min in all unloaded
 GRACE_S = 20  # a timing section stops starting work this long before its budget, when it is killed
-TESTS = ["tests/ops", "tests/hvp", "tests/execution/test_batched_conv.py", "-k", "cuda or vectorizes"]
+TESTS = ["tests/ops", "tests/hvp", "tests/execution/test_batched_conv.py", "tests/execution/test_batched_norm.py",
+         "-k", "cuda or vectorizes"]
 BUILD_ENV = {"TORCH_CUDA_ARCH_LIST": "9.0", "MAX_JOBS": "16", "FASTMAML_REQUIRE_CUDA": "1"}
 SETUPTOOLS_MIN = (77,)  # pyproject.toml's [build-system] requires
 WHEELS = ROOT / ".gpu" / "wheels"  # bench/gpu/prepare.sh

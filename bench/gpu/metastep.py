@@ -3,7 +3,7 @@ the mean query loss; the outer optimizer step left out) with fastmaml, plain tor
 JAX (jit + vmap + grad), the implementations of bench/peers, on the same data and weights:
 sine MLP 1-40-40-1 at T = 25, 1,000 and 10,000 tasks with 1 and 5 inner steps, Conv-4 5-way
 1-shot at T = 32 and 256 (1 step; the torch.func task loop too at T = 32, and fastmaml with torch's
-own second derivative of its grouped convolution, bench/peers/fastmaml_torch_conv.py).
+own second derivatives of its batched convolution and batch norm, bench/peers/fastmaml_torch_derivatives.py).
 
 Per config: the meta-gradients are checked first (float64 on the first 4 tasks against fastmaml's,
 max |a - b| / max |b|, above CHECK_TOL a disagreement; float32 on the whole batch reported), then
@@ -45,18 +45,18 @@ class Config(NamedTuple):
 CONFIGS = {
     "sine-T1000-1": Config("sine", 1000, 1),
     "sine-T1000-5": Config("sine", 1000, 5),
-    "conv4-T32-1": Config("conv4", 32, 1, ("torchfunc_loop", "fastmaml_torch_conv")),
+    "conv4-T32-1": Config("conv4", 32, 1, ("torchfunc_loop", "fastmaml_torch_derivatives")),
     "sine-T10000-1": Config("sine", 10000, 1),
     "sine-T10000-5": Config("sine", 10000, 5),
     "sine-T25-1": Config("sine", 25, 1),
     "sine-T25-5": Config("sine", 25, 5),
-    "conv4-T256-1": Config("conv4", 256, 1, ("fastmaml_torch_conv",)),
+    "conv4-T256-1": Config("conv4", 256, 1, ("fastmaml_torch_derivatives",)),
     "sine-T1000-1-compiled": Config("sine", 1000, 1, peers=("fastmaml", "fastmaml_compiled", "jax")),
     "sine-T10000-5-compiled": Config("sine", 10000, 5, peers=("fastmaml", "fastmaml_compiled", "jax")),
 }
 DRY_CONFIGS = {
     "sine-T6-2": Config("sine", 6, 2),
-    "conv4-T3-1": Config("conv4", 3, 1, ("torchfunc_loop", "fastmaml_torch_conv")),
+    "conv4-T3-1": Config("conv4", 3, 1, ("torchfunc_loop", "fastmaml_torch_derivatives")),
     "sine-T6-1-compiled": Config("sine", 6, 1, peers=("fastmaml", "fastmaml_compiled")),
 }
 

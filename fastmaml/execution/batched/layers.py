@@ -2,7 +2,8 @@
 
 A Linear over T tasks is one `baddbmm`, a Conv2d over T tasks one grouped convolution (groups=T, its
 second derivative without a loop over the groups: batched/conv.py), a
-BatchNorm over T tasks one batch norm over T*C channels, a pooling one pooling over merged dims.
+BatchNorm over T tasks one batch norm over T*C channels (its second derivative by hand: batched/norm.py),
+a pooling one pooling over merged dims.
 
 NOTE: [batched layouts] Activations travel in one of two layouts: "tn" [T, N, ...], what bmm wants,
 and "nt" [N, T, ...], which a grouped convolution reads as [N, T*C, H, W] with no copy. Each layer
@@ -19,6 +20,7 @@ import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from fastmaml.execution.batched.conv import conv2d
+from fastmaml.execution.batched.norm import batch_norm
 from fastmaml.execution.batched.plan import ACTIVATION_MODULES, Plan, plan_of
 from fastmaml.functional import Params
 
@@ -93,9 +95,8 @@ def _batch_norm(mod: nn.modules.batchnorm._BatchNorm, m: str, p: Params, buffers
     x = _to(x, layout, NT)
     n = x.shape[0]
     merged = x.reshape(n, -1, *x.shape[3:])
-    y = TF.batch_norm(merged, None if rm is None else rm.view(-1), None if rv is None else rv.view(-1),
-                      None if w is None else w.flatten(), None if b is None else b.flatten(),
-                      training, factor, mod.eps)
+    y = batch_norm(merged, None if rm is None else rm.view(-1), None if rv is None else rv.view(-1),
+                   None if w is None else w.flatten(), None if b is None else b.flatten(), training, factor, mod.eps)
     return y.view(n, T, -1, *y.shape[2:]), NT
 
 
