@@ -39,10 +39,10 @@ test: $(EXT_STAMP)
 # a second venv with that torch builds the extension (CPU kernels: `make test` proves the CUDA ones
 # compile against TORCH_SPEC) in a copy of the sources and runs a representative part of the suite:
 # the fused update's autograd and backends, the chain ops, the task-batched mode, MAML, the buffer
-# rule, the compiled step's Inductor graph pass, and every Triton launch compiled for sm_90 by the
-# device's Triton (3.6, torch 2.11's). The venv and the wheels (~4.8 GB with torch's
-# CUDA libraries) live under ~/.cache/fastmaml and are kept between runs (and clean clones) on a
-# machine: pip's own cache does not keep them here.
+# rule, the compiled step's Inductor graph pass, the batched layers' hand-written second derivatives,
+# and every Triton launch compiled for sm_90 by the device's Triton (3.6, torch 2.11's). The venv and
+# the wheels (~4.8 GB with torch's CUDA libraries) live under ~/.cache/fastmaml and are kept between
+# runs (and clean clones) on a machine: pip's own cache does not keep them here.
 TORCH_LOW_SPEC ?= torch==2.11.*
 LOW := build/torch-low
 LOW_VENV ?= $(HOME)/.cache/fastmaml/venv-torch-low
@@ -51,7 +51,8 @@ LOW_WHEELS ?= $(HOME)/.cache/fastmaml/wheels-torch-low
 LOW_REQS := "$(TORCH_LOW_SPEC)" ninja "setuptools>=77" wheel numpy tqdm matplotlib pytest hypothesis
 LOW_TESTS := tests/ops/test_update_autograd.py tests/ops/test_update_backends.py tests/ops/test_chain_ops.py \
 	tests/test_batched.py tests/test_batched_mlp.py tests/test_maml.py tests/test_buffers.py \
-	tests/execution/test_graph_passes.py tests/ops/test_triton_compiles.py
+	tests/execution/test_graph_passes.py tests/ops/test_triton_compiles.py tests/execution/test_batched_conv.py \
+	tests/execution/test_batched_norm.py
 test-torch-low:
 	test -x $(LOW_PY) || $(PYTHON) -m venv $(LOW_VENV)
 	$(LOW_PY) -c "import torch, sys; sys.exit(not torch.__version__.startswith('2.11.'))" 2>/dev/null \
