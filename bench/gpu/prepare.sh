@@ -9,7 +9,7 @@
 #                 only there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY=${PYTHON:-.venv/bin/python}
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 rm -rf .gpu
 mkdir -p .gpu/wheels
 git rev-parse HEAD > .gpu/commit
