@@ -157,3 +157,25 @@ def test_a_second_order_meta_step_dispatches_far_fewer_ops_cuda(monkeypatch):
     ours = _ops_of_a_meta_step("cuda")
     monkeypatch.setattr(norm, "HAND_DERIVATIVE", False)
     assert _ops_of_a_meta_step("cuda") - ours > 4 * 60
+
+
+def test_autocast_runs_torch_layers(monkeypatch):
+    """Under autocast (which casts inside a forward what a hand-written backward would see uncast)
+    the batched layers are torch's: the same meta-step as with torch's derivatives."""
+    from fastmaml.execution.batched import conv
+
+    def meta_step():
+        torch.manual_seed(0)
+        model = conv4(n_way=3, hidden=4, image_size=16)
+        learner = fastmaml.MAML(model, inner_lr=0.1, inner_steps=1, batching="batched")
+        x, y = torch.rand(3, 6, 1, 16, 16), torch.arange(3).repeat(3, 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = learner.meta_loss(x, y, x, y, F.cross_entropy)
+        loss.backward()
+        return [loss, *(p.grad for p in model.parameters())]
+
+    ours = meta_step()
+    monkeypatch.setattr(norm, "HAND_DERIVATIVE", False)
+    monkeypatch.setattr(conv, "HAND_DERIVATIVE", False)
+    for a, b in zip(ours, meta_step(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

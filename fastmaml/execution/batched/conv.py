@@ -20,7 +20,8 @@ On the CPU it costs nothing measurable (a Conv-4 meta-step with torch's derivati
 batch norm's hand-written, at 2, 8 and 32 tasks: 1.013, 1.002 and 0.981 the time of the all
 hand-written step, within the run's noise; bench/bench_batched_derivatives.py, bench/results/
 batched_derivatives_cpu.json); on a GPU it removes the launches (bench/gpu measures both). Not inside
-torch.func transforms, which refuse an old-style autograd.Function: there the plain convolution
+torch.func transforms, which refuse an old-style autograd.Function, nor under autocast, which
+casts inside the forward what the backward would then see uncast: there the plain convolution
 runs, as the chain path does (execution/chain.py).
 """
 
@@ -42,7 +43,7 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None, stride: Any, padding: Any, di
     """F.conv2d(x, w, b, stride, padding, dilation, groups), differentiated twice without a loop over
     the groups (NOTE: [grouped conv double backward])."""
     if (not HAND_DERIVATIVE or isinstance(padding, str) or not torch.is_grad_enabled()
-            or peek_interpreter_stack() is not None):
+            or torch.is_autocast_enabled(x.device.type) or peek_interpreter_stack() is not None):
         return TF.conv2d(x, w, b, stride, padding, dilation, groups)
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
     return _Conv.apply(x, w, b, (pair(stride), pair(padding), pair(dilation), groups))

@@ -24,7 +24,8 @@ norm refuses a third order). A Conv-4 meta-step with torch's derivative here ins
 bench/results/batched_derivatives_cpu.json); on a GPU the launches fall from ~120 to ~40 a layer.
 
 Used in training mode with float32 or float64 activations, outside torch.func transforms (which
-refuse an old-style autograd.Function; as in batched/conv.py); otherwise F.batch_norm runs.
+refuse an old-style autograd.Function) and autocast (as in batched/conv.py); otherwise F.batch_norm
+runs.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     """F.batch_norm with the same arguments; in training mode differentiated twice by the hand-written
     formulas (NOTE: [batch norm double backward])."""
     if (not HAND_DERIVATIVE or not training or x.dtype not in (torch.float32, torch.float64)
-            or not torch.is_grad_enabled() or peek_interpreter_stack() is not None):
+            or not torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type)
+            or peek_interpreter_stack() is not None):
         return TF.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
     return _BatchNorm.apply(x, weight, bias, (running_mean, running_var), momentum, eps)
 
