@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import platform
 import re
 import time
@@ -41,14 +42,17 @@ def pyplot():
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts the ATen (and custom) ops dispatched while active: the proxy for GPU launches."""
+    """Counts the ATen (and custom) ops dispatched while active: the proxy for GPU launches; `count`
+    in all, `by_op` per op ("aten.convolution", ...)."""
 
     def __init__(self):
         super().__init__()
         self.count = 0
+        self.by_op: collections.Counter[str] = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.count += 1
+        self.by_op[str(func.overloadpacket)] += 1
         return func(*args, **(kwargs or {}))
 
 

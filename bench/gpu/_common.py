@@ -23,6 +23,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def error_text(error: Exception) -> str:
+    """An exception as one line for the JSON: its type and the start of its message."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+
+
 def summary(ms: list[float]) -> dict:
     """Median and the 20th-80th percentile spread of times in milliseconds."""
     ms = sorted(ms)

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 
 from bench import peers as P
-from bench.gpu._common import Section, device_of, sync, time_steps
+from bench.gpu._common import Section, device_of, error_text, sync, time_steps
 
 CHECK_TOL = 1e-8
 CHECK_TASKS = 4
@@ -122,10 +122,6 @@ def peak_memory_mib(step, batch, device) -> dict:
             "memory_source": "torch.cuda.max_memory_allocated"}
 
 
-def _error(error: Exception) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
-
-
 def run_config(sec: Section, name: str, config: Config, device, dry_run: bool, usable) -> dict:
     """One config: each peer's meta-gradient checked, then timed, then its memory. A peer that fails
     is recorded with its error and the others go on."""
@@ -142,7 +138,7 @@ def run_config(sec: Section, name: str, config: Config, device, dry_run: bool, u
             m = copy.deepcopy(model64)
             P.load(peer).make(m, cfg)(small)
         except Exception as error:  # noqa: BLE001 - recorded; the other peers go on
-            res["error"] = _error(error)
+            res["error"] = error_text(error)
             print(f"  {name:14s} {res['name']:18s} FAILED (float64 check): {res['error']}", flush=True)
             continue
         g = grads_of(m)
@@ -160,7 +156,7 @@ def run_config(sec: Section, name: str, config: Config, device, dry_run: bool, u
         try:
             grads = timed_peer(sec, name, peer, res, model, cfg, batches, device, dry_run)
         except Exception as error:  # noqa: BLE001 - recorded (out of memory too); the other peers go on
-            res["error"] = _error(error)
+            res["error"] = error_text(error)
             print(f"  {name:14s} {res['name']:18s} FAILED: {res['error']}", flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()

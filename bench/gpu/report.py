@@ -33,6 +33,11 @@ def _skips(section) -> str:
     return ("Skipped: " + "; ".join(f"{s['what']} ({s['why']})" for s in skipped) + ".") if skipped else ""
 
 
+def _cell(text: str) -> str:
+    """A recorded error shortened to fit a table cell (a '|' would end the cell)."""
+    return text[:150].replace("|", "/")
+
+
 def run_table(data=RESULTS) -> str:
     """Build and tests: status, time, counts."""
     data = _load(data)
@@ -69,7 +74,7 @@ def update_table(data=RESULTS) -> str:
         head = (r["case"], r["form"])
         if "error" in r:
             lines.append(f"| {r['case']} | {FORM_LABELS.get(r['form'], r['form'])} | {r['backend']} | "
-                         f"**failed**: {r['error'][:150].replace('|', '/')} | | | |")
+                         f"**failed**: {_cell(r['error'])} | | | |")
             last = None
             continue
         label = [f"{r['case']} ({r['tensors']} tensor{'s' if r['tensors'] > 1 else ''})", FORM_LABELS.get(r["form"], r["form"])]
@@ -101,7 +106,7 @@ def metastep_table(data=RESULTS) -> str:
         for r in c["results"].values():
             name = r["name"] + (f" ({r['batching']})" if r.get("batching") else "")
             if "error" in r:
-                lines.append(f"| {label} | {name} | **failed**: {r['error'][:150].replace('|', '/')} | - | - | - |")
+                lines.append(f"| {label} | {name} | **failed**: {_cell(r['error'])} | - | - | - |")
                 label = ""
                 continue
             timed = "median_ms" in r
@@ -131,7 +136,7 @@ def goals_table(data=RESULTS) -> str:
     upd = [r for r in results if "error" not in r]
     for r in results:
         if "error" in r:
-            rows.append((f"{r['backend']} update runs ({r['case']} {r['form']})", r["error"][:150].replace("|", "/"), False))
+            rows.append((f"{r['backend']} update runs ({r['case']} {r['form']})", _cell(r["error"]), False))
     for backend in ("native", "triton"):
         big = [r for r in upd if r["backend"] == backend and r["case"] in ("10M", "100M")]
         if big:
@@ -158,7 +163,7 @@ def goals_table(data=RESULTS) -> str:
                          jax["ratio_to_fastmaml"] >= 1.0))
         for r in c["results"].values():
             if "error" in r:
-                rows.append((f"{c['config']}: {r['name']} runs", r["error"][:150].replace("|", "/"), False))
+                rows.append((f"{c['config']}: {r['name']} runs", _cell(r["error"]), False))
     tests = data["sections"].get("tests", {})
     if "passed" in tests and not data["dry_run"]:
         rows.append(("CUDA tests and GPU gradcheck green", f"{tests['passed']} passed, {tests.get('failed', 0)} failed, "

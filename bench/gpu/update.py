@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from bench.gpu._common import Section, device_of, sync, time_kernel
+from bench.gpu._common import Section, device_of, error_text, sync, time_kernel
 
 BACKENDS = ("reference", "foreach", "native", "triton")
 FORMS = ("sgd", "scaled", "forget")  # a and gamma elementwise where present: the most bytes
@@ -113,7 +113,7 @@ def run(out: Path, budget: float, dry_run: bool) -> None:
                         t = time_kernel(call, device, reps, warmup, flush)
                         t.update(count_launches(call, device))
                 except Exception as error:  # noqa: BLE001 - recorded; the other backends and cases go on
-                    why = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+                    why = error_text(error)
                     sec.data["results"].append({"case": case, "form": form, "backend": name, "error": why})
                     print(f"  update {case:8s} {form:6s} {name:9s} FAILED: {why}", flush=True)
                     sec.save()

@@ -5,17 +5,13 @@ second-order meta-gradient; on a GPU too (the `cuda` tests, run by the device ru
 
 from __future__ import annotations
 
-import collections
-
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
-import fastmaml
 from fastmaml.execution.batched import conv
 from fastmaml.execution.batched.conv import conv2d
-from fastmaml.models import conv4
+from tests.execution._batched import meta_step_ops
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -94,26 +90,9 @@ def test_unused_outputs_and_inputs_without_grad():
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
 
 
-class _Count(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def _convolutions_of_a_meta_step(tasks, device="cpu"):
-    torch.manual_seed(0)
-    model = conv4(n_way=3, hidden=4, image_size=16).to(device)
-    learner = fastmaml.MAML(model, inner_lr=0.1, inner_steps=1, batching="batched")
-    x = torch.rand(tasks, 6, 1, 16, 16, device=device)
-    y = torch.arange(3, device=device).repeat(tasks, 2)
-    count = _Count()
-    with count:
-        learner.meta_loss(x, y, x, y, F.cross_entropy).backward()
-    return count.ops["aten.convolution"] + count.ops["aten.convolution_backward"]
+    ops = meta_step_ops(tasks, device).by_op
+    return ops["aten.convolution"] + ops["aten.convolution_backward"]
 
 
 def test_second_order_meta_step_has_no_loop_over_tasks():

@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastmaml
 from fastmaml.execution.batched import norm
 from fastmaml.execution.batched.norm import batch_norm
 from fastmaml.models import conv4
+from tests.execution._batched import meta_step_ops
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -122,26 +122,8 @@ def test_eval_mode_and_torch_func_run_torch_batch_norm():
     torch.testing.assert_close(grad(w.detach()), want, rtol=1e-12, atol=1e-12)
 
 
-class _Count(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
-
-
 def _ops_of_a_meta_step(device="cpu"):
-    torch.manual_seed(0)
-    model = conv4(n_way=3, hidden=4, image_size=16).to(device)
-    learner = fastmaml.MAML(model, inner_lr=0.1, inner_steps=1, batching="batched")
-    x = torch.rand(3, 6, 1, 16, 16, device=device)
-    y = torch.arange(3, device=device).repeat(3, 2)
-    count = _Count()
-    with count:
-        learner.meta_loss(x, y, x, y, F.cross_entropy).backward()
-    return count.ops
+    return meta_step_ops(3, device).count
 
 
 def test_a_second_order_meta_step_dispatches_far_fewer_ops(monkeypatch):

@@ -39,11 +39,18 @@ Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int], int]
 HAND_DERIVATIVE = True  # False: torch's derivative, for the benchmark and the tests that compare the two
 
 
+def hand_derivative_applies(x: Tensor) -> bool:
+    """Whether a layer of x may run an old-style autograd.Function with a hand-written derivative:
+    gradients are on, autocast is off and no torch.func transform is active (see above). Shared
+    by batched/norm.py."""
+    return (torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
+            and peek_interpreter_stack() is None)
+
+
 def conv2d(x: Tensor, w: Tensor, b: Tensor | None, stride: Any, padding: Any, dilation: Any, groups: int) -> Tensor:
     """F.conv2d(x, w, b, stride, padding, dilation, groups), differentiated twice without a loop over
     the groups (NOTE: [grouped conv double backward])."""
-    if (not HAND_DERIVATIVE or isinstance(padding, str) or not torch.is_grad_enabled()
-            or torch.is_autocast_enabled(x.device.type) or peek_interpreter_stack() is not None):
+    if not HAND_DERIVATIVE or isinstance(padding, str) or not hand_derivative_applies(x):
         return TF.conv2d(x, w, b, stride, padding, dilation, groups)
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
     return _Conv.apply(x, w, b, (pair(stride), pair(padding), pair(dilation), groups))

@@ -35,7 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as TF
 from torch import Tensor
-from torch._C._functorch import peek_interpreter_stack
+
+from fastmaml.execution.batched.conv import hand_derivative_applies
 
 HAND_DERIVATIVE = True  # False: torch's derivative, for the benchmark and the tests that compare the two
 
@@ -44,9 +45,7 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
                bias: Tensor | None, training: bool, momentum: float, eps: float) -> Tensor:
     """F.batch_norm with the same arguments; in training mode differentiated twice by the hand-written
     formulas (NOTE: [batch norm double backward])."""
-    if (not HAND_DERIVATIVE or not training or x.dtype not in (torch.float32, torch.float64)
-            or not torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type)
-            or peek_interpreter_stack() is not None):
+    if not HAND_DERIVATIVE or not training or x.dtype not in (torch.float32, torch.float64) or not hand_derivative_applies(x):
         return TF.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
     return _BatchNorm.apply(x, weight, bias, (running_mean, running_var), momentum, eps)
 
