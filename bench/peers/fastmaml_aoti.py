@@ -1,25 +1,13 @@
 """fastmaml's compiled meta-step compiled ahead of time: fastmaml.compile(MAML(model), backend="aoti")
-(fastmaml/execution/aoti.py), then meta_backward(...) (meta_loss(...).backward() in one call,
-the compiled meta-gradient written into .grad without an autograd graph). Its first call per shape pays
-the compilation (AOTInductor's C++ build), unless the package is on disk already."""
+(fastmaml/execution/aoti.py), then meta_backward(...) as bench/peers/fastmaml_compiled.py. Its first
+call per shape pays the compilation (AOTInductor's C++ build), unless the package is on disk already."""
 
 from __future__ import annotations
 
-import fastmaml as fm
-from bench.peers import fastmaml as eager, zero_grads
+import functools
+
+from bench.peers import fastmaml_compiled as compiled
 
 NAME = "fastmaml compiled (AOTI)"
-available, version = eager.available, eager.version
-
-
-def make(model, cfg):
-    learner = fm.compile(fm.MAML(model, inner_lr=cfg.inner_lr, inner_steps=cfg.steps, first_order=cfg.first_order),
-                         backend="aoti")
-    loss_fn = cfg.loss_fn
-
-    def step(batch):
-        zero_grads(model)
-        learner.meta_backward(*batch, loss_fn)
-
-    step.learner = learner
-    return step
+available, version = compiled.available, compiled.version
+make = functools.partial(compiled.make, backend="aoti")

@@ -66,8 +66,9 @@ def meta_backward(learner: Learner, support_x: Tensor, support_y: Tensor, query_
     else:
         mode = _chosen(learner, support_x, support_y, query_x, query_y, loss_fn)
         if mode == "compiled":
+            state = learner.execution_state
             return compiled.compiled_meta_backward(learner, support_x, support_y, query_x, query_y, loss_fn,
-                                                   reduction, learner.execution_state.compile_backend)
+                                                   reduction, state.compile_backend, state.compile_cuda_graphs)
         losses = _losses(mode, learner, support_x, support_y, query_x, query_y, loss_fn)
     loss = losses.mean() if reduction == "mean" else losses.sum()
     loss.backward()
@@ -98,8 +99,9 @@ def _losses_in(mode: str, learner: Learner, support_x: Tensor, support_y: Tensor
     if mode == "batched":
         return batched.task_losses(learner, support_x, support_y, query_x, query_y, loss_fn, first_order)
     if mode == "compiled":
+        state = learner.execution_state
         return compiled.compiled_task_losses(learner, support_x, support_y, query_x, query_y, loss_fn,
-                                             first_order, learner.execution_state.compile_backend)
+                                             first_order, state.compile_backend, state.compile_cuda_graphs)
     mapper = TaskMap(learner.module, mode == "vmap")
     return mapped.task_losses(learner, mapper, support_x, support_y, query_x, query_y, loss_fn, first_order)
 

@@ -90,7 +90,7 @@ class _TaskLosses(nn.Module):
 
 
 def _build(learner: Learner, loss_fn: LossFn, first_order: bool | None, outer: bool,
-           backend: str | Callable) -> Callable:
+           backend: str | Callable, cuda_graphs: bool) -> Callable:
     runner = _TaskLosses(learner, loss_fn, first_order)
     bn = DecomposedBatchNorm if has_batch_norm(learner.module) else None
 
@@ -116,6 +116,9 @@ def _build(learner: Learner, loss_fn: LossFn, first_order: bool | None, outer: b
     if backend == "aoti":  # ahead of time, keyed by fastmaml itself (NOTE: [aoti keys] in execution/aoti.py)
         return AotiStep(step, learner)
     options: dict[str, Any] | None = inductor_configs() if backend == "inductor" else None
+    if cuda_graphs:  # what mode="reduce-overhead" sets (torch.compile takes a mode or options, not both)
+        assert options is not None, "fastmaml.compile checks that cuda_graphs comes with Inductor"
+        options["triton.cudagraphs"] = True
     return torch.compile(_own_code(step), fullgraph=True, dynamic=False, backend=backend, options=options)
 
 
@@ -132,10 +135,15 @@ def _own_code(fn: Callable) -> Callable:
 
 class _Step:
     """One compiled function and the batch signatures it ran (compiled) for. Calls run it with the
-    inner updates in their reference form (see the module docstring)."""
+    inner updates in their reference form (see the module docstring).
 
-    def __init__(self, fn: Callable) -> None:
-        self.fn = fn
+    NOTE: [cuda graph outputs] A step compiled with CUDA graphs (Inductor's CUDA graph trees) returns
+    tensors in the graph's own memory, which its next replay overwrites (torch then refuses to read
+    them). The meta-gradient outlives the call (in `.grad`, in HandGradLosses until backward), so
+    the CUDA outputs are copied out at once: one copy per parameter and one of the losses."""
+
+    def __init__(self, fn: Callable, cuda_graphs: bool = False) -> None:
+        self.fn, self.cuda_graphs = fn, cuda_graphs
         self.signatures: set[tuple] = set()
         ops.UPDATE.load("reference")  # imported before the trace, which only reads the loaded module
 
@@ -143,7 +151,10 @@ class _Step:
         if isinstance(self.fn, AotiStep):  # traces only when it compiles, under the reference backend itself
             return self.fn(*args)
         with ops.use_backend("reference"):  # Dynamo may trace at any call (a recompilation)
-            return self.fn(*args)
+            out = self.fn(*args)
+        if self.cuda_graphs:
+            out = torch.utils._pytree.tree_map_only(Tensor, lambda t: t.clone() if t.is_cuda else t, out)
+        return out
 
 
 def _signature(learner: Learner, batch: Batch) -> tuple:
@@ -151,11 +162,11 @@ def _signature(learner: Learner, batch: Batch) -> tuple:
 
 
 def _compiled(learner: Learner, loss_fn: LossFn, first_order: bool | None, outer: bool,
-              backend: str | Callable) -> _Step:
+              backend: str | Callable, cuda_graphs: bool) -> _Step:
     cache = learner.execution_state.compiled
-    key = (loss_fn, first_order, outer, backend)
+    key = (loss_fn, first_order, outer, backend, cuda_graphs)
     if key not in cache:
-        cache[key] = _Step(_build(learner, loss_fn, first_order, outer, backend))
+        cache[key] = _Step(_build(learner, loss_fn, first_order, outer, backend, cuda_graphs), cuda_graphs)
     return cache[key]
 
 
@@ -168,7 +179,8 @@ def is_compiled(learner: Learner, batch: Batch, loss_fn: LossFn) -> bool:
         batch: (sx, sy, qx, qy).
         loss_fn: loss_fn(output, y) -> scalar.
     """
-    step = learner.execution_state.compiled.get((loss_fn, None, True, learner.execution_state.compile_backend))
+    state = learner.execution_state
+    step = state.compiled.get((loss_fn, None, True, state.compile_backend, state.compile_cuda_graphs))
     return step is not None and _signature(learner, batch) in step.signatures
 
 
@@ -231,7 +243,7 @@ def _direct(params: list[Tensor]) -> bool:
 
 
 def compiled_meta_backward(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, loss_fn: LossFn,
-                           reduction: str, backend: str | Callable = "inductor") -> Tensor:
+                           reduction: str, backend: str | Callable = "inductor", cuda_graphs: bool = False) -> Tensor:
     """The meta-loss (detached) after the compiled step's meta-gradient is added to the parameters'
     `.grad`: directly (NOTE: [direct meta-gradient]), or by `compiled_task_losses(...).mean()` (or
     .sum()) `.backward()` where a parameter hook needs autograd. The same gradient either way.
@@ -245,10 +257,11 @@ def compiled_meta_backward(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor,
         loss_fn: loss_fn(output, y) -> scalar.
         reduction: "mean" or "sum" over tasks.
         backend: as `compiled_task_losses`.
+        cuda_graphs: as `compiled_task_losses`.
     """
     named = dict(learner.named_parameters())
     if not _direct(list(named.values())):
-        losses = compiled_task_losses(learner, sx, sy, qx, qy, loss_fn, backend=backend)
+        losses = compiled_task_losses(learner, sx, sy, qx, qy, loss_fn, backend=backend, cuda_graphs=cuda_graphs)
         loss = losses.mean() if reduction == "mean" else losses.sum()
         loss.backward()
         return loss.detach()
@@ -257,7 +270,7 @@ def compiled_meta_backward(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor,
         raise ValueError(f"the compiled meta-step does not cover this learner: {why}")
     batch = (sx, sy, qx, qy)
     meta = {n: p.detach() for n, p in named.items() if p.requires_grad}
-    run = _compiled(learner, loss_fn, None, True, backend)
+    run = _compiled(learner, loss_fn, None, True, backend, cuda_graphs)
     _, grads, losses = _weighted(run, meta, B.task_copies(learner.module, sx.shape[0]), batch, learner.module,
                                  reduction)
     with torch.no_grad():
@@ -272,7 +285,8 @@ def compiled_meta_backward(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor,
 
 
 def compiled_task_losses(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, loss_fn: LossFn,
-                         first_order: bool | None = None, backend: str | Callable = "inductor") -> Tensor:
+                         first_order: bool | None = None, backend: str | Callable = "inductor",
+                         cuda_graphs: bool = False) -> Tensor:
     """The [T] query losses after adaptation by the compiled meta-step, differentiable w.r.t. the
     learner's parameters (their gradient is computed in the same compiled graph). Under
     torch.no_grad only the losses are computed (its own compiled graph).
@@ -288,6 +302,7 @@ def compiled_task_losses(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor, q
         backend: torch.compile's ("aot_eager" traces the same graph without Inductor's code
             generation: the tests use it to check the maths quickly), or "aoti": the same graph
             compiled ahead of time by AOTInductor (fastmaml/execution/aoti.py).
+        cuda_graphs: Inductor's graph replayed as CUDA graphs (backend "inductor" only).
     """
     why = supported(learner)
     if why is not None:
@@ -296,7 +311,7 @@ def compiled_task_losses(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor, q
     batch = (sx, sy, qx, qy)
     named = dict(learner.named_parameters())
     outer = torch.is_grad_enabled() and any(p.requires_grad for p in named.values())
-    run = _compiled(learner, loss_fn, first_order, outer, backend)
+    run = _compiled(learner, loss_fn, first_order, outer, backend, cuda_graphs)
     signature = _signature(learner, batch)
     if not outer:
         with torch.enable_grad():  # the inner steps need gradients, the result does not
@@ -312,7 +327,8 @@ def compiled_task_losses(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor, q
     return losses
 
 
-def compile(learner: Learner, backend: str | Callable = "inductor", *, expected_steps: int | None = None) -> Learner:
+def compile(learner: Learner, backend: str | Callable = "inductor", *, expected_steps: int | None = None,
+            cuda_graphs: bool = False) -> Learner:
     """`learner` with its meta-step compiled: batching="compiled", or with `expected_steps`,
     batching="auto" choosing "compiled" per batch signature where it pays back its compilation
     over that many meta-steps (docs/compile.md). A ValueError says why a learner cannot take the
@@ -326,6 +342,13 @@ def compile(learner: Learner, backend: str | Callable = "inductor", *, expected_
         expected_steps: the meta-steps (with gradient) expected per batch signature: "auto" weighs
             the compilation against them (NOTE: [auto compiled] in fastmaml/execution/auto.py).
             None: always "compiled".
+        cuda_graphs: replay the compiled step as CUDA graphs (Inductor's CUDA graph trees, what
+            torch.compile's mode="reduce-overhead" turns on): one launch for the graph's kernels
+            instead of one each, for steps whose kernels are too short to hide their launches
+            (small models, few tasks). Needs backend="inductor"; inputs are copied into the graph's
+            own memory and its outputs out of it (NOTE: [cuda graph outputs]). Where Inductor
+            cannot replay a step as CUDA graphs (on the CPU; an input changed in place) it runs it
+            as it would without, and says why in its log (docs/compile.md).
     """
     why = supported(learner)
     if why is not None:
@@ -333,10 +356,16 @@ def compile(learner: Learner, backend: str | Callable = "inductor", *, expected_
     if expected_steps is not None and (isinstance(expected_steps, bool) or not isinstance(expected_steps, int)
                                        or expected_steps < 1):
         raise ValueError(f"fastmaml.compile: expected_steps must be an int >= 1 or None, got {expected_steps!r}")
+    if not isinstance(cuda_graphs, bool):
+        raise ValueError(f"fastmaml.compile: cuda_graphs must be True or False, got {cuda_graphs!r}")
+    if cuda_graphs and backend != "inductor":
+        raise ValueError(f"fastmaml.compile: cuda_graphs=True needs backend='inductor' (Inductor replays its graph "
+                         f"as CUDA graphs), got backend={backend!r}")
     if backend == "aoti" and not hasattr(torch._inductor, "aoti_compile_and_package"):
         raise ValueError(f"fastmaml.compile: backend='aoti' needs torch's AOTInductor packaging (torch >= 2.6), "
                          f"not in torch {torch.__version__}")
     learner.batching = "compiled" if expected_steps is None else "auto"
     learner.execution_state.compile_backend = backend
     learner.execution_state.compile_horizon = expected_steps
+    learner.execution_state.compile_cuda_graphs = cuda_graphs
     return learner

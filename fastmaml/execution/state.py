@@ -43,6 +43,8 @@ class ExecutionState:
         hvp_method: the HVP method "auto" resolved to (NOTE: [hvp methods]).
         compiled: "compiled": the compiled steps (execution/compiled.py).
         compile_backend: torch.compile's backend for "compiled" (fastmaml.compile sets it).
+        compile_cuda_graphs: whether "compiled" replays its graph as CUDA graphs (fastmaml.compile
+            sets it).
         compile_horizon: the meta-steps expected per batch signature, by which "auto" weighs
             "compiled" (`fastmaml.compile(learner, expected_steps=N)` sets it; None: never).
         compile_choice: "auto" with a horizon: its `CompileChoice` per batch signature.
@@ -57,6 +59,7 @@ class ExecutionState:
     hvp_method: str | None = None
     compiled: dict = field(default_factory=dict)
     compile_backend: str | Callable[..., Any] = "inductor"
+    compile_cuda_graphs: bool = False
     compile_horizon: int | None = None
     compile_choice: dict[tuple, CompileChoice] = field(default_factory=dict)
     last_compile_choice: CompileChoice | None = None

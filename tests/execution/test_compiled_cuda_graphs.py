@@ -1,0 +1,91 @@
+"""`fastmaml.compile(learner, cuda_graphs=True)`: Inductor's graph replayed as CUDA graphs.
+
+Here (CPU) the option reaches Inductor, which declines CUDA graphs for a CPU graph (its skip
+counter says so) and the meta-gradient is the loop path's. On a GPU (bench/gpu's test section) the
+step is replayed as CUDA graphs, no skip allowed, and what it returns survives the next replay
+(NOTE: [cuda graph outputs]): gradients accumulated over two meta-steps without zeroing, and the
+losses of a meta_loss whose backward runs after another meta-step, are the loop path's."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastmaml
+from fastmaml.tasks.sine import SineTasks, sine_mlp
+
+TOL = 1e-10
+
+
+def batches(device, tasks=3):
+    sampler = SineTasks(k_shot=5, q_query=4, seed=0, dtype=torch.float64)
+    return [tuple(t.to(device) for t in sampler.sample(tasks).tensors()) for _ in range(2)]
+
+
+def rel_diff(a, b) -> float:
+    scale = max(y.abs().max().item() for y in b)
+    return max((x - y).abs().max().item() for x, y in zip(a, b)) / max(scale, 1e-30)
+
+
+def skips() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["cudagraph_skips"]
+
+
+def accumulated_grads(learner, batch_list):
+    """.grad after meta_backward on each batch, without zeroing in between."""
+    for p in learner.parameters():
+        p.grad = None
+    for batch in batch_list:
+        learner.meta_backward(*batch, F.mse_loss)
+    return [p.grad.clone() for p in learner.parameters()]
+
+
+def run_against_loop(device):
+    model = sine_mlp(hidden=8).double().to(device)
+    first, second = batches(device)
+    loop = fastmaml.MAML(copy.deepcopy(model), inner_lr=0.1, inner_steps=1, batching="loop")
+    graphed = fastmaml.compile(fastmaml.MAML(model, inner_lr=0.1, inner_steps=1), cuda_graphs=True)
+    before = skips()
+    got = accumulated_grads(graphed, [first, second, first])  # the graph replays with .grad still held
+    assert graphed.batching_used == "compiled"
+    assert rel_diff(got, accumulated_grads(loop, [first, second, first])) <= TOL
+    # meta_loss: its gradient waits in HandGradLosses while another meta-step replays the graph
+    losses = [graphed.meta_loss(*b, F.mse_loss) for b in (first, second)]
+    want = [loop.meta_loss(*b, F.mse_loss) for b in (first, second)]
+    for p in graphed.parameters():
+        p.grad = None
+    (losses[0] + 2 * losses[1]).backward()
+    for p in loop.parameters():
+        p.grad = None
+    (want[0] + 2 * want[1]).backward()
+    assert torch.allclose(torch.stack(losses), torch.stack(want), rtol=1e-12, atol=0)
+    assert rel_diff([p.grad for p in graphed.parameters()], [p.grad for p in loop.parameters()]) <= TOL
+    return skips() - before
+
+
+def test_cuda_graphs_option_reaches_inductor_on_cpu():
+    """On the CPU Inductor declines CUDA graphs (counted as a skip): the option arrived; the
+    meta-gradient is the loop path's."""
+    assert run_against_loop(torch.device("cpu")) >= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_replay_on_cuda(monkeypatch):
+    """On a GPU nothing is skipped (a skip raises) and the outputs outlive the next replay."""
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config.triton, "cudagraph_or_error", True)
+    assert run_against_loop(torch.device("cuda")) == 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"cuda_graphs": 1}, "cuda_graphs must be True or False"),
+    ({"cuda_graphs": True, "backend": "aot_eager"}, "cuda_graphs=True needs backend='inductor'"),
+    ({"cuda_graphs": True, "backend": "aoti"}, "cuda_graphs=True needs backend='inductor'"),
+])
+def test_cuda_graphs_bad_arguments_say_what_is_expected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fastmaml.compile(fastmaml.MAML(sine_mlp(hidden=8)), **kwargs)
