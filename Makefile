@@ -52,7 +52,7 @@ LOW_REQS := "$(TORCH_LOW_SPEC)" ninja "setuptools>=77" wheel numpy tqdm matplotl
 LOW_TESTS := tests/ops/test_update_autograd.py tests/ops/test_update_backends.py tests/ops/test_chain_ops.py \
 	tests/test_batched.py tests/test_batched_mlp.py tests/test_maml.py tests/test_buffers.py \
 	tests/execution/test_graph_passes.py tests/ops/test_triton_compiles.py tests/execution/test_batched_conv.py \
-	tests/execution/test_batched_norm.py
+	tests/execution/test_batched_norm.py tests/execution/test_compiled_cuda_graphs.py
 test-torch-low:
 	test -x $(LOW_PY) || $(PYTHON) -m venv $(LOW_VENV)
 	$(LOW_PY) -c "import torch, sys; sys.exit(not torch.__version__.startswith('2.11.'))" 2>/dev/null \

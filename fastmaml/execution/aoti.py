@@ -46,7 +46,7 @@ _PLAIN_TYPES = frozenset(_PLAIN)
 # nn.Module's own attributes (hooks, parameter and buffer tables: not settings; `training` is one)
 # and the learner's execution state (caches, not settings)
 _MODULE_BOOKKEEPING = frozenset(vars(nn.Module())) - {"training"} | {"execution_state"}
-_PACKAGE_FORMAT = 2  # part of every disk key: bump when what a package computes changes
+_PACKAGE_FORMAT = 3  # part of every disk key: bump when what a package computes changes
 
 
 def inductor_configs() -> dict[str, Any]:
@@ -118,9 +118,9 @@ def _layout(tensors: list[Tensor]) -> tuple:
 
 class AotiStep:
     """The compiled step's function (meta, buffers, weights, *batch) -> as execution/compiled.py's
-    step returns, run by AOTInductor packages, one per key (NOTE: [aoti keys]). Inputs are made
-    contiguous (the packages are traced for contiguous inputs); the per-task buffers are updated in
-    place, as the step does.
+    step returns (the buffers' new values last: NOTE: [compiled buffers]), run by AOTInductor
+    packages, one per key (NOTE: [aoti keys]). Inputs are made contiguous (the packages are traced
+    for contiguous inputs).
 
     Attributes:
         last_source: how the last call's package was found: "compiled", "disk" or "memory".
@@ -143,9 +143,10 @@ class AotiStep:
         else:
             self.last_source = "memory"
         out = runner(*inputs)
+        new_buffers = dict(zip(buffer_names, out[len(out) - len(buffer_names):]))
         if weights is None:  # losses only
-            return out[0]
-        return dict(zip(names, out[:-1])), out[-1]
+            return out[0], new_buffers
+        return dict(zip(names, out[:len(names)])), out[len(names)], new_buffers
 
     def _runner(self, names: list[str], buffer_names: list[str], weighted: bool, inputs: list[Tensor]) -> Callable:
         from torch.fx.experimental.proxy_tensor import make_fx
@@ -155,14 +156,13 @@ class AotiStep:
         def flat(*args: Tensor) -> tuple[Tensor, ...]:
             meta, buffers = dict(zip(names, args[:m])), dict(zip(buffer_names, args[m:m + b]))
             weights, batch = (args[m + b], args[m + b + 1:]) if weighted else (None, args[m + b:])
-            out = self.step(meta, buffers, weights, *batch)
             if not weighted:
-                return (out,)
-            grads, losses = out
-            return (*[grads[n] for n in names], losses)
+                losses, new_buffers = self.step(meta, buffers, weights, *batch)
+                return (losses, *[new_buffers[n] for n in buffer_names])
+            grads, losses, new_buffers = self.step(meta, buffers, weights, *batch)
+            return (*[grads[n] for n in names], losses, *[new_buffers[n] for n in buffer_names])
 
-        # traced and exported on copies: tracing with real tensors runs the step (and its in-place
-        # buffer updates) once
+        # traced and exported on copies of the inputs
         with ops.use_backend("reference"):  # the update's form Inductor fuses (execution/compiled.py)
             graph = make_fx(flat)(*[t.clone() for t in inputs])
         path = self.cache_dir / f"{_content_key(graph, inputs)}.pt2"

@@ -24,20 +24,36 @@ from fastmaml.functional import Params
 
 def task_copies(module: nn.Module, tasks: int) -> Params:
     """A copy of each buffer per task, stacked on a leading task dimension."""
-    return {n: b.unsqueeze(0).expand(tasks, *b.shape).clone() for n, b in module.named_buffers()}
+    return stacked(dict(module.named_buffers()), tasks)
+
+
+def stacked(buffers: Params, tasks: int) -> Params:
+    """A copy of each of `buffers` per task, stacked on a leading task dimension."""
+    return {n: b.unsqueeze(0).expand(tasks, *b.shape).clone() for n, b in buffers.items()}
 
 
 def merge(module: nn.Module, copies: Params) -> None:
     """The module's buffers after the tasks ran on `copies` (NOTE: [buffer rule])."""
     if not copies:  # a model without buffers (the walk below would cost more than the sine step's update)
         return
+    assign(module, merged(dict(module.named_buffers()), copies))
+
+
+def merged(buffers: Params, copies: Params) -> Params:
+    """What `buffers` become after the tasks ran on `copies` (NOTE: [buffer rule]), as new tensors:
+    the functional form, for a compiled step that returns the buffers rather than changing them."""
+    with torch.no_grad():
+        return {n: copies[n].mean(0) if b.is_floating_point() else b + (copies[n] - b).sum(0)
+                for n, b in buffers.items()}
+
+
+def assign(module: nn.Module, values: Params) -> None:
+    """The module's buffers set to `values` (by name), in place."""
+    if not values:
+        return
     with torch.no_grad():
         for name, b in module.named_buffers():
-            new = copies[name]
-            if b.is_floating_point():
-                b.copy_(new.mean(0))
-            else:
-                b.add_((new - b).sum(0))
+            b.copy_(values[name])
 
 
 def for_recompute(module: nn.Module) -> Params | None:

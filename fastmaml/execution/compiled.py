@@ -94,24 +94,30 @@ def _build(learner: Learner, loss_fn: LossFn, first_order: bool | None, outer: b
     runner = _TaskLosses(learner, loss_fn, first_order)
     bn = DecomposedBatchNorm if has_batch_norm(learner.module) else None
 
-    def losses_of(meta: Params, buffers: Params, batch: tuple[Tensor, ...]) -> Tensor:
+    def losses_of(meta: Params, buffers: Params, batch: tuple[Tensor, ...]) -> tuple[Tensor, Params]:
+        """The [T] losses and the module's buffers after the tasks (NOTE: [compiled buffers])."""
         tensors = {f"learner.{n}": t for n, t in meta.items()}
+        copies = B.stacked(buffers, batch[0].shape[0])
         if bn is None:
-            return torch.func.functional_call(runner, tensors, (buffers, *batch))
-        with bn():  # NOTE: [vmap batch norm] in fastmaml/execution/batchnorm.py
-            return torch.func.functional_call(runner, tensors, (buffers, *batch))
+            losses = torch.func.functional_call(runner, tensors, (copies, *batch))
+        else:
+            with bn():  # NOTE: [vmap batch norm] in fastmaml/execution/batchnorm.py
+                losses = torch.func.functional_call(runner, tensors, (copies, *batch))
+        return losses, B.merged(buffers, copies)
 
     step: Callable
     if not outer:
-        def step(meta: Params, buffers: Params, weights: Tensor | None, *batch: Tensor) -> Tensor:
+        def step(meta: Params, buffers: Params, weights: Tensor | None, *batch: Tensor) -> tuple[Tensor, Params]:
             return losses_of(meta, buffers, batch)
     else:
-        def weighted(meta: Params, buffers: Params, weights: Tensor, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-            losses = losses_of(meta, buffers, batch)
-            return (losses * weights).sum(), losses.detach()
+        def weighted(meta: Params, buffers: Params, weights: Tensor,
+                     batch: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, Params]]:
+            losses, new_buffers = losses_of(meta, buffers, batch)
+            return (losses * weights).sum(), (losses.detach(), new_buffers)
 
-        def step(meta: Params, buffers: Params, weights: Tensor, *batch: Tensor) -> tuple[Params, Tensor]:
-            return torch.func.grad(weighted, has_aux=True)(meta, buffers, weights, batch)
+        def step(meta: Params, buffers: Params, weights: Tensor, *batch: Tensor) -> tuple[Params, Tensor, Params]:
+            grads, (losses, new_buffers) = torch.func.grad(weighted, has_aux=True)(meta, buffers, weights, batch)
+            return grads, losses, new_buffers
 
     if backend == "aoti":  # ahead of time, keyed by fastmaml itself (NOTE: [aoti keys] in execution/aoti.py)
         return AotiStep(step, learner)
@@ -137,10 +143,16 @@ class _Step:
     """One compiled function and the batch signatures it ran (compiled) for. Calls run it with the
     inner updates in their reference form (see the module docstring).
 
+    NOTE: [compiled buffers] The step takes the module's buffers and returns what they become (the
+    [buffer rule] written functionally: the per-task copies are made and merged inside the graph),
+    which the caller copies into the module. A graph that changed its inputs in place could not
+    be replayed as CUDA graphs.
+
     NOTE: [cuda graph outputs] A step compiled with CUDA graphs (Inductor's CUDA graph trees) returns
     tensors in the graph's own memory, which its next replay overwrites (torch then refuses to read
     them). The meta-gradient outlives the call (in `.grad`, in HandGradLosses until backward), so
-    the CUDA outputs are copied out at once: one copy per parameter and one of the losses."""
+    the CUDA outputs but the buffers (last, copied into the module at once) are copied out: one copy
+    per parameter and one of the losses."""
 
     def __init__(self, fn: Callable, cuda_graphs: bool = False) -> None:
         self.fn, self.cuda_graphs = fn, cuda_graphs
@@ -153,7 +165,8 @@ class _Step:
         with ops.use_backend("reference"):  # Dynamo may trace at any call (a recompilation)
             out = self.fn(*args)
         if self.cuda_graphs:
-            out = torch.utils._pytree.tree_map_only(Tensor, lambda t: t.clone() if t.is_cuda else t, out)
+            kept = torch.utils._pytree.tree_map_only(Tensor, lambda t: t.clone() if t.is_cuda else t, out[:-1])
+            out = (*kept, out[-1])
         return out
 
 
@@ -190,13 +203,12 @@ class _Solver:
     it over as it is for that incoming gradient, scales it for another uniform one, and reruns the
     step with the incoming gradient as weights otherwise."""
 
-    def __init__(self, run: _Step, meta: dict[str, Tensor], buffers: Params, batch: Batch,
-                 module: nn.Module) -> None:
-        self.run, self.meta, self.buffers, self.batch, self.module = run, meta, buffers, batch, module
+    def __init__(self, run: _Step, meta: dict[str, Tensor], batch: Batch, module: nn.Module) -> None:
+        self.run, self.meta, self.batch, self.module = run, meta, batch, module
         self.grads: Params | None = None
 
     def forward(self) -> Tensor:
-        self.weights, self.grads, losses = _weighted(self.run, self.meta, self.buffers, self.batch, self.module, "mean")
+        self.weights, self.grads, losses = _weighted(self.run, self.meta, self.batch, self.module, "mean")
         return losses
 
     def backward(self, grad_losses: Tensor) -> list[Tensor]:
@@ -208,21 +220,21 @@ class _Solver:
         if torch.equal(grad_losses, first.expand_as(grad_losses)):
             c = first.reshape(()) * grad_losses.shape[0]  # the traced weights are 1/T
             return [grads.pop(n) * c for n in self.meta]
-        # non-uniform weights over tasks: the same graph with w = grad_losses
-        buffers = {n: b.clone() for n, b in self.buffers.items()}  # statistics already stored
-        grads, _ = self.run(self.meta, buffers, grad_losses.detach(), *self.batch)
+        # non-uniform weights over tasks: the same graph with w = grad_losses (the buffers it returns
+        # are dropped: the forward stored the step's)
+        grads, _, _ = self.run(self.meta, dict(self.module.named_buffers()), grad_losses.detach(), *self.batch)
         return [grads[n] for n in self.meta]
 
 
-def _weighted(run: _Step, meta: dict[str, Tensor], buffers: Params, batch: Batch, module: nn.Module,
+def _weighted(run: _Step, meta: dict[str, Tensor], batch: Batch, module: nn.Module,
               reduction: str) -> tuple[Tensor, Params, Tensor]:
     """(weights, meta-gradient of the weighted sum of the losses, losses) by the compiled step with
-    weights 1/T ("mean") or 1 ("sum"); the per-task buffers merged back into `module`."""
+    weights 1/T ("mean") or 1 ("sum"); the buffers it returns stored in `module`."""
     p = next(iter(meta.values()))  # the losses' dtype and device are the parameters'
     tasks = batch[0].shape[0]
     weights = torch.full((tasks,), 1 / tasks if reduction == "mean" else 1.0, dtype=p.dtype, device=p.device)
-    grads, losses = run(meta, buffers, weights, *batch)
-    B.merge(module, buffers)
+    grads, losses, buffers = run(meta, dict(module.named_buffers()), weights, *batch)
+    B.assign(module, buffers)
     return weights, grads, losses
 
 
@@ -271,8 +283,7 @@ def compiled_meta_backward(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor,
     batch = (sx, sy, qx, qy)
     meta = {n: p.detach() for n, p in named.items() if p.requires_grad}
     run = _compiled(learner, loss_fn, None, True, backend, cuda_graphs)
-    _, grads, losses = _weighted(run, meta, B.task_copies(learner.module, sx.shape[0]), batch, learner.module,
-                                 reduction)
+    _, grads, losses = _weighted(run, meta, batch, learner.module, reduction)
     with torch.no_grad():
         for n, g in grads.items():
             p = named[n]
@@ -307,7 +318,6 @@ def compiled_task_losses(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor, q
     why = supported(learner)
     if why is not None:
         raise ValueError(f"the compiled meta-step does not cover this learner: {why}")
-    buffers = B.task_copies(learner.module, sx.shape[0])
     batch = (sx, sy, qx, qy)
     named = dict(learner.named_parameters())
     outer = torch.is_grad_enabled() and any(p.requires_grad for p in named.values())
@@ -315,13 +325,14 @@ def compiled_task_losses(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor, q
     signature = _signature(learner, batch)
     if not outer:
         with torch.enable_grad():  # the inner steps need gradients, the result does not
-            losses = run({n: p.detach() for n, p in named.items()}, buffers, None, *batch)
-        B.merge(learner.module, buffers)
+            losses, buffers = run({n: p.detach() for n, p in named.items()}, dict(learner.module.named_buffers()),
+                                  None, *batch)
+        B.assign(learner.module, buffers)
         losses = losses.detach()
     else:
         # Parameters that do not require grad are left to functional_call, which reads the module's own.
         meta = {n: p for n, p in named.items() if p.requires_grad}
-        solver = _Solver(run, {n: p.detach() for n, p in meta.items()}, buffers, batch, learner.module)
+        solver = _Solver(run, {n: p.detach() for n, p in meta.items()}, batch, learner.module)
         losses = HandGradLosses.apply(solver, *meta.values())
     run.signatures.add(signature)  # once its graph ran (compiling may fail)
     return losses
@@ -347,8 +358,8 @@ def compile(learner: Learner, backend: str | Callable = "inductor", *, expected_
             instead of one each, for steps whose kernels are too short to hide their launches
             (small models, few tasks). Needs backend="inductor"; inputs are copied into the graph's
             own memory and its outputs out of it (NOTE: [cuda graph outputs]). Where Inductor
-            cannot replay a step as CUDA graphs (on the CPU; an input changed in place) it runs it
-            as it would without, and says why in its log (docs/compile.md).
+            cannot replay a step as CUDA graphs (on the CPU) it runs it as it would without, and
+            says why in its log (docs/compile.md).
     """
     why = supported(learner)
     if why is not None:

@@ -1,18 +1,22 @@
 """`fastmaml.compile(learner, cuda_graphs=True)`: Inductor's graph replayed as CUDA graphs.
 
 Here (CPU) the option reaches Inductor, which declines CUDA graphs for a CPU graph (its skip
-counter says so) and the meta-gradient is the loop path's. On a GPU (bench/gpu's test section) the
-step is replayed as CUDA graphs, no skip allowed, and what it returns survives the next replay
-(NOTE: [cuda graph outputs]): gradients accumulated over two meta-steps without zeroing, and the
-losses of a meta_loss whose backward runs after another meta-step, are the loop path's."""
+counter says so), the meta-gradient is the loop path's, and the step leaves its inputs as they
+were (NOTE: [compiled buffers]: a graph changing its inputs could not be replayed). On a GPU
+(bench/gpu's test section) the step is replayed as CUDA graphs, no skip allowed, batch norm
+included, and what it returns survives the next replay (NOTE: [cuda graph outputs]): gradients
+accumulated over meta-steps without zeroing, the losses of a meta_loss whose backward runs after
+another meta-step, and the running statistics are the loop path's."""
 
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import fastmaml
+from fastmaml.execution import compiled
 from fastmaml.tasks.sine import SineTasks, sine_mlp
 
 TOL = 1e-10
@@ -43,8 +47,15 @@ def accumulated_grads(learner, batch_list):
     return [p.grad.clone() for p in learner.parameters()]
 
 
-def run_against_loop(device):
-    model = sine_mlp(hidden=8).double().to(device)
+MODELS = {
+    "mlp": lambda: sine_mlp(hidden=8),
+    "batch-norm": lambda: nn.Sequential(nn.Linear(1, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1)),
+}
+
+
+def run_against_loop(device, model_name="mlp"):
+    torch.manual_seed(0)
+    model = MODELS[model_name]().double().to(device)
     first, second = batches(device)
     loop = fastmaml.MAML(copy.deepcopy(model), inner_lr=0.1, inner_steps=1, batching="loop")
     graphed = fastmaml.compile(fastmaml.MAML(model, inner_lr=0.1, inner_steps=1), cuda_graphs=True)
@@ -63,6 +74,8 @@ def run_against_loop(device):
     (want[0] + 2 * want[1]).backward()
     assert torch.allclose(torch.stack(losses), torch.stack(want), rtol=1e-12, atol=0)
     assert rel_diff([p.grad for p in graphed.parameters()], [p.grad for p in loop.parameters()]) <= TOL
+    for (name, b), want_b in zip(graphed.module.named_buffers(), loop.module.buffers()):
+        assert torch.allclose(b.double(), want_b.double(), rtol=0, atol=1e-12), f"buffer {name} differs"
     return skips() - before
 
 
@@ -72,13 +85,31 @@ def test_cuda_graphs_option_reaches_inductor_on_cpu():
     assert run_against_loop(torch.device("cpu")) >= 1
 
 
+def test_the_step_leaves_its_inputs_as_they_were():
+    """NOTE: [compiled buffers]: batch norm's running statistics come back as outputs (changed), the
+    buffers given are not changed in place."""
+    learner = fastmaml.MAML(MODELS["batch-norm"]().double(), inner_lr=0.1)
+    batch = batches("cpu")[0]
+    run = compiled._compiled(learner, F.mse_loss, None, True, "aot_eager", False)
+    buffers = {n: b.clone() for n, b in learner.module.named_buffers()}
+    before = {n: (b.clone(), b._version) for n, b in buffers.items()}
+    meta = {n: p.detach() for n, p in learner.named_parameters()}
+    grads, losses, new_buffers = run(meta, buffers, torch.full((3,), 1 / 3, dtype=torch.float64), *batch)
+    assert set(grads) == set(meta) and losses.shape == (3,)
+    for n, (b, version) in before.items():
+        assert buffers[n]._version == version and torch.equal(buffers[n], b), f"{n} changed in place"
+    assert not torch.equal(new_buffers["1.running_mean"], before["1.running_mean"][0])
+    assert new_buffers["1.num_batches_tracked"] == 3 * 2  # 3 tasks, a support and a query forward each
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graphs_replay_on_cuda(monkeypatch):
+@pytest.mark.parametrize("model_name", MODELS)
+def test_cuda_graphs_replay_on_cuda(monkeypatch, model_name):
     """On a GPU nothing is skipped (a skip raises) and the outputs outlive the next replay."""
     import torch._inductor.config
 
     monkeypatch.setattr(torch._inductor.config.triton, "cudagraph_or_error", True)
-    assert run_against_loop(torch.device("cuda")) == 0
+    assert run_against_loop(torch.device("cuda"), model_name) == 0
 
 
 @pytest.mark.parametrize("kwargs, match", [
