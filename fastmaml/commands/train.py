@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from fastmaml.cli import CommandError
 from fastmaml.commands import _args
 
+COMPILE_CHOICES = ("inductor", "aoti", "cuda-graphs")  # fastmaml/train/experiment.py's COMPILE
+
 if TYPE_CHECKING:  # torch is imported when a command runs, not when the parser is built
     from torch import nn
 
@@ -72,6 +74,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help="do not differentiate through the inner steps (much faster on CPU)")
     g.add_argument("--batching", choices=("auto", "batched", "vmap", "loop"),
                    help="how tasks are batched (default auto: the task-batched kernels where the algorithm has them)")
+    g.add_argument("--compile", choices=COMPILE_CHOICES,
+                   help="compile the whole meta-step (fastmaml.compile, docs/compile.md): inductor (torch.compile), "
+                        "aoti (ahead of time, its package kept on disk for the next run) or cuda-graphs (inductor "
+                        "replayed as CUDA graphs, for --device cuda); the first meta-step compiles (tens of seconds "
+                        "or more); replaces --batching for meta-training (evaluation keeps its own)")
     g.add_argument("--grad-clip", type=float, help="clip the meta-gradient's global norm")
     g.add_argument("--seed", type=int, help="seed of the model, the samplers and the global RNGs (default 0)")
     g.add_argument("--device", help="cpu (default) or cuda")
@@ -104,7 +111,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 CONFIG_KEYS = ("task", "algo", "iterations", "meta_batch", "meta_lr", "meta_optimizer", "inner_lr", "inner_steps",
-               "first_order", "batching", "grad_clip", "seed", "device", "n_way", "k_shot", "q_query", "data_root",
+               "first_order", "batching", "compile", "grad_clip", "seed", "device", "n_way", "k_shot", "q_query", "data_root",
                "download", "cache_dir", "omniglot_split", "eval_every", "eval_tasks", "eval_inner_steps",
                "augment_shift", "augment_rotate", "augment_scale")
 
@@ -132,6 +139,9 @@ def config_from_args(args: argparse.Namespace) -> dict:
             cfg[key] = str(Path(cfg[key]).expanduser().absolute())
     if args.algo_arg:
         cfg["algo_args"] = parse_algo_args(args.algo_arg)
+    if args.compile is not None and args.batching is not None:
+        raise CommandError("--compile replaces --batching for meta-training (the compiled step batches the tasks "
+                           "itself): give one of them")
     if task == "sine" and args.n_way is not None:
         raise CommandError("--n-way applies to --task omniglot only")
     for key in ("iterations", "meta_batch", "k_shot", "eval_every", "eval_tasks", "n_way"):

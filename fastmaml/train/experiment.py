@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmaml.algorithms.base import MetaLearner
+from fastmaml.execution import compiled
 from fastmaml.functional import LossFn
 from fastmaml.models import conv4, mlp
 from fastmaml.tasks.augment import RandomAffine
@@ -36,9 +37,11 @@ TASKS = ("sine", "omniglot")
 
 COMMON: dict[str, Any] = {
     "algo": "maml", "first_order": False, "meta_optimizer": "adam", "meta_lr": 1e-3, "seed": 0,
-    "eval_every": 1000, "eval_tasks": 600, "batching": "auto", "grad_clip": None,
+    "eval_every": 1000, "eval_tasks": 600, "batching": "auto", "compile": None, "grad_clip": None,
     "data_root": None, "cache_dir": None, "omniglot_split": "small", "device": "cpu",
 }
+# config "compile": fastmaml.compile's arguments (None: the eager modes, by "batching")
+COMPILE: dict[str, dict[str, Any]] = {"inductor": {}, "aoti": {"backend": "aoti"}, "cuda-graphs": {"cuda_graphs": True}}
 AUGMENT_KEYS = ("augment_shift", "augment_rotate", "augment_scale")  # RandomAffine's shift, rotate, scale
 SINE: dict[str, Any] = {"k_shot": 10, "q_query": 10, "meta_batch": 25, "inner_lr": 0.01, "inner_steps": 1,
         "eval_inner_steps": 1, "iterations": 70000}
@@ -156,8 +159,24 @@ def build(config: dict, eval_split: str = "test", need_train: bool = True) -> Ex
     learner = build_learner(cfg["algo"], model.to(device), inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"],
                             first_order=cfg["first_order"], batching=cfg["batching"],
                             extra=cfg.get("algo_args"), **extra)
+    if cfg.get("compile") is not None:
+        compile_meta_step(learner, cfg["compile"])
     if train is not None and hasattr(train, "images"):
         train.images = train.images.to(device)
     if hasattr(evals, "images"):
         evals.images = evals.images.to(device)
     return Experiment(cfg, learner, train, evals, loss_fn, metric)
+
+
+def compile_meta_step(learner: MetaLearner, choice: str) -> None:
+    """fastmaml.compile(learner, ...) for the config's "compile" (a key of COMPILE); a ValueError
+    says why a learner cannot take it."""
+    if choice not in COMPILE:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE)}, got {choice!r}")
+    if callable(getattr(learner, "meta_grad", None)):
+        raise ValueError(f"--compile {choice}: {type(learner).__name__} steps its own outer update (meta_grad), "
+                         f"which the compiled meta-step does not compute")
+    why = compiled.supported(learner)
+    if why is not None:
+        raise ValueError(f"--compile {choice}: the compiled meta-step does not cover {type(learner).__name__}: {why}")
+    compiled.compile(learner, **COMPILE[choice])

@@ -207,3 +207,30 @@ def test_tensorboard_flag_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(metrics, "tensorboard_available", lambda: False)
     fails(capsys, ["train", *SINE_TINY, "--tensorboard", "--run-dir", str(tmp_path / "r")],
           r"pip install 'fastmaml\[tensorboard\]'")
+
+
+def test_compile_option_compiles_the_meta_step(tmp_path, capsys):
+    """--compile: each choice reaches fastmaml.compile; a run trains with the compiled step (one
+    Inductor compilation) and keeps the choice on --resume; learners it cannot cover, and --batching
+    with it, are refused in one line."""
+    from fastmaml.commands.train import COMPILE_CHOICES
+    from fastmaml.train.experiment import COMPILE, build, defaults
+
+    assert tuple(COMPILE) == COMPILE_CHOICES
+    for choice, (backend, cuda_graphs) in {"inductor": ("inductor", False), "aoti": ("aoti", False),
+                                           "cuda-graphs": ("inductor", True)}.items():
+        learner = build({**defaults("sine", None, "maml"), "task": "sine", "compile": choice}).learner
+        state = learner.execution_state
+        assert (learner.batching, state.compile_backend, state.compile_cuda_graphs) == ("compiled", backend, cuda_graphs)
+    tiny = [a for a in SINE_TINY if a not in ("--batching", "loop")]
+    run = tmp_path / "run"
+    assert main(["train", *tiny, "--compile", "inductor", "--run-dir", str(run)]) == 0
+    assert "iteration 4: mse" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["compile"] == "inductor"
+    fails(capsys, ["train", "--resume", "--run-dir", str(run), "--compile", "aoti"], r"cannot change --compile aoti")
+    fails(capsys, ["train", *tiny, "--compile", "inductor", "--algo", "reptile", "--run-dir", str(tmp_path / "a")],
+          r"--compile inductor: Reptile steps its own outer update")
+    fails(capsys, ["train", *tiny, "--compile", "aoti", "--algo", "imaml", "--run-dir", str(tmp_path / "b")],
+          r"--compile aoti: the compiled meta-step does not cover IMAML")
+    fails(capsys, ["train", *SINE_TINY, "--compile", "inductor", "--run-dir", str(tmp_path / "c")],
+          r"--compile replaces --batching")
