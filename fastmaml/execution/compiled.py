@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import types
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -156,6 +157,7 @@ class _Step:
 
     def __init__(self, fn: Callable, cuda_graphs: bool = False) -> None:
         self.fn, self.cuda_graphs = fn, cuda_graphs
+        self.warned_cpu = False
         self.signatures: set[tuple] = set()
         ops.UPDATE.load("reference")  # imported before the trace, which only reads the loaded module
 
@@ -164,6 +166,11 @@ class _Step:
             return self.fn(*args)
         with ops.use_backend("reference"):  # Dynamo may trace at any call (a recompilation)
             out = self.fn(*args)
+        if self.cuda_graphs and not self.warned_cpu and not args[-1].is_cuda:
+            self.warned_cpu = True
+            warnings.warn("fastmaml.compile(..., cuda_graphs=True): the batch is not on a CUDA device, so the "
+                          "compiled step runs without CUDA graphs (as with cuda_graphs=False)", RuntimeWarning,
+                          stacklevel=4)
         if self.cuda_graphs:
             kept = torch.utils._pytree.tree_map_only(Tensor, lambda t: t.clone() if t.is_cuda else t, out[:-1])
             out = (*kept, out[-1])

@@ -81,8 +81,10 @@ def run_against_loop(device, model_name="mlp"):
 
 def test_cuda_graphs_option_reaches_inductor_on_cpu():
     """On the CPU Inductor declines CUDA graphs (counted as a skip): the option arrived; the
-    meta-gradient is the loop path's."""
-    assert run_against_loop(torch.device("cpu")) >= 1
+    meta-gradient is the loop path's; the user is told once that CUDA graphs need a CUDA device."""
+    with pytest.warns(RuntimeWarning, match="not on a CUDA device") as caught:
+        assert run_against_loop(torch.device("cpu")) >= 1
+    assert len([w for w in caught if "CUDA device" in str(w.message)]) == 1
 
 
 def test_the_step_leaves_its_inputs_as_they_were():
