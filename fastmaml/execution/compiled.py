@@ -120,11 +120,13 @@ def _build(learner: Learner, loss_fn: LossFn, first_order: bool | None, outer: b
             grads, (losses, new_buffers) = torch.func.grad(weighted, has_aux=True)(meta, buffers, weights, batch)
             return grads, losses, new_buffers
 
+    if cuda_graphs and backend != "inductor":
+        raise ValueError(f"cuda_graphs=True needs backend='inductor' (Inductor replays its graph as CUDA graphs), "
+                         f"got backend={backend!r}")
     if backend == "aoti":  # ahead of time, keyed by fastmaml itself (NOTE: [aoti keys] in execution/aoti.py)
         return AotiStep(step, learner)
     options: dict[str, Any] | None = inductor_configs() if backend == "inductor" else None
-    if cuda_graphs:  # what mode="reduce-overhead" sets (torch.compile takes a mode or options, not both)
-        assert options is not None, "fastmaml.compile checks that cuda_graphs comes with Inductor"
+    if cuda_graphs and options is not None:  # what mode="reduce-overhead" sets (torch.compile: a mode or options)
         options["triton.cudagraphs"] = True
     return torch.compile(_own_code(step), fullgraph=True, dynamic=False, backend=backend, options=options)
 

@@ -123,3 +123,11 @@ def test_cuda_graphs_replay_on_cuda(monkeypatch):
 def test_cuda_graphs_bad_arguments_say_what_is_expected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         fastmaml.compile(fastmaml.MAML(sine_mlp(hidden=8)), **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "aoti"])
+def test_the_compiled_functions_check_the_backend_too(backend):
+    batch = batches("cpu")[0]
+    with pytest.raises(ValueError, match="cuda_graphs=True needs backend='inductor'"):
+        compiled.compiled_task_losses(fastmaml.MAML(sine_mlp(hidden=8).double()), *batch, F.mse_loss,
+                                      backend=backend, cuda_graphs=True)
