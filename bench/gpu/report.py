@@ -161,6 +161,12 @@ def goals_table(data=RESULTS) -> str:
         if "ratio_to_fastmaml" in jax:
             rows.append((f"{c['config']}: JAX / fastmaml (aim ≥ 1×)", f"{jax['ratio_to_fastmaml']:.2f}×",
                          jax["ratio_to_fastmaml"] >= 1.0))
+            # the compiled configs: against fastmaml's fastest way too (a compiled step, CUDA graphs)
+            ours = [r for k, r in c["results"].items() if k.startswith("fastmaml_") and r.get("agrees") and "median_ms" in r]
+            best = min(ours, key=lambda r: r["median_ms"], default=None)
+            if best is not None and best["median_ms"] < c["results"]["fastmaml"]["median_ms"]:
+                ratio = jax["median_ms"] / best["median_ms"]
+                rows.append((f"{c['config']}: JAX / {best['name']} (aim ≥ 1×)", f"{ratio:.2f}×", ratio >= 1.0))
         for r in c["results"].values():
             if "error" in r:
                 rows.append((f"{c['config']}: {r['name']} runs", _cell(r["error"]), False))

@@ -8,6 +8,6 @@ import functools
 
 from bench.peers import fastmaml_compiled as compiled
 
-NAME = "fastmaml compiled (CUDA graphs)"
+NAME = "fastmaml compiled, CUDA graphs"
 available, version = compiled.available, compiled.version
 make = functools.partial(compiled.make, cuda_graphs=True)
