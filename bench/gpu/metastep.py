@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -95,6 +96,15 @@ def grads_of(model):
 def rel_diff(a, b) -> float:
     scale = max(y.abs().max().item() for y in b)
     return max((x - y).abs().max().item() for x, y in zip(a, b)) / max(scale, 1e-30)
+
+
+def cudagraph_skips() -> int:
+    """Inductor's count of graphs it was asked to replay as CUDA graphs and did not."""
+    if "torch._dynamo" not in sys.modules:
+        return 0
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["cudagraph_skips"]
 
 
 def finisher(step, device):
@@ -176,10 +186,13 @@ def timed_peer(sec: Section, name: str, peer: str, res: dict, model, cfg, batche
     m = copy.deepcopy(model)
     step = P.load(peer).make(m, cfg)
     finish = finisher(step, device)
+    skips = cudagraph_skips()
     step(batches[0])
     finish()
     grads = grads_of(m)
     res["batching"] = getattr(getattr(step, "learner", None), "batching_used", None)
+    if cudagraph_skips() > skips:  # Inductor was asked for CUDA graphs and declined them (its log says why)
+        res["cudagraphs_declined"] = True
     if sec.left() < 0:
         sec.skip(f"{name} {peer} timing", "section budget spent")
         return grads

@@ -104,7 +104,8 @@ def metastep_table(data=RESULTS) -> str:
     for c in sec["configs"]:
         label = f"{c['model']} T={c['tasks']}, {c['steps']} step{'s' if c['steps'] > 1 else ''}"
         for r in c["results"].values():
-            name = r["name"] + (f" ({r['batching']})" if r.get("batching") else "")
+            name = r["name"] + (f" ({r['batching']})" if r.get("batching") else "") \
+                + (" — CUDA graphs declined" if r.get("cudagraphs_declined") else "")
             if "error" in r:
                 lines.append(f"| {label} | {name} | **failed**: {_cell(r['error'])} | - | - | - |")
                 label = ""
