@@ -1,8 +1,8 @@
 """batching="auto": the mode a meta-step runs in, when the user leaves the choice to fastmaml.
 
 The task-batched layers when they cover the learner (its model and hooks: execution/batched/run.py);
-otherwise one meta-step (loss and gradient) timed each way, "vmap" and "loop", on a few tasks, the
-faster kept per batch signature, and "loop" when the model does not run under vmap. The timing
+otherwise one meta-step (loss and gradient) timed each way, "vmap" and "loop", on a few tasks (on a
+CUDA device with the device waited for: execution/timing.py), the faster kept per batch signature, and "loop" when the model does not run under vmap. The timing
 restores buffers and the RNG, and every mode leaves the same state (NOTE: [buffer rule]), so the
 choice changes speed only.
 
@@ -29,7 +29,6 @@ The decision and its reasons are recorded per signature in `learner.execution_st
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -40,6 +39,7 @@ from fastmaml.execution.batched.run import why_not_learner
 from fastmaml.execution.learner import Learner
 from fastmaml.execution.state import CompileChoice
 from fastmaml.execution.taskmap import TaskMap
+from fastmaml.execution.timing import device_seconds
 from fastmaml.functional import LossFn
 
 MODES = ("auto", "batched", "vmap", "loop", "compiled")
@@ -116,9 +116,7 @@ def _measure(learner: Learner, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, l
         torch.autograd.grad(loss, wrt, allow_unused=True)
 
     def timed(vmapped: bool) -> float:
-        start = time.perf_counter()
-        step(vmapped)
-        return time.perf_counter() - start
+        return device_seconds(lambda: step(vmapped), sx.device)
 
     with _restored(learner):
         try:
@@ -149,11 +147,13 @@ def step_seconds(learner: Learner, mode: str, batch: Batch, loss_fn: LossFn, run
 
 def _timed_step(learner: Learner, mode: str, batch: Batch, loss_fn: LossFn, run: RunMode) -> float:
     wrt = [p for p in learner.parameters() if p.requires_grad]
-    start = time.perf_counter()
-    loss = run(mode, learner, *batch, loss_fn, None).sum()
-    if wrt and loss.requires_grad:
-        torch.autograd.grad(loss, wrt, allow_unused=True)
-    return time.perf_counter() - start
+
+    def step() -> None:
+        loss = run(mode, learner, *batch, loss_fn, None).sum()
+        if wrt and loss.requires_grad:
+            torch.autograd.grad(loss, wrt, allow_unused=True)
+
+    return device_seconds(step, batch[0].device)
 
 
 def weigh_compiled(learner: Learner, batch: Batch, loss_fn: LossFn, eager: str, horizon: int,
