@@ -22,7 +22,10 @@ the eager modes use: the native op is opaque to Inductor (a call it cannot fuse:
 ~20% longer with it, bench/README.md), and the dispatcher's lookup of an unloaded backend cannot be
 traced, so the reference module is loaded first and chosen while the graph runs.
 
-One compiled function per (learner, loss_fn, inner order, outer gradient or not); torch.compile
+On a GPU, `fastmaml.compile(learner, cuda_graphs=True)` has Inductor replay the graph as CUDA
+graphs (NOTE: [compiled buffers], NOTE: [cuda graph outputs] below).
+
+One compiled function per (learner, loss_fn, inner order, outer gradient or not, CUDA graphs or not); torch.compile
 guards and recompiles it per shape, dtype, device and hook state (dynamic=False: one graph per
 shape). Inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR, default under /tmp) lets a second
 process skip most of the compilation (bench/bench_compile_cache.py measures it). `batching="auto"`
@@ -154,8 +157,8 @@ class _Step:
     NOTE: [cuda graph outputs] A step compiled with CUDA graphs (Inductor's CUDA graph trees) returns
     tensors in the graph's own memory, which its next replay overwrites (torch then refuses to read
     them). The meta-gradient outlives the call (in `.grad`, in HandGradLosses until backward), so
-    the CUDA outputs but the buffers (last, copied into the module at once) are copied out: one copy
-    per parameter and one of the losses."""
+    every CUDA output except the buffers (last, copied into the module at once) is copied out: one
+    copy per parameter and one of the losses."""
 
     def __init__(self, fn: Callable, cuda_graphs: bool = False) -> None:
         self.fn, self.cuda_graphs = fn, cuda_graphs
@@ -168,15 +171,15 @@ class _Step:
             return self.fn(*args)
         with ops.use_backend("reference"):  # Dynamo may trace at any call (a recompilation)
             out = self.fn(*args)
-        if self.cuda_graphs and not self.warned_cpu and not args[-1].is_cuda:
+        if not self.cuda_graphs:
+            return out
+        if not self.warned_cpu and not args[-1].is_cuda:
             self.warned_cpu = True
             warnings.warn("fastmaml.compile(..., cuda_graphs=True): the batch is not on a CUDA device, so the "
                           "compiled step runs without CUDA graphs (as with cuda_graphs=False)", RuntimeWarning,
                           stacklevel=4)
-        if self.cuda_graphs:
-            kept = torch.utils._pytree.tree_map_only(Tensor, lambda t: t.clone() if t.is_cuda else t, out[:-1])
-            out = (*kept, out[-1])
-        return out
+        kept = torch.utils._pytree.tree_map_only(Tensor, lambda t: t.clone() if t.is_cuda else t, out[:-1])
+        return (*kept, out[-1])
 
 
 def _signature(learner: Learner, batch: Batch) -> tuple:
