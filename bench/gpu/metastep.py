@@ -3,7 +3,9 @@ the mean query loss; the outer optimizer step left out) with fastmaml, plain tor
 JAX (jit + vmap + grad), the implementations of bench/peers, on the same data and weights:
 sine MLP 1-40-40-1 at T = 25, 1,000 and 10,000 tasks with 1 and 5 inner steps, Conv-4 5-way
 1-shot at T = 32 and 256 (1 step; the torch.func task loop too at T = 32, and fastmaml with torch's
-own second derivatives of its batched convolution and batch norm, bench/peers/fastmaml_torch_derivatives.py).
+own second derivatives of its batched convolution and batch norm, bench/peers/fastmaml_torch_derivatives.py);
+last, if time is left, fastmaml's compiled step (and replayed as CUDA graphs) and torch.compile of the
+torch.func step (default mode and "reduce-overhead") on sine.
 
 Per config: the meta-gradients are checked first (float64 on the first 4 tasks against fastmaml's,
 max |a - b| / max |b|, above CHECK_TOL a disagreement; float32 on the whole batch reported), then
@@ -43,7 +45,8 @@ class Config(NamedTuple):
 
 # The goals' configs first, in case the budget runs out; fastmaml's compiled step last (each of its
 # configs pays two compilations per compiled peer, float64 and float32), replayed as CUDA graphs
-# too where launches weigh most (1,000 tasks, one inner step).
+# too where launches weigh most (1,000 tasks, one inner step); last, what a user would write
+# instead, torch.compile of the torch.func step, with and without CUDA graphs.
 CONFIGS = {
     "sine-T1000-1": Config("sine", 1000, 1),
     "sine-T1000-5": Config("sine", 1000, 5),
@@ -55,6 +58,8 @@ CONFIGS = {
     "conv4-T256-1": Config("conv4", 256, 1, ("fastmaml_torch_derivatives",)),
     "sine-T1000-1-compiled": Config("sine", 1000, 1, peers=("fastmaml", "fastmaml_compiled", "fastmaml_cuda_graphs", "jax")),
     "sine-T10000-5-compiled": Config("sine", 10000, 5, peers=("fastmaml", "fastmaml_compiled", "jax")),
+    "sine-T1000-1-torch-compile": Config("sine", 1000, 1, peers=(
+        "fastmaml", "fastmaml_cuda_graphs", "torch_compile", "torch_compile_cuda_graphs")),
 }
 DRY_CONFIGS = {
     "sine-T6-2": Config("sine", 6, 2),
@@ -135,10 +140,12 @@ def peak_memory_mib(step, batch, device) -> dict:
 
 def run_config(sec: Section, name: str, config: Config, device, dry_run: bool, usable) -> dict:
     """One config: each peer's meta-gradient checked, then timed, then its memory. A peer that fails
-    is recorded with its error and the others go on."""
+    is recorded with its error and the others go on. The record is in the section's and saved after
+    every peer, so a section killed at its time limit keeps the peers it measured."""
     model_name, tasks, steps = config.model, config.tasks, config.steps
     names = [p for p in config.peers if p in usable] + [p for p in config.extra if P.load(p).available() is None]
     out = {"config": name, "model": model_name, "tasks": tasks, "steps": steps, "second_order": True, "results": {}}
+    sec.data.setdefault("configs", []).append(out)
     # 1. agreement, float64 on the first tasks, against the first peer (fastmaml)
     model64, cfg, batches64 = problem(model_name, tasks, steps, device, torch.float64, dry_run)
     small = tuple(t[:CHECK_TASKS] for t in batches64[0])
@@ -156,6 +163,7 @@ def run_config(sec: Section, name: str, config: Config, device, dry_run: bool, u
         ref = g if ref is None else ref
         res["grad_rel_diff_f64"] = rel_diff(g, ref)
         res["agrees"] = res["grad_rel_diff_f64"] <= CHECK_TOL
+        sec.save()
     del model64, batches64
     # 2. float32: the warm-up step's meta-gradient, then timing, then memory
     model, cfg, batches = problem(model_name, tasks, steps, device, torch.float32, dry_run)
@@ -174,10 +182,10 @@ def run_config(sec: Section, name: str, config: Config, device, dry_run: bool, u
             continue
         ref = grads if ref is None else ref
         res["grad_rel_diff_f32"] = rel_diff(grads, ref)
-    base = out["results"].get("fastmaml", {}).get("median_ms")
-    for res in out["results"].values():
+        base = out["results"].get("fastmaml", {}).get("median_ms")  # fastmaml runs first
         if base and "median_ms" in res:
             res["ratio_to_fastmaml"] = res["median_ms"] / base
+        sec.save()
     return out
 
 
@@ -231,7 +239,7 @@ def run(out: Path, budget: float, dry_run: bool) -> None:
             sec.skip(name, "section budget spent")
             continue
         try:
-            sec.data["configs"].append(run_config(sec, name, config, device, dry_run, peers))
+            run_config(sec, name, config, device, dry_run, peers)
         except torch.OutOfMemoryError as error:  # the problem itself did not fit
             sec.skip(name, f"out of memory: {str(error)[:200]}")
             torch.cuda.empty_cache()

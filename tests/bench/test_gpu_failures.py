@@ -59,3 +59,28 @@ def test_a_failing_update_backend_is_recorded_and_the_others_run(monkeypatch, tm
             "sections": {"update": {"results": results, "reps": 3}}}
     assert "| foreach | **failed**: RuntimeError: illegal memory access |" in report.update_table(data)
     assert "foreach update runs" in report.goals_table(data)
+
+
+def test_every_peer_the_configs_name_loads():
+    """The device run's configs name only peers that exist (some run on the device only: their
+    failure there would cost a device session)."""
+    for config in [*metastep.CONFIGS.values(), *metastep.DRY_CONFIGS.values()]:
+        for name in (*config.peers, *config.extra):
+            peer = P.load(name)
+            assert isinstance(peer.NAME, str) and callable(peer.make) and callable(peer.available), name
+
+
+def test_a_config_cut_short_keeps_its_measured_peers(monkeypatch, tmp_path):
+    """Saved after every peer: a section killed in the middle of a config keeps what it measured,
+    and the table renders a peer whose float32 run never came."""
+    saved = []
+    sec = Section(tmp_path / "part.json", "metastep", 120)
+    monkeypatch.setattr(sec, "save", lambda: saved.append(json.loads(json.dumps(sec.data, default=str))))
+    config = metastep.Config("sine", 3, 1, peers=("fastmaml", "torchfunc_vmap"))
+    metastep.run_config(sec, "sine-T3-1", config, torch.device("cpu"), True, ["fastmaml", "torchfunc_vmap"])
+    # after both float64 checks and fastmaml's timing, before torch.func vmap's
+    partial = next(s for s in saved if "median_ms" in s["configs"][0]["results"]["fastmaml"])
+    assert "median_ms" not in partial["configs"][0]["results"]["torchfunc_vmap"]
+    data = {"dry_run": True, "date": "2026-12-06", "command": "test", "commit": None,
+            "machine": {"device": "cpu"}, "versions": {"torch": torch.__version__}, "sections": {"metastep": partial}}
+    assert "| torch.func vmap | not timed | - | ok (" in report.metastep_table(data)
