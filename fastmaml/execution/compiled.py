@@ -157,8 +157,8 @@ class _Step:
     NOTE: [cuda graph outputs] A step compiled with CUDA graphs (Inductor's CUDA graph trees) returns
     tensors in the graph's own memory, which its next replay overwrites (torch then refuses to read
     them). The meta-gradient outlives the call (in `.grad`, in HandGradLosses until backward), so
-    every CUDA output except the buffers (last, copied into the module at once) is copied out: one
-    copy per parameter and one of the losses."""
+    every CUDA output except the buffers (last, copied into the module at once) is copied out: the
+    meta-gradient and the losses, by one multi-tensor copy."""
 
     def __init__(self, fn: Callable, cuda_graphs: bool = False) -> None:
         self.fn, self.cuda_graphs = fn, cuda_graphs
@@ -178,8 +178,21 @@ class _Step:
             warnings.warn("fastmaml.compile(..., cuda_graphs=True): the batch is not on a CUDA device, so the "
                           "compiled step runs without CUDA graphs (as with cuda_graphs=False)", RuntimeWarning,
                           stacklevel=4)
-        kept = torch.utils._pytree.tree_map_only(Tensor, lambda t: t.clone() if t.is_cuda else t, out[:-1])
-        return (*kept, out[-1])
+        return (*_copied_out(out[:-1]), out[-1])
+
+
+def _copied_out(outputs: tuple) -> tuple:
+    """`outputs` with each CUDA tensor copied out of the graph's memory (NOTE: [cuda graph outputs]),
+    by one multi-tensor copy rather than one copy kernel per tensor."""
+    leaves, spec = torch.utils._pytree.tree_flatten(outputs)
+    graph_owned = [i for i, t in enumerate(leaves) if isinstance(t, Tensor) and t.is_cuda]
+    if not graph_owned:  # a step on the CPU: no graph memory
+        return outputs
+    copies = [torch.empty_like(leaves[i]) for i in graph_owned]
+    torch._foreach_copy_(copies, [leaves[i] for i in graph_owned])
+    for i, t in zip(graph_owned, copies):
+        leaves[i] = t
+    return torch.utils._pytree.tree_unflatten(leaves, spec)
 
 
 def _signature(learner: Learner, batch: Batch) -> tuple:
