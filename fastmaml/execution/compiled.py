@@ -38,6 +38,8 @@ which asks `is_compiled` whether a shape has its graph already.
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 import types
 import warnings
 from collections.abc import Callable
@@ -177,8 +179,20 @@ class _Step:
             self.warned_cpu = True
             warnings.warn("fastmaml.compile(..., cuda_graphs=True): the batch is not on a CUDA device, so the "
                           "compiled step runs without CUDA graphs (as with cuda_graphs=False)", RuntimeWarning,
-                          stacklevel=4)
+                          stacklevel=_first_frame_outside_fastmaml())
         return (*_copied_out(out[:-1]), out[-1])
+
+
+def _first_frame_outside_fastmaml() -> int:
+    """warnings.warn's stacklevel, for its caller here, of the nearest frame outside fastmaml and
+    torch: the user's line, however many calls lie between (meta_backward, meta_loss, torch's
+    wrappers that keep them out of a graph the user compiles)."""
+    packages = tuple(os.path.dirname(os.path.abspath(str(m.__file__))) + os.sep for m in (sys.modules["fastmaml"], torch))
+    frame: types.FrameType | None = sys._getframe(2)  # the caller of warnings.warn is level 1
+    level = 2
+    while frame is not None and frame.f_code.co_filename.startswith(packages):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _copied_out(outputs: tuple) -> tuple:

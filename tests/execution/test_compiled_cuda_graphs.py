@@ -84,7 +84,8 @@ def test_cuda_graphs_option_reaches_inductor_on_cpu():
     meta-gradient is the loop path's; the user is told once that CUDA graphs need a CUDA device."""
     with pytest.warns(RuntimeWarning, match="not on a CUDA device") as caught:
         assert run_against_loop(torch.device("cpu")) >= 1
-    assert len([w for w in caught if "CUDA device" in str(w.message)]) == 1
+    told = [w for w in caught if "CUDA device" in str(w.message)]
+    assert len(told) == 1 and told[0].filename == __file__, "warned once, at the user's line"
 
 
 def test_the_step_leaves_its_inputs_as_they_were():
