@@ -76,7 +76,11 @@ def run_against_loop(device, model_name="mlp"):
     assert rel_diff([p.grad for p in graphed.parameters()], [p.grad for p in loop.parameters()]) <= TOL
     for (name, b), want_b in zip(graphed.module.named_buffers(), loop.module.buffers()):
         assert torch.allclose(b.double(), want_b.double(), rtol=0, atol=1e-12), f"buffer {name} differs"
-    return skips() - before
+    declined = skips() - before
+    # the CUDA-graph step is a step of its own: compiled without, the learner has not compiled this shape
+    assert compiled.is_compiled(graphed, first, F.mse_loss)
+    assert not compiled.is_compiled(fastmaml.compile(graphed), first, F.mse_loss)
+    return declined
 
 
 def test_cuda_graphs_option_reaches_inductor_on_cpu():
