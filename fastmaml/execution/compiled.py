@@ -95,6 +95,9 @@ class _TaskLosses(nn.Module):
         return torch.func.vmap(one_task, randomness="different")(sx, sy, qx, qy, buffers)
 
 
+_CUDA_GRAPHS_BACKEND = "cuda_graphs=True needs backend='inductor' (Inductor replays its graph as CUDA graphs), got backend={backend}"
+
+
 def _build(learner: Learner, loss_fn: LossFn, first_order: bool | None, outer: bool,
            backend: str | Callable, cuda_graphs: bool) -> Callable:
     runner = _TaskLosses(learner, loss_fn, first_order)
@@ -126,8 +129,7 @@ def _build(learner: Learner, loss_fn: LossFn, first_order: bool | None, outer: b
             return grads, losses, new_buffers
 
     if cuda_graphs and backend != "inductor":
-        raise ValueError(f"cuda_graphs=True needs backend='inductor' (Inductor replays its graph as CUDA graphs), "
-                         f"got backend={backend!r}")
+        raise ValueError(_CUDA_GRAPHS_BACKEND.format(backend=repr(backend)))
     if backend == "aoti":  # ahead of time, keyed by fastmaml itself (NOTE: [aoti keys] in execution/aoti.py)
         return AotiStep(step, learner)
     options: dict[str, Any] | None = inductor_configs() if backend == "inductor" else None
@@ -409,8 +411,7 @@ def compile(learner: Learner, backend: str | Callable = "inductor", *, expected_
     if not isinstance(cuda_graphs, bool):
         raise ValueError(f"fastmaml.compile: cuda_graphs must be True or False, got {cuda_graphs!r}")
     if cuda_graphs and backend != "inductor":
-        raise ValueError(f"fastmaml.compile: cuda_graphs=True needs backend='inductor' (Inductor replays its graph "
-                         f"as CUDA graphs), got backend={backend!r}")
+        raise ValueError("fastmaml.compile: " + _CUDA_GRAPHS_BACKEND.format(backend=repr(backend)))
     if backend == "aoti" and not hasattr(torch._inductor, "aoti_compile_and_package"):
         raise ValueError(f"fastmaml.compile: backend='aoti' needs torch's AOTInductor packaging (torch >= 2.6), "
                          f"not in torch {torch.__version__}")
