@@ -26,3 +26,12 @@ def test_jax_against_the_fastest_agreeing_fastmaml_step():
     table = report.goals_table(_data(results))
     assert "CUDA graphs (aim" not in table
     assert "| sine-T1000-1-compiled: JAX / fastmaml compiled (aim ≥ 1×) | 0.75× | **missed** |" in table
+
+
+def test_only_compiled_steps_stand_against_jax_beside_eager():
+    """fastmaml with torch's own second derivatives (an eager diagnostic) is not a compiled step."""
+    results = {"fastmaml": _peer("fastmaml", 10.0),
+               "fastmaml_torch_derivatives": _peer("fastmaml, torch's derivatives", 8.0),
+               "jax": {**_peer("JAX", 3.0), "ratio_to_fastmaml": 0.3}}
+    table = report.goals_table(_data(results))
+    assert "JAX / fastmaml (aim ≥ 1×) | 0.30×" in table and "torch's derivatives (aim" not in table
